@@ -1,0 +1,67 @@
+//! `sketchreduce`: the one user-facing binary.
+//!
+//! Every subcommand lives in its own module; this file only parses arguments and dispatches.
+
+mod allreduce_bench;
+mod codec_bench;
+mod demo;
+mod p4_cmd;
+mod switch_bench;
+mod switch_cmd;
+
+use clap::{Parser, Subcommand};
+
+/// In-network aggregation of compressed gradients.
+#[derive(Parser, Debug)]
+#[command(name = "sketchreduce", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the software switch (UDP data path + TCP control endpoint).
+    Switch(switch_cmd::Args),
+    /// Benchmarks with a stable JSON contract.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// P4 program generation and bmv2 control-plane configuration.
+    #[command(subcommand)]
+    P4(p4_cmd::P4Command),
+    /// Codec demo: simulate workers on a realistic sparse gradient and check exactness.
+    Demo(demo::Args),
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Encode, merge and decode synthetic gradients; compare with memcpy and other codecs.
+    Codec(codec_bench::Args),
+    /// Push rounds through a real switch-emu over loopback UDP; compare with a UDP echo server.
+    Switch(switch_bench::Args),
+    /// End-to-end all-reduce through the switch with real worker processes.
+    Allreduce(allreduce_bench::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Switch(a) => switch_cmd::run(a),
+        Command::Bench(BenchCommand::Codec(a)) => codec_bench::run(a),
+        Command::Bench(BenchCommand::Switch(a)) => switch_bench::run(a),
+        Command::Bench(BenchCommand::Allreduce(a)) => allreduce_bench::run(a),
+        Command::P4(c) => p4_cmd::run(c),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(2);
+    }
+}

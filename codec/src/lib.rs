@@ -1,0 +1,1 @@
+//! Homomorphic, lossless count-sketch codec (work in progress).

@@ -1,0 +1,1 @@
+//! Collectives (work in progress).

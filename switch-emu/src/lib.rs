@@ -1,0 +1,1 @@
+//! Software switch (work in progress).

@@ -1,0 +1,195 @@
+//! Job descriptions: who takes part in an aggregation, through which slots, with which token.
+//!
+//! The same JSON file feeds `sketchreduce switch --jobs`, `sketchreduce p4 config --jobs` and
+//! the worker agents, so the emulator and a bmv2 switch are configured identically.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+use thiserror::Error;
+
+use crate::{LANE_CHOICES, MAX_WORKERS};
+
+/// Errors in a job description.
+#[derive(Debug, Error)]
+pub enum JobError {
+    /// The file could not be read.
+    #[error("cannot read job file {path}: {source}")]
+    Io {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON of the expected shape.
+    #[error("cannot parse job file {path}: {source}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// Underlying error.
+        source: serde_json::Error,
+    },
+    /// A job violates a limit.
+    #[error("job {job}: {reason}")]
+    Invalid {
+        /// Job id.
+        job: u16,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// One worker of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct WorkerSpec {
+    /// Where results for this worker go (its agent's UDP socket).
+    #[bincode(with_serde)]
+    pub addr: SocketAddr,
+    /// Ethernet address of the worker, for the P4 egress rewrite (ignored by the emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Switch port the worker hangs off, for the P4 multicast group (ignored by the emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+/// One aggregation job: the unit of isolation in the switch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct JobSpec {
+    /// Job id carried in every packet.
+    pub id: u16,
+    /// Shared token; packets with another token are dropped.
+    pub token: u32,
+    /// Lanes per packet, one of [`LANE_CHOICES`].
+    pub lanes: u16,
+    /// First slot of the job's range in the switch pool.
+    pub slot_base: u32,
+    /// Number of slots the job owns (its maximum window).
+    pub slot_count: u32,
+    /// The workers, indexed by rank.
+    pub workers: Vec<WorkerSpec>,
+}
+
+impl JobSpec {
+    /// Number of workers.
+    pub fn world(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Bitmap with one bit per worker: the value of a complete slot's "seen" register.
+    pub fn full_bitmap(&self) -> u32 {
+        match self.workers.len() {
+            32 => u32::MAX,
+            n => (1u32 << n) - 1,
+        }
+    }
+
+    /// Checks the job against the switch's limits (`pool_slots` slots in the pool).
+    pub fn validate(&self, pool_slots: u32) -> Result<(), JobError> {
+        let bad = |reason: String| JobError::Invalid {
+            job: self.id,
+            reason,
+        };
+        if self.workers.is_empty() || self.workers.len() > MAX_WORKERS {
+            return Err(bad(format!(
+                "{} workers; a job needs 1..={MAX_WORKERS}",
+                self.workers.len()
+            )));
+        }
+        if !LANE_CHOICES.contains(&self.lanes) {
+            return Err(bad(format!(
+                "{} lanes per packet; allowed: {LANE_CHOICES:?}",
+                self.lanes
+            )));
+        }
+        let end = self.slot_base as u64 + self.slot_count as u64;
+        if self.slot_count == 0 || end > pool_slots as u64 {
+            return Err(bad(format!(
+                "slots {}..{end} do not fit a pool of {pool_slots}",
+                self.slot_base
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether two jobs' slot ranges overlap.
+    pub fn overlaps(&self, other: &JobSpec) -> bool {
+        let (a0, a1) = (self.slot_base, self.slot_base + self.slot_count);
+        let (b0, b1) = (other.slot_base, other.slot_base + other.slot_count);
+        a0 < b1 && b0 < a1
+    }
+}
+
+/// The job file: `{"jobs": [JobSpec, ...]}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFile {
+    /// Jobs to register at start.
+    pub jobs: Vec<JobSpec>,
+}
+
+impl JobFile {
+    /// Reads and parses a job file (no validation against a pool size; see [`JobSpec::validate`]).
+    pub fn load(path: &Path) -> Result<Self, JobError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| JobError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| JobError::Parse { path: p, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: usize) -> JobSpec {
+        JobSpec {
+            id: 7,
+            token: 1,
+            lanes: 64,
+            slot_base: 10,
+            slot_count: 20,
+            workers: (0..n)
+                .map(|i| WorkerSpec {
+                    addr: format!("127.0.0.1:{}", 5000 + i).parse().unwrap(),
+                    mac: None,
+                    port: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(job(4).validate(30).is_ok());
+        assert!(job(4).validate(29).is_err());
+        assert!(job(0).validate(100).is_err());
+        assert!(job(33).validate(100).is_err());
+        let mut j = job(2);
+        j.lanes = 48;
+        assert!(j.validate(100).is_err());
+        assert_eq!(job(32).full_bitmap(), u32::MAX);
+        assert_eq!(job(3).full_bitmap(), 0b111);
+    }
+
+    #[test]
+    fn overlap() {
+        let a = job(1);
+        let mut b = job(1);
+        b.slot_base = 30;
+        assert!(!a.overlaps(&b));
+        b.slot_base = 29;
+        assert!(a.overlaps(&b));
+    }
+
+    #[test]
+    fn json_shape() {
+        let text = r#"{"jobs":[{"id":1,"token":99,"lanes":64,"slot_base":0,"slot_count":8,
+            "workers":[{"addr":"10.0.0.1:40000","mac":"02:00:00:00:00:01","port":1},
+                       {"addr":"10.0.0.2:40000"}]}]}"#;
+        let f: JobFile = serde_json::from_str(text).unwrap();
+        assert_eq!(f.jobs[0].workers[0].port, Some(1));
+        assert_eq!(f.jobs[0].workers[1].mac, None);
+    }
+}

@@ -1,0 +1,33 @@
+//! The sketchreduce wire format, shared by the software switch (`switch-emu`), the P4 program
+//! (`p4/`, partly generated from this crate) and the worker agent.
+//!
+//! `docs/wire.md` is the prose version of this crate; the two must agree byte for byte.
+//!
+//! - [`packet`]: the aggregation header and its lanes, as a zero-copy view
+//!   ([`Packet`]) over a UDP payload plus a validated representation ([`Header`]).
+//! - [`job`]: a job's description (workers, lanes, slot range, token), the file format the
+//!   switch, the P4 config generator and the workers read.
+//! - [`control`]: messages on the TCP control endpoint (register, unregister, counters).
+
+pub mod control;
+pub mod job;
+pub mod packet;
+
+pub use control::{ControlRequest, ControlResponse, Counters, DropReason, JobCounters};
+pub use job::{JobFile, JobSpec, WorkerSpec};
+pub use packet::{Header, Kind, Op, Packet, WireError};
+
+/// Default UDP port of the switch's data path: the first of [`DATA_PORT_COUNT`] consecutive
+/// ports. Slot `s` goes to port `base + s % ports` so that emulator threads can own disjoint
+/// slots without locks; the P4 program accepts the whole range.
+pub const DEFAULT_DATA_PORT: u16 = 0x9A00; // 39424
+/// Size of the data port range (a power of two, so the P4 parser matches it with one mask).
+pub const DATA_PORT_COUNT: u16 = 16;
+/// Mask a P4 parser applies to the UDP destination port to recognise the data port range.
+pub const DATA_PORT_MASK: u16 = !(DATA_PORT_COUNT - 1);
+/// Default TCP port of the switch's control endpoint (just above the data range).
+pub const DEFAULT_CONTROL_PORT: u16 = DEFAULT_DATA_PORT + DATA_PORT_COUNT; // 39440
+/// Most workers a job may have: the per-slot "workers seen" bitmap is one 32-bit register.
+pub const MAX_WORKERS: usize = 32;
+/// Lane counts a job may use per packet.
+pub const LANE_CHOICES: [u16; 4] = [32, 64, 128, 256];

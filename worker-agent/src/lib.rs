@@ -1,0 +1,1 @@
+//! Worker agent (work in progress).
