@@ -1,0 +1,293 @@
+//! Block floating point shared by every aggregation algorithm of the project.
+//!
+//! All algorithms (sketch, dense ring, all-gather of pairs, union-rank) convert floats to lane
+//! integers with the *same* [`FixedPoint`], so integer sums are identical whatever the order of
+//! additions, and decoded floats are bit-identical across algorithms.
+//!
+//! # Exponent
+//! For a nonzero finite `v`, [`exponent_of`] returns the unique `e ≥ 1` with
+//! `2^(e-150) ≤ |v| < 2^(e-149)` (so the smallest subnormal has `e = 1`, `1.0` has `e = 150`,
+//! the largest finite float has `e = 277`); zero (and `-0.0`) has `e = 0`. The exponent is
+//! monotone in `|v|`, so the exponent of a block's max |value| bounds every value of the block,
+//! and the global exponent `E` is an unsigned MAX over workers (a switch can compute it).
+//!
+//! # Scale
+//! With lane width `w` (32 or 64), `n` workers and `c = ceil(log2 n)`, the per-worker budget is
+//! `L = 2^(w-2-c)` and the scale is `2^s` with `s = (w-2-c) - (E-149)`. Every value with
+//! `|v| < 2^(E-149)` maps to `q = round_ties_even(v · 2^s)` with `|q| ≤ L`, so any sum of `n`
+//! contributions satisfies `|Σq| ≤ 2^(w-2) < 2^(w-1)`: it fits the signed lane, and wrapping
+//! lane arithmetic (mod `2^w`) recovers it exactly. The product `v · 2^s` is computed exactly
+//! in `f64` (24-bit mantissa times a power of two), so rounding is deterministic on every
+//! machine. Converting back is `(sum as f64 · 2^-s) as f32`.
+
+use crate::error::CodecError;
+
+/// Largest exponent a finite `f32` can have (see the module docs).
+pub const MAX_FINITE_EXPONENT: u32 = 277;
+
+/// Width of the integer lanes the network adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LaneWidth {
+    /// 32-bit lanes, the P4 switch default.
+    W32,
+    /// 64-bit lanes, more precision for software aggregation.
+    W64,
+}
+
+impl LaneWidth {
+    /// Number of bits of a lane.
+    pub const fn bits(self) -> u32 {
+        match self {
+            LaneWidth::W32 => 32,
+            LaneWidth::W64 => 64,
+        }
+    }
+
+    /// Bytes of one lane on the wire.
+    pub const fn bytes(self) -> usize {
+        (self.bits() / 8) as usize
+    }
+
+    /// Reduces `v` modulo `2^w` and sign-extends it, i.e. what a wrapping lane holds after
+    /// the additions; lets dense baselines accumulate in `i64` and still match the sketch.
+    pub const fn wrap(self, v: i64) -> i64 {
+        match self {
+            LaneWidth::W32 => v as i32 as i64,
+            LaneWidth::W64 => v,
+        }
+    }
+}
+
+/// Exponent of a single value (see the module docs); `None` for NaN or ±Inf.
+#[inline]
+pub fn exponent_of(v: f32) -> Option<u32> {
+    let a = v.to_bits() & 0x7fff_ffff;
+    if a >= 0x7f80_0000 {
+        None
+    } else {
+        Some(exponent_of_abs_bits(a))
+    }
+}
+
+#[inline]
+fn exponent_of_abs_bits(a: u32) -> u32 {
+    let field = a >> 23;
+    if a == 0 {
+        0
+    } else if field == 0 {
+        32 - a.leading_zeros()
+    } else {
+        field + 23
+    }
+}
+
+/// Biased exponent of the largest |value| (0 if all values are zero), the quantity each worker
+/// reports for the MAX reduction. NaN or ±Inf anywhere gives [`CodecError::NonFinite`].
+///
+/// Runs as one branch-free max over the raw bits so it vectorises (the exponent is monotone in
+/// the bits of |v|, and non-finite values have the largest bit patterns).
+pub fn max_exponent(values: &[f32]) -> Result<u32, CodecError> {
+    let mut acc = [0u32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            acc[i] = acc[i].max(c[i].to_bits() & 0x7fff_ffff);
+        }
+    }
+    let mut max = acc.iter().copied().max().unwrap_or(0);
+    for v in chunks.remainder() {
+        max = max.max(v.to_bits() & 0x7fff_ffff);
+    }
+    if max >= 0x7f80_0000 {
+        let position = values.iter().position(|v| !v.is_finite()).unwrap_or(0);
+        return Err(CodecError::NonFinite { position });
+    }
+    Ok(exponent_of_abs_bits(max))
+}
+
+/// The agreed fixed-point conversion for one aggregation (one tensor, one step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FixedPoint {
+    exponent: u32,
+    workers: u32,
+    lane: LaneWidth,
+    shift: i32,
+    limit: i64,
+    scale: f64,
+    inv_scale: f64,
+}
+
+fn pow2(e: i32) -> f64 {
+    // Exact power of two for the exponent range used here (|e| < 300).
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+impl FixedPoint {
+    /// Builds the conversion from the global (MAX-reduced) exponent, the number of workers
+    /// whose contributions are summed, and the lane width.
+    pub fn new(global_exponent: u32, workers: u32, lane: LaneWidth) -> Result<Self, CodecError> {
+        if global_exponent > MAX_FINITE_EXPONENT {
+            return Err(CodecError::InvalidFixedPoint(format!(
+                "exponent {global_exponent} > {MAX_FINITE_EXPONENT}"
+            )));
+        }
+        if workers == 0 {
+            return Err(CodecError::InvalidFixedPoint("zero workers".into()));
+        }
+        let c = workers.next_power_of_two().trailing_zeros() as i32;
+        let w = lane.bits() as i32;
+        let budget = w - 2 - c;
+        if budget < 1 {
+            return Err(CodecError::InvalidFixedPoint(format!(
+                "{workers} workers do not fit a {w}-bit lane"
+            )));
+        }
+        let e = global_exponent.max(1) as i32;
+        let shift = budget - (e - 149);
+        Ok(FixedPoint {
+            exponent: global_exponent,
+            workers,
+            lane,
+            shift,
+            limit: 1i64 << budget,
+            scale: pow2(shift),
+            inv_scale: pow2(-shift),
+        })
+    }
+
+    /// The global exponent this conversion was built for.
+    pub fn exponent(&self) -> u32 {
+        self.exponent
+    }
+
+    /// Number of workers whose sum is guaranteed to fit.
+    pub fn workers(&self) -> u32 {
+        self.workers
+    }
+
+    /// Lane width.
+    pub fn lane(&self) -> LaneWidth {
+        self.lane
+    }
+
+    /// `s` such that `q = round(v · 2^s)`.
+    pub fn shift(&self) -> i32 {
+        self.shift
+    }
+
+    /// Largest |integer| a single worker may contribute.
+    pub fn per_worker_limit(&self) -> i64 {
+        self.limit
+    }
+
+    /// The integer a worker contributes for `v` (round to nearest, ties to even). Values beyond
+    /// the agreed exponent saturate at ±[`Self::per_worker_limit`] and NaN maps to 0; use
+    /// [`Self::try_to_fixed`] to get an error instead.
+    #[inline]
+    pub fn to_fixed(&self, v: f32) -> i64 {
+        let x = (v as f64 * self.scale).round_ties_even();
+        // `as` saturates and maps NaN to 0; clamp keeps the sum-fits guarantee.
+        (x as i64).clamp(-self.limit, self.limit)
+    }
+
+    /// Like [`Self::to_fixed`] but rejects non-finite values and values the global exponent
+    /// does not cover (`position` is only used in the error).
+    #[inline]
+    pub fn try_to_fixed(&self, v: f32, position: usize) -> Result<i64, CodecError> {
+        if !v.is_finite() {
+            return Err(CodecError::NonFinite { position });
+        }
+        let x = (v as f64 * self.scale).round_ties_even();
+        if x.abs() > self.limit as f64 {
+            return Err(CodecError::OutOfRange {
+                position,
+                exponent: self.exponent,
+            });
+        }
+        Ok(x as i64)
+    }
+
+    /// Converts a lane sum back to a float: `(sum · 2^-s) as f32`. For 32-bit lanes pass the
+    /// sign-extended lane value (see [`LaneWidth::wrap`]).
+    #[inline]
+    pub fn to_float(&self, sum: i64) -> f32 {
+        (sum as f64 * self.inv_scale) as f32
+    }
+
+    /// Bulk [`Self::try_to_fixed`]: `dst[i] = q(src[i])`.
+    pub fn quantize_slice(&self, src: &[f32], dst: &mut [i64]) -> Result<(), CodecError> {
+        if src.len() != dst.len() {
+            return Err(CodecError::ShapeMismatch {
+                what: "quantize output",
+                expected: src.len(),
+                got: dst.len(),
+            });
+        }
+        for (i, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
+            *d = self.try_to_fixed(v, i)?;
+        }
+        Ok(())
+    }
+
+    /// Bulk [`Self::to_float`]: `dst[i] = f(src[i])`.
+    pub fn dequantize_slice(&self, src: &[i64], dst: &mut [f32]) -> Result<(), CodecError> {
+        if src.len() != dst.len() {
+            return Err(CodecError::ShapeMismatch {
+                what: "dequantize output",
+                expected: src.len(),
+                got: dst.len(),
+            });
+        }
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = self.to_float(s);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exponents() {
+        assert_eq!(exponent_of(0.0), Some(0));
+        assert_eq!(exponent_of(-0.0), Some(0));
+        assert_eq!(exponent_of(f32::from_bits(1)), Some(1));
+        assert_eq!(exponent_of(1.0), Some(150));
+        assert_eq!(exponent_of(-1.5), Some(150));
+        assert_eq!(exponent_of(2.0), Some(151));
+        assert_eq!(exponent_of(f32::MAX), Some(MAX_FINITE_EXPONENT));
+        assert_eq!(exponent_of(f32::MIN_POSITIVE), Some(24));
+        assert_eq!(exponent_of(f32::NAN), None);
+        assert_eq!(max_exponent(&[0.0, -3.0, 1.0]), Ok(151));
+        assert_eq!(max_exponent(&[]), Ok(0));
+        assert!(matches!(
+            max_exponent(&[0.0; 40].iter().copied().chain([f32::INFINITY]).collect::<Vec<_>>()),
+            Err(CodecError::NonFinite { position: 40 })
+        ));
+    }
+
+    #[test]
+    fn sums_fit_at_the_edge() {
+        for lane in [LaneWidth::W32, LaneWidth::W64] {
+            for n in [1u32, 2, 3, 8, 64, 1000] {
+                let fp = FixedPoint::new(MAX_FINITE_EXPONENT, n, lane).unwrap();
+                let q = fp.to_fixed(f32::MAX);
+                assert!(q <= fp.per_worker_limit());
+                let sum = q as i128 * n as i128;
+                assert!(sum < (1i128 << (lane.bits() - 1)));
+                assert!(fp.to_float(q) == f32::MAX || fp.to_float(q).is_infinite());
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_exact_for_top_bits() {
+        let fp = FixedPoint::new(exponent_of(3.0).unwrap(), 4, LaneWidth::W32).unwrap();
+        for v in [1.0f32, -2.5, 3.0, 0.125] {
+            assert_eq!(fp.to_float(fp.to_fixed(v)), v);
+        }
+        assert!(fp.try_to_fixed(4.0, 7).is_err());
+    }
+}
