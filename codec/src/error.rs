@@ -56,7 +56,9 @@ pub enum CodecError {
     },
     /// Peeling could not resolve every candidate: the sketch was too small for the number of
     /// candidates (or unlucky). Nothing is guessed; the caller must retry with more cells.
-    #[error("decode stalled: {unresolved} of {candidates} candidates unresolved with {cells} cells")]
+    #[error(
+        "decode stalled: {unresolved} of {candidates} candidates unresolved with {cells} cells"
+    )]
     Stalled {
         /// Candidates left unresolved when peeling stopped.
         unresolved: usize,

@@ -117,6 +117,21 @@ pub struct FixedPoint {
     inv_scale: f64,
 }
 
+/// Round half to even of `x = v · 2^s` for an `f32` `v`, without a libm call (baseline x86_64
+/// has no rounding instruction). Below `2^51` the classic magic-constant addition rounds in the
+/// default round-to-nearest-even mode; at or above `2^24` such an `x` is already an integer
+/// (24-bit mantissa), so the two cases cover every input. Same result as `round_ties_even`.
+#[inline(always)]
+fn round_even(x: f64) -> f64 {
+    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52
+    if x.abs() < 2_251_799_813_685_248.0 {
+        // |x| < 2^51
+        (x + MAGIC) - MAGIC
+    } else {
+        x
+    }
+}
+
 fn pow2(e: i32) -> f64 {
     // Exact power of two for the exponent range used here (|e| < 300).
     f64::from_bits(((e + 1023) as u64) << 52)
@@ -185,7 +200,7 @@ impl FixedPoint {
     /// [`Self::try_to_fixed`] to get an error instead.
     #[inline]
     pub fn to_fixed(&self, v: f32) -> i64 {
-        let x = (v as f64 * self.scale).round_ties_even();
+        let x = round_even(v as f64 * self.scale);
         // `as` saturates and maps NaN to 0; clamp keeps the sum-fits guarantee.
         (x as i64).clamp(-self.limit, self.limit)
     }
@@ -197,7 +212,7 @@ impl FixedPoint {
         if !v.is_finite() {
             return Err(CodecError::NonFinite { position });
         }
-        let x = (v as f64 * self.scale).round_ties_even();
+        let x = round_even(v as f64 * self.scale);
         if x.abs() > self.limit as f64 {
             return Err(CodecError::OutOfRange {
                 position,
@@ -263,7 +278,13 @@ mod tests {
         assert_eq!(max_exponent(&[0.0, -3.0, 1.0]), Ok(151));
         assert_eq!(max_exponent(&[]), Ok(0));
         assert!(matches!(
-            max_exponent(&[0.0; 40].iter().copied().chain([f32::INFINITY]).collect::<Vec<_>>()),
+            max_exponent(
+                &[0.0; 40]
+                    .iter()
+                    .copied()
+                    .chain([f32::INFINITY])
+                    .collect::<Vec<_>>()
+            ),
             Err(CodecError::NonFinite { position: 40 })
         ));
     }
@@ -283,11 +304,37 @@ mod tests {
     }
 
     #[test]
+    fn fast_rounding_matches_std() {
+        for x in [
+            0.5,
+            1.5,
+            2.5,
+            -0.5,
+            -1.5,
+            -2.5,
+            3.49,
+            -7.51,
+            1e-300,
+            4503599627370497.0,
+        ] {
+            assert_eq!(round_even(x), x.round_ties_even(), "{x}");
+        }
+        for bits in (0u32..0x7f80_0000).step_by(999_983) {
+            let v = f32::from_bits(bits) as f64;
+            for s in [-20, 0, 5, 23, 30, 60] {
+                let x = v * pow2(s);
+                assert_eq!(round_even(x), x.round_ties_even());
+                assert_eq!(round_even(-x), (-x).round_ties_even());
+            }
+        }
+    }
+
+    #[test]
     fn round_trip_exact_for_top_bits() {
         let fp = FixedPoint::new(exponent_of(3.0).unwrap(), 4, LaneWidth::W32).unwrap();
         for v in [1.0f32, -2.5, 3.0, 0.125] {
             assert_eq!(fp.to_float(fp.to_fixed(v)), v);
         }
-        assert!(fp.try_to_fixed(4.0, 7).is_err());
+        assert!(fp.try_to_fixed(5.0, 7).is_err());
     }
 }

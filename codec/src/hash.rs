@@ -2,10 +2,10 @@
 //!
 //! One 64-bit mix per key (the murmur3 finaliser, a bijection with full avalanche) feeds
 //! everything: each sketch hash `j` multiplies a rotation of it by its own odd constant and
-//! maps the high bits into segment `j` with Lemire's multiply-shift "fastrange" (no division,
-//! no modulo bias worth mentioning). The sketch is split into `h` disjoint segments, one per
-//! hash, so a key's `h` cells are always distinct without a rejection loop (an `h`-partite
-//! hypergraph, which has the same peeling thresholds as the classic layout).
+//! maps the high bits onto the `m` cells with Lemire's multiply-shift "fastrange" (no
+//! division). A repeated cell is re-mixed, so a key's `h` cells are distinct. (A layout with
+//! one segment per hash would avoid that check but raises the small-table error floor: two
+//! keys then share all cells with probability `(h/m)^h` instead of `h!/m^h`.)
 
 /// murmur3 `fmix64`.
 #[inline(always)]
@@ -33,7 +33,7 @@ pub(crate) fn fastrange(x: u64, n: u64) -> u64 {
     ((x as u128 * n as u128) >> 64) as u64
 }
 
-/// Sub-hash `j` of a key hash, used for sketch segment `j`.
+/// Sub-hash `j` of a key hash, used for sketch cell `j`.
 #[inline(always)]
 pub(crate) fn sub_hash(hash: u64, j: usize) -> u64 {
     hash.rotate_left(21 * j as u32).wrapping_mul(K[j])
@@ -42,7 +42,10 @@ pub(crate) fn sub_hash(hash: u64, j: usize) -> u64 {
 /// Bloom block selector and in-block bit source.
 #[inline(always)]
 pub(crate) fn bloom_hashes(hash: u64) -> (u64, u64) {
-    (hash.wrapping_mul(KB), (hash ^ (hash >> 31)).wrapping_mul(KB2))
+    (
+        hash.wrapping_mul(KB),
+        (hash ^ (hash >> 31)).wrapping_mul(KB2),
+    )
 }
 
 /// Derives the per-tensor hashing key from the job seed and the tensor id.

@@ -1,1 +1,46 @@
-//! Collectives (work in progress).
+//! Drop-in all-reduce for data-parallel training: exact fixed-point sums through the switch
+//! (`innet`), or over TCP between workers (`ring`, `allgather`), chosen per tensor (`auto`).
+//!
+//! ```no_run
+//! use sketchreduce_collectives::{Communicator, Config, ReduceOp};
+//! // RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT as with torch.distributed.
+//! let comm = Communicator::new(Config::from_env()?)?;
+//! let mut grad = vec![0.5f32; 1000];
+//! comm.all_reduce(&mut grad, ReduceOp::Avg)?;
+//! // Non-blocking: start, do other work, wait.
+//! let pending = comm.start(vec![1.0f32; 1000], ReduceOp::Sum);
+//! let (sum, info) = pending.wait()?;
+//! # Ok::<(), sketchreduce_collectives::CollectiveError>(())
+//! ```
+//!
+//! # Exactness
+//! Every operation first agrees on the global max exponent and converts values with the same
+//! [`sketchreduce_codec::FixedPoint`] for `world_size` workers; the integer sums are exact
+//! (wrapping lanes) whatever the algorithm, and [`finish`] converts them back the same way.
+//! Results are therefore bit-identical across `innet`, `ring` and `allgather`
+//! ([`reference_all_reduce`] computes them in one process).
+//!
+//! # Failures
+//! A rank that dies makes the others fail with [`CollectiveError::PeerLost`] (connection
+//! closed) or [`CollectiveError::PeerTimeout`] (after [`Config::timeout`]); a rank started with
+//! a different job configuration is refused at the rendezvous with
+//! [`CollectiveError::ConfigMismatch`]. After an error the communicator is poisoned.
+
+mod comm;
+mod config;
+mod error;
+pub mod innet;
+mod net;
+mod reduce;
+mod sparse;
+#[cfg(feature = "tch")]
+pub mod tensor;
+
+pub use comm::{Communicator, Pending, Stats};
+pub use config::{Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER, DEFAULT_TIMEOUT};
+pub use error::{CollectiveError, Result};
+pub use reduce::{finish, reference_all_reduce, OpInfo, Payload, ReduceOp};
+pub use sketchreduce_codec::LaneWidth;
+pub use sparse::SparseVec;
+#[cfg(feature = "tch")]
+pub use tensor::{DdpReport, DistributedDataParallel};

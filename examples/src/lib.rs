@@ -1,1 +1,358 @@
-//! Examples (work in progress).
+//! Shared plumbing of the example programs: the launcher that spawns the switch and one worker
+//! process per rank on loopback (re-executing the current binary with `RANK`/`WORLD_SIZE`/
+//! `MASTER_ADDR`/`MASTER_PORT` set), per-rank summaries, and the comparison table.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sketchreduce_collectives::{Algo, Communicator, Config};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Options every training example shares.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// Spawn the switch and this many worker processes on loopback. Ignored when RANK and
+    /// WORLD_SIZE are set (then this process is one rank of a job started elsewhere).
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// All-reduce algorithm: innet | ring | allgather | auto.
+    #[arg(long, default_value = "auto")]
+    pub algo: String,
+    /// Run every algorithm with the same seed and print a comparison table.
+    #[arg(long)]
+    pub compare: bool,
+    /// Training iterations.
+    #[arg(long, default_value_t = 40)]
+    pub iters: usize,
+    /// Seed of the model initialisation and of the synthetic data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Use an external switch (control endpoint host:port, e.g. from `sketchreduce switch`)
+    /// instead of spawning one in-process.
+    #[arg(long)]
+    pub switch: Option<String>,
+    /// Gradient bucket size in MB (DDP-style).
+    #[arg(long, default_value_t = 25.0)]
+    pub bucket_mb: f64,
+    /// Per-message timeout in seconds (dead peers fail the job after this).
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What each rank prints (one JSON line on stdout prefixed by `SUMMARY `).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    /// Requested algorithm.
+    pub algo: String,
+    /// Rank.
+    pub rank: usize,
+    /// World size.
+    pub world: usize,
+    /// Iterations.
+    pub iters: usize,
+    /// Mean forward+backward+update time per iteration, ms.
+    pub compute_ms: f64,
+    /// Mean gradient synchronisation time per iteration, ms.
+    pub comm_ms: f64,
+    /// Mean wall time per iteration, ms.
+    pub iter_ms: f64,
+    /// Bytes this rank sent per iteration (TCP frames, or UDP datagrams to the switch).
+    pub bytes_per_iter: f64,
+    /// Global (all-reduced) loss of the first and last iteration.
+    pub first_loss: f64,
+    /// See `first_loss`.
+    pub final_loss: f64,
+    /// FNV-1a over the bits of every parameter after training.
+    pub param_hash: String,
+    /// How many operations each algorithm ran (auto resolves per tensor).
+    pub ops_by_algo: Vec<(String, u64)>,
+}
+
+/// Per-iteration measurements of one rank.
+#[derive(Debug, Default)]
+pub struct Meter {
+    compute: Duration,
+    comm: Duration,
+    total: Duration,
+    bytes: u64,
+    iters: usize,
+    /// First loss.
+    pub first_loss: Option<f64>,
+    /// Last loss.
+    pub last_loss: f64,
+}
+
+impl Meter {
+    /// Records one iteration.
+    pub fn record(
+        &mut self,
+        compute: Duration,
+        comm: Duration,
+        total: Duration,
+        bytes: u64,
+        loss: f64,
+    ) {
+        self.compute += compute;
+        self.comm += comm;
+        self.total += total;
+        self.bytes += bytes;
+        self.iters += 1;
+        self.first_loss.get_or_insert(loss);
+        self.last_loss = loss;
+    }
+
+    /// The summary line of this rank.
+    pub fn summary(&self, algo: Algo, comm: &Communicator, param_hash: u64) -> Summary {
+        let n = self.iters.max(1) as f64;
+        let st = comm.stats();
+        Summary {
+            algo: algo.name().into(),
+            rank: comm.rank(),
+            world: comm.world_size(),
+            iters: self.iters,
+            compute_ms: self.compute.as_secs_f64() * 1e3 / n,
+            comm_ms: self.comm.as_secs_f64() * 1e3 / n,
+            iter_ms: self.total.as_secs_f64() * 1e3 / n,
+            bytes_per_iter: self.bytes as f64 / n,
+            first_loss: self.first_loss.unwrap_or(f64::NAN),
+            final_loss: self.last_loss,
+            param_hash: format!("{param_hash:016x}"),
+            ops_by_algo: vec![
+                ("innet".into(), st.by_algo[0]),
+                ("ring".into(), st.by_algo[1]),
+                ("allgather".into(), st.by_algo[2]),
+            ],
+        }
+    }
+}
+
+/// FNV-1a over the bit patterns of every trainable variable, in registration order.
+pub fn param_hash(vs: &tch::nn::VarStore) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for t in vs.trainable_variables() {
+        let v: Vec<f32> = Vec::try_from(&t.contiguous().view(-1)).unwrap_or_default();
+        for x in v {
+            for b in x.to_bits().to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    h
+}
+
+/// Plain SGD step `p ← p + (−lr)·g` with the same arithmetic for dense and sparse gradients
+/// (so rows whose averaged gradient is 0 are unchanged whichever way they are represented),
+/// then clears the gradients.
+pub fn sgd_step(vs: &tch::nn::VarStore, lr: f64) {
+    tch::no_grad(|| {
+        for mut p in vs.trainable_variables() {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            if g.is_sparse() {
+                let g = g.coalesce();
+                let rows = g.indices().get(0);
+                let delta = g.values() * (-lr);
+                let _ = p.index_add_(0, &rows, &delta);
+            } else {
+                let delta = &g * (-lr);
+                let _ = p.f_add_(&delta);
+            }
+            p.zero_grad();
+        }
+    });
+}
+
+/// How this process runs.
+pub enum Role {
+    /// One rank of a job (RANK/WORLD_SIZE set): the communicator and the algorithm.
+    Worker(Arc<Communicator>, Algo),
+    /// The launcher already ran the job(s) and printed the results.
+    Done,
+}
+
+/// Entry point of every example: a worker when `RANK` is set, else the launcher.
+pub fn start(common: &Common, title: &str) -> Result<Role> {
+    if std::env::var_os("RANK").is_some() {
+        let mut cfg = Config::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if std::env::var_os("SKETCHREDUCE_ALGO").is_none() {
+            cfg.algo = common.algo.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if std::env::var_os("SKETCHREDUCE_TIMEOUT_SECS").is_none() {
+            cfg.timeout = Duration::from_secs_f64(common.timeout);
+        }
+        let algo = cfg.algo;
+        let comm = Communicator::new(cfg).map_err(|e| anyhow::anyhow!("rank setup: {e}"))?;
+        return Ok(Role::Worker(Arc::new(comm), algo));
+    }
+    let algos: Vec<Algo> = if common.compare {
+        vec![Algo::Innet, Algo::Ring, Algo::AllGather, Algo::Auto]
+    } else {
+        vec![common.algo.parse().map_err(|e| anyhow::anyhow!("{e}"))?]
+    };
+    let results = launch(common, &algos)?;
+    print_report(title, common, &results);
+    Ok(Role::Done)
+}
+
+/// Spawns the switch (unless `--switch`) and, for each algorithm, `--workers` processes of
+/// this binary; returns every rank's summary per algorithm.
+pub fn launch(common: &Common, algos: &[Algo]) -> Result<Vec<(Algo, Vec<Summary>, Duration)>> {
+    let n = common.workers;
+    if n == 0 || n > 32 {
+        bail!("--workers must be in 1..=32");
+    }
+    let needs_switch = algos.iter().any(|a| matches!(a, Algo::Innet | Algo::Auto));
+    let mut _switch = None;
+    let switch_addr = match (&common.switch, needs_switch) {
+        (Some(s), _) => Some(s.clone()),
+        (None, true) => {
+            let h = sketchreduce_switch::spawn_switch(sketchreduce_switch::SwitchConfig::loopback(
+                1, 4096,
+            ))
+            .map_err(|e| anyhow::anyhow!("starting the in-process switch: {e}"))?;
+            let a = h.control_addr().to_string();
+            eprintln!(
+                "[launcher] switch (in-process) control {a}, data {}",
+                h.local_data_addr()
+            );
+            _switch = Some(h);
+            Some(a)
+        }
+        (None, false) => None,
+    };
+    let exe = std::env::current_exe()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut out = Vec::new();
+    for (k, &algo) in algos.iter().enumerate() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let t0 = Instant::now();
+        eprintln!("[launcher] {algo}: {n} workers, MASTER 127.0.0.1:{port}");
+        let mut children = Vec::new();
+        for r in 0..n {
+            let mut c = Command::new(&exe);
+            c.args(&args)
+                .env("RANK", r.to_string())
+                .env("WORLD_SIZE", n.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", port.to_string())
+                .env("SKETCHREDUCE_ALGO", algo.name())
+                .env(
+                    "SKETCHREDUCE_JOB",
+                    (k + 1 + std::process::id() as usize % 8 * 4).to_string(),
+                )
+                .env("SKETCHREDUCE_TIMEOUT_SECS", common.timeout.to_string())
+                .stdout(Stdio::piped());
+            if let Some(s) = &switch_addr {
+                c.env("SKETCHREDUCE_SWITCH", s);
+            }
+            if r != 0 || common.quiet {
+                c.env("SKETCHREDUCE_QUIET", "1");
+            }
+            children.push(c.spawn().with_context(|| format!("spawning rank {r}"))?);
+        }
+        let mut sums = Vec::new();
+        let mut failed = Vec::new();
+        for (r, mut ch) in children.into_iter().enumerate() {
+            let stdout = ch.stdout.take().unwrap();
+            for line in BufReader::new(stdout).lines() {
+                let line = line?;
+                if let Some(j) = line.strip_prefix("SUMMARY ") {
+                    sums.push(serde_json::from_str::<Summary>(j)?);
+                } else {
+                    println!("{line}");
+                }
+            }
+            let st = ch.wait()?;
+            if !st.success() {
+                failed.push(format!("rank {r} exited with {st}"));
+            }
+        }
+        if !failed.is_empty() {
+            bail!("{algo} run failed: {}", failed.join("; "));
+        }
+        sums.sort_by_key(|s| s.rank);
+        out.push((algo, sums, t0.elapsed()));
+    }
+    Ok(out)
+}
+
+/// Prints the per-algorithm table and the bit-identity verdict.
+pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>, Duration)]) {
+    println!();
+    println!(
+        "== {title}: {} workers, {} iterations, seed {} ==",
+        common.workers, common.iters, common.seed
+    );
+    println!(
+        "{:<10} {:>9} {:>10} {:>9} {:>13} {:>10} {:>10} {:>7}  {:<16} {}",
+        "algo",
+        "iter ms",
+        "compute ms",
+        "comm ms",
+        "KB sent/iter",
+        "loss[0]",
+        "loss[end]",
+        "wall s",
+        "param hash",
+        "ops (innet/ring/allgather)"
+    );
+    let mut hashes = Vec::new();
+    for (algo, sums, wall) in results {
+        let Some(s0) = sums.first() else { continue };
+        let mean = |f: fn(&Summary) -> f64| sums.iter().map(f).sum::<f64>() / sums.len() as f64;
+        let ranks_agree = sums.iter().all(|s| s.param_hash == s0.param_hash);
+        let ops: Vec<String> = s0.ops_by_algo.iter().map(|(_, c)| c.to_string()).collect();
+        println!(
+            "{:<10} {:>9.1} {:>10.1} {:>9.1} {:>13.1} {:>10.5} {:>10.5} {:>7.1}  {:<16} {}{}",
+            algo.name(),
+            mean(|s| s.iter_ms),
+            mean(|s| s.compute_ms),
+            mean(|s| s.comm_ms),
+            mean(|s| s.bytes_per_iter) / 1024.0,
+            s0.first_loss,
+            s0.final_loss,
+            wall.as_secs_f64(),
+            s0.param_hash,
+            ops.join("/"),
+            if ranks_agree {
+                ""
+            } else {
+                "  (RANKS DISAGREE!)"
+            }
+        );
+        hashes.push(s0.param_hash.clone());
+    }
+    if hashes.len() > 1 {
+        let same = hashes.iter().all(|h| *h == hashes[0]);
+        println!(
+            "final parameters bit-identical across algorithms: {}",
+            if same { "YES" } else { "NO" }
+        );
+    }
+    println!("(loopback on this machine: the bottleneck is the CPU shared by all workers, not a network)");
+}
+
+/// A progress bar on stderr for rank 0 (hidden for other ranks and with --quiet).
+pub fn progress(iters: usize, label: &str) -> indicatif::ProgressBar {
+    if std::env::var_os("SKETCHREDUCE_QUIET").is_some() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(iters as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_string());
+    pb
+}

@@ -1,0 +1,617 @@
+//! Encodings (index + value sketch), the encoder, and merging.
+//!
+//! An [`Encoding`] is two plain slices: `index_words` (`u32`, combined by OR) and
+//! `sketch_cells` (`u32` for 32-bit lanes, `u64` for 64-bit lanes, combined by wrapping add).
+//! That is all that travels; a switch or a collective only needs those two operations, and
+//! [`Encoding::from_parts`] / the slice-based decoder accept what comes back without copies.
+
+use std::fmt::Debug;
+
+use crate::error::CodecError;
+use crate::fixed::{FixedPoint, LaneWidth};
+use crate::index;
+use crate::params::CodecParams;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i32 {}
+    impl Sealed for i64 {}
+}
+
+/// A wrapping integer lane: `i32` (cells stored as `u32`) or `i64` (cells stored as `u64`).
+///
+/// Cells are unsigned words holding two's-complement values, so wrapping addition on the words
+/// is exactly wrapping addition of the signed lanes, and they go on the wire unchanged.
+pub trait Lane: sealed::Sealed + Copy + Send + Sync + Debug + 'static {
+    /// The word a cell is stored in.
+    type Cell: Copy + Default + Eq + Debug + Send + Sync + 'static;
+    /// Width tag matching [`CodecParams::lane`].
+    const WIDTH: LaneWidth;
+    /// Truncates an integer into a cell (mod `2^w`).
+    fn from_i64(v: i64) -> Self::Cell;
+    /// Sign-extends a cell to `i64`.
+    fn to_i64(c: Self::Cell) -> i64;
+    /// Wrapping addition.
+    fn add(a: Self::Cell, b: Self::Cell) -> Self::Cell;
+    /// Wrapping subtraction.
+    fn sub(a: Self::Cell, b: Self::Cell) -> Self::Cell;
+}
+
+impl Lane for i32 {
+    type Cell = u32;
+    const WIDTH: LaneWidth = LaneWidth::W32;
+    #[inline(always)]
+    fn from_i64(v: i64) -> u32 {
+        v as u32
+    }
+    #[inline(always)]
+    fn to_i64(c: u32) -> i64 {
+        c as i32 as i64
+    }
+    #[inline(always)]
+    fn add(a: u32, b: u32) -> u32 {
+        a.wrapping_add(b)
+    }
+    #[inline(always)]
+    fn sub(a: u32, b: u32) -> u32 {
+        a.wrapping_sub(b)
+    }
+}
+
+impl Lane for i64 {
+    type Cell = u64;
+    const WIDTH: LaneWidth = LaneWidth::W64;
+    #[inline(always)]
+    fn from_i64(v: i64) -> u64 {
+        v as u64
+    }
+    #[inline(always)]
+    fn to_i64(c: u64) -> i64 {
+        c as i64
+    }
+    #[inline(always)]
+    fn add(a: u64, b: u64) -> u64 {
+        a.wrapping_add(b)
+    }
+    #[inline(always)]
+    fn sub(a: u64, b: u64) -> u64 {
+        a.wrapping_sub(b)
+    }
+}
+
+/// Checks that a params/lane pair agrees.
+pub(crate) fn check_lane<L: Lane>(params: &CodecParams) -> Result<(), CodecError> {
+    if params.lane() != L::WIDTH {
+        return Err(CodecError::InvalidParams(format!(
+            "params are for {:?} lanes, used with {:?}",
+            params.lane(),
+            L::WIDTH
+        )));
+    }
+    Ok(())
+}
+
+/// Checks slice lengths against the parameters.
+pub(crate) fn check_shapes(
+    params: &CodecParams,
+    index_words: usize,
+    cells: usize,
+) -> Result<(), CodecError> {
+    if index_words != params.index_words() {
+        return Err(CodecError::ShapeMismatch {
+            what: "index words",
+            expected: params.index_words(),
+            got: index_words,
+        });
+    }
+    if cells != params.cells() {
+        return Err(CodecError::ShapeMismatch {
+            what: "sketch cells",
+            expected: params.cells(),
+            got: cells,
+        });
+    }
+    Ok(())
+}
+
+/// One worker's (or an aggregate's) compressed gradient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoding<L: Lane> {
+    params: CodecParams,
+    index: Vec<u32>,
+    cells: Vec<L::Cell>,
+}
+
+impl<L: Lane> Encoding<L> {
+    /// The all-zero encoding (the identity of merge), sized by `params`.
+    pub fn new(params: &CodecParams) -> Result<Self, CodecError> {
+        check_lane::<L>(params)?;
+        Ok(Encoding {
+            params: params.clone(),
+            index: vec![0; params.index_words()],
+            cells: vec![L::Cell::default(); params.cells()],
+        })
+    }
+
+    /// Wraps aggregated slices received from the network (no copy); checks their lengths.
+    pub fn from_parts(
+        params: &CodecParams,
+        index_words: Vec<u32>,
+        cells: Vec<L::Cell>,
+    ) -> Result<Self, CodecError> {
+        check_lane::<L>(params)?;
+        check_shapes(params, index_words.len(), cells.len())?;
+        Ok(Encoding {
+            params: params.clone(),
+            index: index_words,
+            cells,
+        })
+    }
+
+    /// Gives the buffers back (e.g. to reuse them as receive buffers).
+    pub fn into_parts(self) -> (Vec<u32>, Vec<L::Cell>) {
+        (self.index, self.cells)
+    }
+
+    /// Parameters this encoding was built with.
+    pub fn params(&self) -> &CodecParams {
+        &self.params
+    }
+
+    /// Index words (bitmap or Bloom bits), combined by OR.
+    pub fn index_words(&self) -> &[u32] {
+        &self.index
+    }
+
+    /// Sketch cells, combined by wrapping add.
+    pub fn sketch_cells(&self) -> &[L::Cell] {
+        &self.cells
+    }
+
+    /// Mutable index words, to receive an aggregate in place.
+    pub fn index_words_mut(&mut self) -> &mut [u32] {
+        &mut self.index
+    }
+
+    /// Mutable sketch cells, to receive an aggregate in place.
+    pub fn sketch_cells_mut(&mut self) -> &mut [L::Cell] {
+        &mut self.cells
+    }
+
+    /// Resets to the all-zero encoding without reallocating.
+    pub fn clear(&mut self) {
+        self.index.fill(0);
+        self.cells.fill(L::Cell::default());
+    }
+
+    /// `self += other`: lane-wise wrapping add and index OR (associative and commutative).
+    pub fn merge(&mut self, other: &Encoding<L>) -> Result<(), CodecError> {
+        if self.params != other.params {
+            return Err(CodecError::ParamsMismatch);
+        }
+        merge_slices::<L>(&mut self.index, &mut self.cells, &other.index, &other.cells)
+    }
+}
+
+/// Merges raw slices in place: `dst_index |= src_index`, `dst_cells += src_cells` (wrapping).
+/// What a switch or a reduce step does; no parameters needed beyond matching lengths.
+pub fn merge_slices<L: Lane>(
+    dst_index: &mut [u32],
+    dst_cells: &mut [L::Cell],
+    src_index: &[u32],
+    src_cells: &[L::Cell],
+) -> Result<(), CodecError> {
+    if dst_index.len() != src_index.len() {
+        return Err(CodecError::ShapeMismatch {
+            what: "index words",
+            expected: dst_index.len(),
+            got: src_index.len(),
+        });
+    }
+    if dst_cells.len() != src_cells.len() {
+        return Err(CodecError::ShapeMismatch {
+            what: "sketch cells",
+            expected: dst_cells.len(),
+            got: src_cells.len(),
+        });
+    }
+    for (d, s) in dst_index.iter_mut().zip(src_index) {
+        *d |= *s;
+    }
+    for (d, s) in dst_cells.iter_mut().zip(src_cells) {
+        *d = L::add(*d, *s);
+    }
+    Ok(())
+}
+
+/// What an encode call saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EncodeStats {
+    /// Keys added (nonzero after quantization).
+    pub nnz: usize,
+}
+
+/// Floats scanned per batch by [`Encoder::encode_dense`] (64 KiB: stays in L2).
+const BATCH: usize = 16384;
+/// How many staged keys ahead the encoder prefetches cells and index words.
+const PREFETCH_AHEAD: usize = 16;
+
+/// A key between the two stages of [`Encoder::encode_dense`].
+#[derive(Debug, Clone, Copy)]
+struct Staged {
+    key: u32,
+    q: i64,
+    hash: u64,
+    cells: [u32; 4],
+}
+
+/// Encodes gradients with fixed parameters. Holds its scratch buffer so hot paths do not
+/// allocate; the output [`Encoding`] is reused by the caller.
+#[derive(Debug, Clone)]
+pub struct Encoder<L: Lane> {
+    params: CodecParams,
+    batch: Vec<u32>,
+    stage: Vec<Staged>,
+    _lane: std::marker::PhantomData<L>,
+}
+
+impl<L: Lane> Encoder<L> {
+    /// An encoder for `params` (whose lane must be `L`).
+    pub fn new(params: &CodecParams) -> Result<Self, CodecError> {
+        check_lane::<L>(params)?;
+        Ok(Encoder {
+            params: params.clone(),
+            batch: vec![0; BATCH + 16],
+            stage: Vec::with_capacity(BATCH),
+            _lane: std::marker::PhantomData,
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &CodecParams {
+        &self.params
+    }
+
+    /// A fresh zero encoding for these parameters.
+    pub fn new_encoding(&self) -> Encoding<L> {
+        Encoding {
+            params: self.params.clone(),
+            index: vec![0; self.params.index_words()],
+            cells: vec![L::Cell::default(); self.params.cells()],
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch_entry(&self, index_words: &[u32], cells: &[L::Cell], k: usize) {
+        let s = &self.stage[k];
+        for &c in &s.cells[..self.params.hashes() as usize] {
+            prefetch(cells.as_ptr().wrapping_add(c as usize));
+        }
+        let w = index::word_of(&self.params, s.key, s.hash);
+        // A Bloom block is 64 bytes but the Vec is not 64-byte aligned: fetch both lines.
+        prefetch(index_words.as_ptr().wrapping_add(w));
+        prefetch(index_words.as_ptr().wrapping_add(w + 15));
+    }
+
+    fn prepare(&self, fixed: &FixedPoint, out: &mut Encoding<L>) -> Result<(), CodecError> {
+        if fixed.lane() != L::WIDTH {
+            return Err(CodecError::InvalidFixedPoint(
+                "fixed point lane differs from the sketch lane".into(),
+            ));
+        }
+        if out.params != self.params {
+            return Err(CodecError::ParamsMismatch);
+        }
+        out.clear();
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn add_key(
+        params: &CodecParams,
+        index_words: &mut [u32],
+        cells: &mut [L::Cell],
+        key: u32,
+        q: i64,
+    ) {
+        let hash = params.key_hash(key);
+        index::insert(params, index_words, key, hash);
+        let pos = L::from_i64(q);
+        let neg = L::from_i64(q.wrapping_neg());
+        let cs = params.cells_of(hash);
+        for (j, &c) in cs[..params.hashes() as usize].iter().enumerate() {
+            let v = if params.negate(hash, j) { neg } else { pos };
+            cells[c] = L::add(cells[c], v);
+        }
+    }
+
+    /// Encodes a dense gradient into `out` (reset first; unspecified content on error).
+    ///
+    /// Scans batches of 4096 floats: 16 at a time, a branch-free OR of their magnitude bits
+    /// (vectorised by the compiler) skips all-zero groups; groups with a nonzero are compacted
+    /// branch-free into a position list; then each listed value is quantized, hashed once and
+    /// added to its cells. Zeros and values that quantize to 0 are not recorded.
+    pub fn encode_dense(
+        &mut self,
+        values: &[f32],
+        fixed: &FixedPoint,
+        out: &mut Encoding<L>,
+    ) -> Result<EncodeStats, CodecError> {
+        if values.len() as u64 != self.params.dim() {
+            return Err(CodecError::ShapeMismatch {
+                what: "dense input",
+                expected: self.params.dim() as usize,
+                got: values.len(),
+            });
+        }
+        self.prepare(fixed, out)?;
+        self.batch.resize(BATCH + 16, 0);
+        let params = &self.params;
+        let (index_words, cells) = (&mut out.index[..], &mut out.cells[..]);
+        let h = params.hashes() as usize;
+        let mut nnz = 0usize;
+        for (bi, block) in values.chunks(BATCH).enumerate() {
+            let n = compact_nonzeros(block, &mut self.batch);
+            let base = bi * BATCH;
+            // Stage 1: quantize, hash, compute cells and prefetch them, so that stage 2's
+            // random read-modify-writes find their cache lines already on the way.
+            self.stage.clear();
+            // While the core works on keys, keep DRAM busy by prefetching the next batch of the
+            // input into L2 (a few lines per key), so scanning and key work overlap.
+            let next_start = (base + BATCH).min(values.len());
+            let next_end = (next_start + BATCH).min(values.len());
+            let mut pf = next_start;
+            for &off in &self.batch[..n] {
+                if pf < next_end {
+                    for l in 0..4 {
+                        prefetch_l2(values.as_ptr().wrapping_add(pf + 16 * l));
+                    }
+                    pf += 64;
+                }
+                let i = base + off as usize;
+                let q = fixed.try_to_fixed(block[off as usize], i)?;
+                if q != 0 {
+                    let hash = params.key_hash(i as u32);
+                    let cs = params.cells_of(hash);
+                    self.stage.push(Staged {
+                        key: i as u32,
+                        q,
+                        hash,
+                        cells: cs.map(|c| c as u32),
+                    });
+                }
+            }
+            // Stage 2: index insert and cell adds, prefetching PREFETCH_AHEAD keys ahead.
+            let staged = self.stage.len();
+            for k in 0..staged.min(PREFETCH_AHEAD) {
+                self.prefetch_entry(index_words, cells, k);
+            }
+            for k in 0..staged {
+                if k + PREFETCH_AHEAD < staged {
+                    self.prefetch_entry(index_words, cells, k + PREFETCH_AHEAD);
+                }
+                if pf < next_end {
+                    for l in 0..4 {
+                        prefetch_l2(values.as_ptr().wrapping_add(pf + 16 * l));
+                    }
+                    pf += 64;
+                }
+                let Staged {
+                    key,
+                    q,
+                    hash,
+                    cells: cs,
+                } = self.stage[k];
+                index::insert(params, index_words, key, hash);
+                let pos = L::from_i64(q);
+                let neg = L::from_i64(q.wrapping_neg());
+                for (j, &c) in cs[..h].iter().enumerate() {
+                    let v = if params.negate(hash, j) { neg } else { pos };
+                    let c = c as usize;
+                    cells[c] = L::add(cells[c], v);
+                }
+            }
+            nnz += staged;
+        }
+        Ok(EncodeStats { nnz })
+    }
+
+    /// Encodes a sparse gradient given as `(indices, values)` (indices may come in any order;
+    /// duplicates add up).
+    pub fn encode_sparse(
+        &self,
+        indices: &[u32],
+        values: &[f32],
+        fixed: &FixedPoint,
+        out: &mut Encoding<L>,
+    ) -> Result<EncodeStats, CodecError> {
+        if indices.len() != values.len() {
+            return Err(CodecError::ShapeMismatch {
+                what: "sparse values",
+                expected: indices.len(),
+                got: values.len(),
+            });
+        }
+        self.prepare(fixed, out)?;
+        let mut nnz = 0;
+        for (i, (&k, &v)) in indices.iter().zip(values).enumerate() {
+            if k as u64 >= self.params.dim() {
+                return Err(CodecError::IndexOutOfRange {
+                    index: k as u64,
+                    dim: self.params.dim(),
+                });
+            }
+            let q = fixed.try_to_fixed(v, i)?;
+            if q != 0 {
+                Self::add_key(&self.params, &mut out.index, &mut out.cells, k, q);
+                nnz += 1;
+            }
+        }
+        Ok(EncodeStats { nnz })
+    }
+
+    /// Encodes already quantized integers `(indices, ints)` into `out` (reset first). The
+    /// caller is responsible for the integers' sum fitting the lane.
+    pub fn encode_fixed_sparse(
+        &self,
+        indices: &[u32],
+        ints: &[i64],
+        out: &mut Encoding<L>,
+    ) -> Result<EncodeStats, CodecError> {
+        if indices.len() != ints.len() {
+            return Err(CodecError::ShapeMismatch {
+                what: "sparse values",
+                expected: indices.len(),
+                got: ints.len(),
+            });
+        }
+        if out.params != self.params {
+            return Err(CodecError::ParamsMismatch);
+        }
+        out.clear();
+        let mut nnz = 0;
+        for (&k, &q) in indices.iter().zip(ints) {
+            if k as u64 >= self.params.dim() {
+                return Err(CodecError::IndexOutOfRange {
+                    index: k as u64,
+                    dim: self.params.dim(),
+                });
+            }
+            if q != 0 {
+                Self::add_key(&self.params, &mut out.index, &mut out.cells, k, q);
+                nnz += 1;
+            }
+        }
+        Ok(EncodeStats { nnz })
+    }
+}
+
+/// Hints the CPU to fetch the cache line of `p` (no effect on results; never faults).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint; it does not dereference in the language sense and never
+    // faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Like [`prefetch`] but into L2 only (for the streamed input, to not evict L1).
+#[inline(always)]
+fn prefetch_l2<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as for `prefetch`: a hint that never faults.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Bit `i` set iff `c[i]` has nonzero magnitude bits (`-0.0` counts as zero); `c.len() == 16`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn nonzero_mask16(c: &[f32]) -> u32 {
+    use std::arch::x86_64::*;
+    assert_eq!(c.len(), 16);
+    // SAFETY: SSE2 is part of the x86_64 baseline; the four unaligned 16-byte loads stay inside
+    // `c`, whose length was just checked.
+    unsafe {
+        let p = c.as_ptr() as *const __m128i;
+        let z = _mm_setzero_si128();
+        let zero_lanes = |v: __m128i| -> u32 {
+            _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_slli_epi32::<1>(v), z))) as u32
+        };
+        let a = zero_lanes(_mm_loadu_si128(p));
+        let b = zero_lanes(_mm_loadu_si128(p.add(1)));
+        let d = zero_lanes(_mm_loadu_si128(p.add(2)));
+        let e = zero_lanes(_mm_loadu_si128(p.add(3)));
+        !(a | (b << 4) | (d << 8) | (e << 12)) & 0xffff
+    }
+}
+
+/// Whether any of the 32 floats of `c` has nonzero magnitude bits; `c.len() == 32`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn any_nonzero32(c: &[f32]) -> bool {
+    use std::arch::x86_64::*;
+    assert_eq!(c.len(), 32);
+    // SAFETY: SSE2 is part of the x86_64 baseline; the eight unaligned 16-byte loads stay
+    // inside `c`, whose length was just checked.
+    unsafe {
+        let p = c.as_ptr() as *const __m128i;
+        let a = _mm_or_si128(_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+        let b = _mm_or_si128(_mm_loadu_si128(p.add(2)), _mm_loadu_si128(p.add(3)));
+        let d = _mm_or_si128(_mm_loadu_si128(p.add(4)), _mm_loadu_si128(p.add(5)));
+        let e = _mm_or_si128(_mm_loadu_si128(p.add(6)), _mm_loadu_si128(p.add(7)));
+        let x = _mm_slli_epi32::<1>(_mm_or_si128(_mm_or_si128(a, b), _mm_or_si128(d, e)));
+        _mm_movemask_epi8(_mm_cmpeq_epi32(x, _mm_setzero_si128())) != 0xffff
+    }
+}
+
+/// Portable version of [`any_nonzero32`].
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn any_nonzero32(c: &[f32]) -> bool {
+    c.iter().fold(0u32, |a, v| a | (v.to_bits() << 1)) != 0
+}
+
+/// Portable version of the nonzero mask.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn nonzero_mask16(c: &[f32]) -> u32 {
+    let mut m = 0u32;
+    for (i, v) in c.iter().enumerate() {
+        m |= ((v.to_bits() << 1 != 0) as u32) << i;
+    }
+    m
+}
+
+/// Writes the offsets of the nonzero (magnitude bits ≠ 0, so `-0.0` is skipped) entries of
+/// `block` into `out` and returns how many; `out.len() >= block.len() + 16`.
+///
+/// The first two nonzeros of each group of 16 are written branch-free (at ≤ 10% density that is
+/// almost always all of them), so sparse inputs cost no branch mispredictions per nonzero.
+#[inline(always)]
+fn compact_nonzeros(block: &[f32], out: &mut [u32]) -> usize {
+    let out = &mut out[..block.len() + 16];
+    let mut n = 0usize;
+    let mut chunks = block.chunks_exact(16);
+    let mut off = 0u32;
+    let mut push16 = |c: &[f32], off: u32, n: &mut usize| {
+        let mut mask = nonzero_mask16(c);
+        // n <= nonzeros seen so far <= off + 16 <= block.len(): in bounds (slack of 16).
+        out[*n] = off + (mask.trailing_zeros() & 15);
+        *n += (mask != 0) as usize;
+        mask &= mask.wrapping_sub(1);
+        out[*n] = off + (mask.trailing_zeros() & 15);
+        *n += (mask != 0) as usize;
+        mask &= mask.wrapping_sub(1);
+        while mask != 0 {
+            out[*n] = off + mask.trailing_zeros();
+            *n += 1;
+            mask &= mask - 1;
+        }
+    };
+    // Groups of 32 floats (128 bytes) are skipped with one OR test when all zero.
+    let mut pairs = block.chunks_exact(32);
+    for c in &mut pairs {
+        if any_nonzero32(c) {
+            push16(&c[..16], off, &mut n);
+            push16(&c[16..], off + 16, &mut n);
+        }
+        off += 32;
+    }
+    for c in &mut chunks.by_ref().skip((block.len() / 32) * 2) {
+        push16(c, off, &mut n);
+        off += 16;
+    }
+    for (i, v) in chunks.remainder().iter().enumerate() {
+        out[n] = off + i as u32;
+        n += (v.to_bits() << 1 != 0) as usize;
+    }
+    n
+}

@@ -1,0 +1,373 @@
+//! Job configuration: who the workers are, which algorithm, which lane width.
+//!
+//! A [`Config`] comes from code or from the torch.distributed-style environment variables
+//! ([`Config::from_env`]). Every rank must use the same configuration except for its rank and
+//! local timeouts; the rendezvous compares [`Config::fingerprint`] and refuses mismatches.
+
+use crate::error::{CollectiveError, Result};
+use sketchreduce_codec::LaneWidth;
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Aggregate density (Σ over ranks of nonzeros / length) above which [`Algo::Auto`] uses the
+/// dense ring instead of a sparse algorithm, SparCML-style.
+///
+/// Measured with `cargo run --release -p sketchreduce-collectives --example crossover [n]`
+/// (ranks as threads on 127.0.0.1, this 2-core box, d = 2^20, 32-bit lanes, median of 7):
+///
+/// | Σnnz/d (4 workers) | 0.04 | 0.10 | 0.20 | 0.40 | 1.00 |
+/// |---|---|---|---|---|---|
+/// | ring ms            | 25.7 | 25.1 | 29.3 | 28.4 | 25.6 |
+/// | all-gather ms      | 19.3 | 23.4 | 46.6 | 62.9 | 121  |
+///
+/// With 8 workers the ring already wins at 0.08. The byte-count model alone would put the
+/// crossover near 1.0 (8 bytes per pair vs ~8·(n−1)/n bytes per element for the ring); on a
+/// CPU-bound loopback the all-gather's per-pair work (every rank merges every pair) dominates,
+/// so the measured value is much lower. Override per job with [`Config::crossover`].
+pub const AUTO_CROSSOVER: f64 = 0.1;
+
+/// Default per-operation timeout for waiting on a peer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which all-reduce algorithm to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algo {
+    /// Through the switch with the homomorphic codec (the worker agent).
+    Innet,
+    /// Dense ring all-reduce (reduce-scatter + all-gather) over TCP on fixed-point lanes.
+    Ring,
+    /// Sparse all-gather of (index, fixed value) pairs over TCP, summed locally.
+    AllGather,
+    /// Per tensor from its aggregate density: above [`Config::crossover`] → ring, else the
+    /// sparse path (innet when a switch is configured, all-gather otherwise).
+    Auto,
+}
+
+impl Algo {
+    /// Name used on command lines and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Innet => "innet",
+            Algo::Ring => "ring",
+            Algo::AllGather => "allgather",
+            Algo::Auto => "auto",
+        }
+    }
+}
+
+impl fmt::Display for Algo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Algo {
+    type Err = CollectiveError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "innet" => Ok(Algo::Innet),
+            "ring" => Ok(Algo::Ring),
+            "allgather" | "all-gather" => Ok(Algo::AllGather),
+            "auto" => Ok(Algo::Auto),
+            o => Err(CollectiveError::Config(format!(
+                "unknown algorithm {o:?} (innet|ring|allgather|auto)"
+            ))),
+        }
+    }
+}
+
+/// Transport between a worker and the switch (in-network path only; ring and all-gather use
+/// TCP between workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Plain UDP (default).
+    Udp,
+    /// QUIC datagrams.
+    Quic,
+}
+
+impl Transport {
+    /// Name used on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+impl FromStr for Transport {
+    type Err = CollectiveError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "udp" => Ok(Transport::Udp),
+            "quic" => Ok(Transport::Quic),
+            o => Err(CollectiveError::Config(format!(
+                "unknown transport {o:?} (udp|quic)"
+            ))),
+        }
+    }
+}
+
+/// How values become integers. All algorithms share it, which is what makes their results
+/// bit-identical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodecPolicy {
+    /// Lane width of the fixed-point integers. 32-bit is what the switch adds; use it whenever
+    /// results must match the in-network path bit for bit.
+    pub lane: LaneWidth,
+}
+
+impl Default for CodecPolicy {
+    fn default() -> Self {
+        CodecPolicy {
+            lane: LaneWidth::W32,
+        }
+    }
+}
+
+/// Everything a rank needs to join a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// This process's rank, `0..world_size`.
+    pub rank: usize,
+    /// Number of ranks.
+    pub world_size: usize,
+    /// Rendezvous endpoint served by rank 0 (`MASTER_ADDR:MASTER_PORT`).
+    pub master: SocketAddr,
+    /// Default algorithm (per-call overrides exist).
+    pub algo: Algo,
+    /// Switch control endpoint for the in-network path (`None`: innet unavailable).
+    pub switch: Option<SocketAddr>,
+    /// Worker ↔ switch transport.
+    pub transport: Transport,
+    /// Fixed-point policy.
+    pub codec: CodecPolicy,
+    /// [`Algo::Auto`] crossover (aggregate density).
+    pub crossover: f64,
+    /// Job id used with the switch.
+    pub job_id: u16,
+    /// How long to wait for a peer before failing (per message).
+    pub timeout: Duration,
+    /// How long rank 0 waits for everyone at the rendezvous (and others retry connecting).
+    pub rendezvous_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration for `rank` of `world_size` with rendezvous at `master`, ring algorithm,
+    /// 32-bit lanes and default timeouts.
+    pub fn new(rank: usize, world_size: usize, master: SocketAddr) -> Self {
+        Config {
+            rank,
+            world_size,
+            master,
+            algo: Algo::Ring,
+            switch: None,
+            transport: Transport::Udp,
+            codec: CodecPolicy::default(),
+            crossover: AUTO_CROSSOVER,
+            job_id: 1,
+            timeout: DEFAULT_TIMEOUT,
+            rendezvous_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Builder: algorithm.
+    pub fn with_algo(mut self, algo: Algo) -> Self {
+        self.algo = algo;
+        self
+    }
+
+    /// Builder: switch control endpoint.
+    pub fn with_switch(mut self, switch: SocketAddr) -> Self {
+        self.switch = Some(switch);
+        self
+    }
+
+    /// Builder: per-operation timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builder: lane width.
+    pub fn with_lane(mut self, lane: LaneWidth) -> Self {
+        self.codec.lane = lane;
+        self
+    }
+
+    /// Reads `RANK`, `WORLD_SIZE`, `MASTER_ADDR` (default 127.0.0.1), `MASTER_PORT` (default
+    /// 29500) like torch.distributed, plus optional `SKETCHREDUCE_ALGO`,
+    /// `SKETCHREDUCE_SWITCH` (host:port of the switch control endpoint),
+    /// `SKETCHREDUCE_TRANSPORT`, `SKETCHREDUCE_LANE` (32|64), `SKETCHREDUCE_TIMEOUT_SECS`,
+    /// `SKETCHREDUCE_JOB`.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`Self::from_env`] over an arbitrary lookup (for tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        fn parse<T: FromStr>(name: &str, v: &str) -> Result<T> {
+            v.trim()
+                .parse()
+                .map_err(|_| CollectiveError::Config(format!("{name}={v:?} is not valid")))
+        }
+        let rank: usize = parse(
+            "RANK",
+            &get("RANK").ok_or_else(|| CollectiveError::Config("RANK is not set".into()))?,
+        )?;
+        let world: usize = parse(
+            "WORLD_SIZE",
+            &get("WORLD_SIZE")
+                .ok_or_else(|| CollectiveError::Config("WORLD_SIZE is not set".into()))?,
+        )?;
+        let host = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+        let port: u16 = parse("MASTER_PORT", &get("MASTER_PORT").unwrap_or("29500".into()))?;
+        let master = resolve(&host, port)?;
+        let mut c = Config::new(rank, world, master);
+        if let Some(a) = get("SKETCHREDUCE_ALGO") {
+            c.algo = a.parse()?;
+        }
+        if let Some(s) = get("SKETCHREDUCE_SWITCH") {
+            let (h, p) = s.rsplit_once(':').ok_or_else(|| {
+                CollectiveError::Config(format!("SKETCHREDUCE_SWITCH={s:?}: expected host:port"))
+            })?;
+            c.switch = Some(resolve(h, parse("SKETCHREDUCE_SWITCH port", p)?)?);
+        }
+        if let Some(t) = get("SKETCHREDUCE_TRANSPORT") {
+            c.transport = t.parse()?;
+        }
+        if let Some(l) = get("SKETCHREDUCE_LANE") {
+            c.codec.lane = match l.trim() {
+                "32" => LaneWidth::W32,
+                "64" => LaneWidth::W64,
+                o => {
+                    return Err(CollectiveError::Config(format!(
+                        "SKETCHREDUCE_LANE={o:?} (32|64)"
+                    )))
+                }
+            };
+        }
+        if let Some(t) = get("SKETCHREDUCE_TIMEOUT_SECS") {
+            c.timeout = Duration::from_secs_f64(parse("SKETCHREDUCE_TIMEOUT_SECS", &t)?);
+        }
+        if let Some(j) = get("SKETCHREDUCE_JOB") {
+            c.job_id = parse("SKETCHREDUCE_JOB", &j)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks ranges (rank < world, world ≥ 1, crossover finite, …).
+    pub fn validate(&self) -> Result<()> {
+        if self.world_size == 0 {
+            return Err(CollectiveError::Config(
+                "world size must be at least 1".into(),
+            ));
+        }
+        if self.rank >= self.world_size {
+            return Err(CollectiveError::Config(format!(
+                "rank {} is not below world size {}",
+                self.rank, self.world_size
+            )));
+        }
+        if !(self.crossover.is_finite() && self.crossover >= 0.0) {
+            return Err(CollectiveError::Config(format!(
+                "crossover {} must be a finite, non-negative density",
+                self.crossover
+            )));
+        }
+        if self.algo == Algo::Innet && self.switch.is_none() {
+            return Err(CollectiveError::Config(
+                "algo innet needs a switch address (SKETCHREDUCE_SWITCH or Config::switch)".into(),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(CollectiveError::Config("timeout must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The settings every rank must agree on, as `key=value` pairs in a fixed order.
+    pub fn shared_settings(&self) -> String {
+        format!(
+            "world_size={} algo={} lane={} switch={} transport={} crossover={} job={}",
+            self.world_size,
+            self.algo,
+            self.codec.lane.bits(),
+            self.switch
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none".into()),
+            self.transport.name(),
+            self.crossover,
+            self.job_id
+        )
+    }
+
+    /// 64-bit FNV-1a hash of [`Self::shared_settings`]; compared at the rendezvous.
+    pub fn fingerprint(&self) -> u64 {
+        fnv1a(self.shared_settings().as_bytes())
+    }
+}
+
+/// FNV-1a, 64 bit.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn resolve(host: &str, port: u16) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| CollectiveError::Config(format!("cannot resolve {host}:{port}: {e}")))?
+        .find(|a| a.is_ipv4())
+        .or_else(|| (host, port).to_socket_addrs().ok()?.next())
+        .ok_or_else(|| CollectiveError::Config(format!("{host}:{port} resolves to nothing")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn env_parsing() {
+        let m: HashMap<&str, &str> = [
+            ("RANK", "2"),
+            ("WORLD_SIZE", "4"),
+            ("MASTER_PORT", "1234"),
+            ("SKETCHREDUCE_ALGO", "allgather"),
+        ]
+        .into();
+        let c = Config::from_lookup(|k| m.get(k).map(|s| s.to_string())).unwrap();
+        assert_eq!((c.rank, c.world_size, c.master.port()), (2, 4, 1234));
+        assert_eq!(c.algo, Algo::AllGather);
+        let bad: HashMap<&str, &str> = [("RANK", "4"), ("WORLD_SIZE", "4")].into();
+        let e = Config::from_lookup(|k| bad.get(k).map(|s| s.to_string())).unwrap_err();
+        assert!(
+            e.to_string().contains("rank 4 is not below world size 4"),
+            "{e}"
+        );
+        let missing = Config::from_lookup(|_| None).unwrap_err();
+        assert!(missing.to_string().contains("RANK is not set"));
+    }
+
+    #[test]
+    fn fingerprint_ignores_rank_only() {
+        let m: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let a = Config::new(0, 4, m);
+        let b = Config::new(3, 4, m).with_timeout(Duration::from_secs(1));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(
+            a.fingerprint(),
+            a.clone().with_algo(Algo::AllGather).fingerprint()
+        );
+    }
+}

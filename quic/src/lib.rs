@@ -1,0 +1,331 @@
+//! QUIC configuration shared by the sketchreduce switch (server) and the worker agent (client).
+//!
+//! Wire usage over QUIC (see `docs/wire.md`, "QUIC transport"):
+//! - every QUIC **datagram** carries exactly one wire packet (aggregation header + lanes), with
+//!   the same semantics as a UDP datagram to the data ports;
+//! - every control request uses its own **bidirectional stream**: the client writes one
+//!   request frame (`sketchreduce_wire::control::write_frame`), the server answers with one
+//!   response frame and finishes the stream.
+//!
+//! Authentication is by certificate pinning: the switch generates a self-signed certificate on
+//! first use ([`load_or_create_identity`]) and prints its [`fingerprint`]; workers accept
+//! exactly that certificate ([`client_config`]). TLS 1.3 only, crypto by `ring`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+use sketchreduce_wire::control::{self, ControlError};
+use sketchreduce_wire::{ControlRequest, ControlResponse};
+use thiserror::Error;
+
+/// ALPN protocol id of sketchreduce over QUIC.
+pub const ALPN: &[u8] = b"sketchreduce/1";
+/// Server name a client passes to `Endpoint::connect` (the pinned verifier ignores it).
+pub const SERVER_NAME: &str = "sketchreduce";
+/// File names inside the certificate directory.
+pub const CERT_FILE: &str = "cert.der";
+/// Private key file (PKCS#8 DER, mode 0600).
+pub const KEY_FILE: &str = "key.der";
+/// Receive/send buffer for QUIC datagrams, per connection.
+pub const DATAGRAM_BUFFER: usize = 8 << 20;
+
+/// Errors in QUIC setup.
+#[derive(Debug, Error)]
+pub enum QuicError {
+    /// Reading or writing the identity files.
+    #[error("certificate directory {path}: {source}")]
+    Io {
+        /// File or directory.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("cannot generate certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    /// TLS configuration rejected.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The rustls config is not usable for QUIC.
+    #[error("QUIC crypto configuration: {0}")]
+    NoInitialCipherSuite(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
+    /// A fingerprint that is not 64 hex digits.
+    #[error("bad certificate fingerprint {0:?}: expected 64 hex digits (SHA-256)")]
+    BadFingerprint(String),
+    /// Connection-level failure (control helper).
+    #[error("QUIC connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Stream write failure (control helper).
+    #[error("QUIC stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Stream read failure (control helper).
+    #[error("QUIC stream read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    /// Stream already closed (control helper).
+    #[error("QUIC stream closed: {0}")]
+    Closed(#[from] quinn::ClosedStream),
+    /// Control frame encoding or decoding.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+}
+
+/// The switch's certificate and private key (DER).
+#[derive(Clone)]
+pub struct Identity {
+    /// Self-signed X.509 certificate, DER.
+    pub cert_der: Vec<u8>,
+    /// PKCS#8 private key, DER.
+    pub key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("fingerprint", &fingerprint(&self.cert_der))
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> QuicError + '_ {
+    move |source| QuicError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Loads `dir/cert.der` and `dir/key.der`, or generates a self-signed certificate (names
+/// `sketchreduce`, `localhost`) and stores it there on first use.
+pub fn load_or_create_identity(dir: &Path) -> Result<Identity, QuicError> {
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    if cert_path.exists() && key_path.exists() {
+        let cert_der = std::fs::read(&cert_path).map_err(io_err(&cert_path))?;
+        let key_der = std::fs::read(&key_path).map_err(io_err(&key_path))?;
+        return Ok(Identity { cert_der, key_der });
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ck =
+        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string(), "localhost".to_string()])?;
+    let id = Identity {
+        cert_der: ck.cert.der().to_vec(),
+        key_der: ck.key_pair.serialize_der(),
+    };
+    write_private(&key_path, &id.key_der)?;
+    std::fs::write(&cert_path, &id.cert_der).map_err(io_err(&cert_path))?;
+    tracing::info!(dir = %dir.display(), fingerprint = %fingerprint(&id.cert_der), "generated QUIC certificate");
+    Ok(id)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), QuicError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))
+}
+
+/// Lowercase hex SHA-256 of a DER certificate.
+pub fn fingerprint(cert_der: &[u8]) -> String {
+    let digest = Sha256::digest(cert_der);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+fn parse_fingerprint(fp: &str) -> Result<[u8; 32], QuicError> {
+    let clean: String = fp
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let bad = || QuicError::BadFingerprint(fp.to_string());
+    if clean.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&clean[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .max_concurrent_bidi_streams(256u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid timeout"),
+        ));
+    t
+}
+
+/// Server configuration: TLS 1.3 with the given identity, ALPN [`ALPN`], datagrams enabled
+/// with [`DATAGRAM_BUFFER`]-byte buffers.
+pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, QuicError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(id.cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone())),
+        )?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport()));
+    Ok(cfg)
+}
+
+/// Client configuration: TLS 1.3, ALPN [`ALPN`], and a verifier that accepts exactly the
+/// certificate whose SHA-256 (of the end-entity DER) is `pinned_fingerprint` (64 hex digits,
+/// colons allowed), with a valid handshake signature by that certificate's key.
+pub fn client_config(pinned_fingerprint: &str) -> Result<quinn::ClientConfig, QuicError> {
+    let pinned = parse_fingerprint(pinned_fingerprint)?;
+    let provider = provider();
+    let verifier = PinnedVerifier {
+        pinned,
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport()));
+    Ok(cfg)
+}
+
+/// Accepts exactly one certificate, identified by its SHA-256.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pinned: [u8; 32],
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if got == self.pinned {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // TLS 1.3 only (QUIC requires it).
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Sends one control request on a new bidirectional stream of `conn` and reads the answer
+/// (the QUIC equivalent of `sketchreduce_wire::control::call`).
+pub async fn control_call(
+    conn: &quinn::Connection,
+    req: &ControlRequest,
+) -> Result<ControlResponse, QuicError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut buf = Vec::new();
+    control::write_frame(&mut buf, req)?;
+    send.write_all(&buf).await?;
+    send.finish()?;
+    read_frame_async(&mut recv).await
+}
+
+/// Reads one length-prefixed control frame from a QUIC stream and decodes it.
+pub async fn read_frame_async<M: bincode::Decode<()>>(
+    recv: &mut quinn::RecvStream,
+) -> Result<M, QuicError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > control::MAX_FRAME {
+        return Err(ControlError::TooLarge(n).into());
+    }
+    let mut frame = vec![0u8; 4 + n];
+    frame[..4].copy_from_slice(&len);
+    recv.read_exact(&mut frame[4..]).await?;
+    Ok(control::read_frame(&mut &frame[..])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_format() {
+        let fp = fingerprint(b"abc");
+        assert_eq!(
+            fp,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(parse_fingerprint(&fp).unwrap()[0], 0xba);
+        assert!(parse_fingerprint("abc").is_err());
+        assert!(parse_fingerprint(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn identity_persists() {
+        let dir = std::env::temp_dir().join(format!("sr-quic-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = load_or_create_identity(&dir).unwrap();
+        let b = load_or_create_identity(&dir).unwrap();
+        assert_eq!(a.cert_der, b.cert_der);
+        assert_eq!(a.key_der, b.key_der);
+        server_config(&a).unwrap();
+        client_config(&fingerprint(&a.cert_der)).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,147 @@
+//! The blocking, connected agent: an [`InnetCore`] driven over a [`Transport`].
+//!
+//! ```no_run
+//! # use sketchreduce_agent::*;
+//! # fn main() -> Result<(), AgentError> {
+//! # let job: sketchreduce_wire::JobSpec = unimplemented!();
+//! let sock = transport::bind_udp("127.0.0.1:0".parse().unwrap())?;
+//! // ... put sock.local_addr() into the job spec as this rank's address ...
+//! let control = "127.0.0.1:39440".parse().unwrap();
+//! let t = transport::UdpTransport::new(sock, control)?;
+//! let mut agent = Agent::new(t, &job, 0, AgentConfig::default())?;
+//! let grad = vec![0.0f32; 1000];
+//! let reduced = agent.all_reduce(7, &grad)?; // exact sums on every worker
+//! let dense: Vec<f32> = reduced.dense();
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use sketchreduce_wire::{ControlRequest, ControlResponse, JobSpec};
+
+use crate::aggregation::AggConfig;
+use crate::error::AgentError;
+use crate::innet::{InnetConfig, InnetCore, InnetStats, Reduced};
+use crate::transport::{drive, Transport};
+
+/// Everything an [`Agent`] needs besides the transport and the job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Window and timers.
+    pub agg: AggConfig,
+    /// Codec settings (identical on every worker; checked at every all-reduce).
+    pub innet: InnetConfig,
+    /// Register the job at the switch on construction (idempotent for identical specs).
+    pub register: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            agg: AggConfig::default(),
+            innet: InnetConfig::default(),
+            register: true,
+        }
+    }
+}
+
+/// A worker connected to the switch for one job.
+pub struct Agent<T: Transport> {
+    core: InnetCore,
+    transport: T,
+    job: JobSpec,
+    rank: u8,
+}
+
+impl<T: Transport> std::fmt::Debug for Agent<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("job", &self.job.id)
+            .field("rank", &self.rank)
+            .field("transport", &self.transport.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Agent<T> {
+    /// Connects worker `rank` of `job` over `transport` (registering the job if asked).
+    /// The job spec must name `transport.local_addr()` as this rank's address.
+    pub fn new(
+        mut transport: T,
+        job: &JobSpec,
+        rank: u8,
+        cfg: AgentConfig,
+    ) -> Result<Self, AgentError> {
+        let core = InnetCore::new(job, rank, cfg.agg, cfg.innet)?;
+        if let Some(w) = job.workers.get(rank as usize) {
+            let local = transport.local_addr();
+            if w.addr != local && !w.addr.ip().is_unspecified() {
+                tracing::warn!(spec = %w.addr, %local, rank, "job spec names another address for this rank; results will go there");
+            }
+        }
+        if cfg.register {
+            match transport.control(&ControlRequest::Register(job.clone()))? {
+                ControlResponse::Ok => {}
+                ControlResponse::Error(e) => {
+                    return Err(AgentError::Refused(format!("register job {}: {e}", job.id)))
+                }
+                other => {
+                    return Err(AgentError::Refused(format!(
+                        "unexpected answer to Register: {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(Agent {
+            core,
+            transport,
+            job: job.clone(),
+            rank,
+        })
+    }
+
+    /// All-reduces `values` (same `tensor_id` and length on every worker of the job) through
+    /// the switch and returns the exact sum. Blocks; never longer than the configured worker
+    /// timeout per stalled chunk.
+    pub fn all_reduce(&mut self, tensor_id: u64, values: &[f32]) -> Result<Reduced, AgentError> {
+        self.core.start(tensor_id, values)?;
+        let mut result = None;
+        drive(
+            &mut self.core,
+            &mut self.transport,
+            Duration::from_secs(5),
+            |c| {
+                if let Some(r) = c.poll_complete() {
+                    result = Some(r);
+                }
+                result.is_some()
+            },
+        )?;
+        result.unwrap_or_else(|| Err(AgentError::Transport("driver stopped early".into())))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> InnetStats {
+        self.core.stats()
+    }
+
+    /// The job.
+    pub fn job(&self) -> &JobSpec {
+        &self.job
+    }
+
+    /// This worker's rank.
+    pub fn rank(&self) -> u8 {
+        self.rank
+    }
+
+    /// The transport (e.g. for its counters).
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The transport, mutably (e.g. to query the switch's counters).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+}

@@ -1,0 +1,88 @@
+//! Errors of the worker agent.
+
+use std::time::Duration;
+use thiserror::Error;
+
+/// Everything that can stop an aggregation or all-reduce. Every variant says what happened
+/// and where; none is ever swallowed into a wrong result.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AgentError {
+    /// A chunk got no result within the worker timeout.
+    #[error("job {job}: slot {slot} round {round} (chunk {chunk}) got no result within {waited:?}: {detail}")]
+    SlotTimeout {
+        /// Job id.
+        job: u16,
+        /// Absolute slot index.
+        slot: u32,
+        /// Round this worker used on the slot.
+        round: u32,
+        /// Chunk index within the operation.
+        chunk: u32,
+        /// How long the chunk waited.
+        waited: Duration,
+        /// Ranks whose contribution the switch never saw, from its STATUS bitmap (`None` if no
+        /// STATUS arrived or it could not be interpreted).
+        missing: Option<Vec<u8>>,
+        /// Human-readable diagnosis.
+        detail: String,
+    },
+    /// Workers are out of step (different operation sequences or stream layouts).
+    #[error("job {job}: slot {slot}: workers out of step: {detail}")]
+    Desync {
+        /// Job id.
+        job: u16,
+        /// Absolute slot index.
+        slot: u32,
+        /// What disagreed.
+        detail: String,
+    },
+    /// Workers called with different shapes or parameters (detected at job/tensor start).
+    #[error("job {job}: parameter mismatch across workers: {detail}")]
+    Mismatch {
+        /// Job id.
+        job: u16,
+        /// What differs.
+        detail: String,
+    },
+    /// An operation is already running.
+    #[error("an aggregation is already in flight")]
+    Busy,
+    /// Bad configuration (job spec, rank, sizes).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The codec refused the input or the parameters (e.g. non-finite gradient values).
+    #[error("codec: {0}")]
+    Codec(String),
+    /// Transport failure (socket, QUIC connection, control channel).
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The switch refused a control request.
+    #[error("switch refused: {0}")]
+    Refused(String),
+    /// No RDMA device is present (feature `rdma`).
+    #[error("no RDMA device found (ibv_get_device_list returned 0 devices); load rxe or use --transport udp")]
+    NoRdmaDevice,
+}
+
+impl AgentError {
+    /// A short snake_case name for JSON reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentError::SlotTimeout { .. } => "worker_timeout",
+            AgentError::Desync { .. } => "desync",
+            AgentError::Mismatch { .. } => "mismatch",
+            AgentError::Busy => "busy",
+            AgentError::Config(_) => "config",
+            AgentError::Codec(_) => "codec",
+            AgentError::Transport(_) => "transport",
+            AgentError::Refused(_) => "refused",
+            AgentError::NoRdmaDevice => "no_rdma_device",
+        }
+    }
+}
+
+impl From<std::io::Error> for AgentError {
+    fn from(e: std::io::Error) -> Self {
+        AgentError::Transport(e.to_string())
+    }
+}

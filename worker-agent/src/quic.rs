@@ -1,0 +1,147 @@
+//! QUIC transport: each QUIC datagram is one wire packet; control requests go over a
+//! bidirectional stream (see `sketchreduce_quic`). The switch's certificate is pinned by
+//! fingerprint. A small tokio runtime (one worker thread) drives the connection in the
+//! background; the agent's API stays blocking.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sketchreduce_wire::{ControlRequest, ControlResponse};
+
+use crate::error::AgentError;
+use crate::transport::{Transport, CONTROL_TIMEOUT};
+
+/// A QUIC connection to the switch.
+pub struct QuicTransport {
+    rt: tokio::runtime::Runtime,
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    local: SocketAddr,
+}
+
+impl std::fmt::Debug for QuicTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicTransport")
+            .field("local", &self.local)
+            .field("remote", &self.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+fn terr(what: &str) -> impl Fn(std::fmt::Arguments<'_>) -> AgentError + '_ {
+    move |a| AgentError::Transport(format!("QUIC {what}: {a}"))
+}
+
+impl QuicTransport {
+    /// Connects from the bound `sock` (whose address the job spec names for this rank) to the
+    /// switch's QUIC endpoint `server`, accepting only the certificate with SHA-256
+    /// `fingerprint`.
+    pub fn connect(
+        sock: UdpSocket,
+        server: SocketAddr,
+        fingerprint: &str,
+    ) -> Result<Self, AgentError> {
+        let local = sock.local_addr()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| terr("runtime")(format_args!("{e}")))?;
+        let cfg = sketchreduce_quic::client_config(fingerprint)
+            .map_err(|e| terr("client config")(format_args!("{e}")))?;
+        let endpoint = {
+            let _g = rt.enter();
+            let mut ep = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                None,
+                sock,
+                Arc::new(quinn::TokioRuntime),
+            )
+            .map_err(|e| terr("endpoint")(format_args!("{e}")))?;
+            ep.set_default_client_config(cfg);
+            ep
+        };
+        let connecting = {
+            let _g = rt.enter();
+            endpoint
+                .connect(server, sketchreduce_quic::SERVER_NAME)
+                .map_err(|e| terr("connect")(format_args!("{server}: {e}")))?
+        };
+        let conn = rt
+            .block_on(async { tokio::time::timeout(CONTROL_TIMEOUT, connecting).await })
+            .map_err(|_| terr("handshake")(format_args!("{server}: timed out")))?
+            .map_err(|e| terr("handshake")(format_args!("{server}: {e}")))?;
+        Ok(QuicTransport {
+            rt,
+            endpoint,
+            conn,
+            local,
+        })
+    }
+
+    /// Largest datagram the connection accepts now.
+    pub fn max_datagram(&self) -> Option<usize> {
+        self.conn.max_datagram_size()
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"done");
+        let ep = self.endpoint.clone();
+        let _ = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(200), ep.wait_idle()).await
+        });
+    }
+}
+
+impl Transport for QuicTransport {
+    fn send(&mut self, _slot: u32, datagram: &[u8]) -> Result<(), AgentError> {
+        match self
+            .conn
+            .send_datagram(bytes::Bytes::copy_from_slice(datagram))
+        {
+            Ok(()) => Ok(()),
+            Err(quinn::SendDatagramError::ConnectionLost(e)) => {
+                Err(terr("connection lost")(format_args!("{e}")))
+            }
+            Err(e) => Err(terr("send datagram")(format_args!("{e}"))),
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, AgentError> {
+        let conn = &self.conn;
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(timeout, conn.read_datagram()).await });
+        match r {
+            Err(_) => Ok(None),
+            Ok(Ok(b)) => {
+                let n = b.len().min(buf.len());
+                buf[..n].copy_from_slice(&b[..n]);
+                Ok(Some(n))
+            }
+            Ok(Err(e)) => Err(terr("connection lost")(format_args!("{e}"))),
+        }
+    }
+
+    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
+        let conn = &self.conn;
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(CONTROL_TIMEOUT, sketchreduce_quic::control_call(conn, req))
+                    .await
+            })
+            .map_err(|_| terr("control")(format_args!("timed out")))?
+            .map_err(|e| terr("control")(format_args!("{e}")))
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn name(&self) -> &'static str {
+        "quic"
+    }
+}
