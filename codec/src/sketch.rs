@@ -356,18 +356,7 @@ impl<L: Lane> Encoder<L> {
             // Stage 1: quantize, hash, compute cells and prefetch them, so that stage 2's
             // random read-modify-writes find their cache lines already on the way.
             self.stage.clear();
-            // While the core works on keys, keep DRAM busy by prefetching the next batch of the
-            // input into L2 (a few lines per key), so scanning and key work overlap.
-            let next_start = (base + BATCH).min(values.len());
-            let next_end = (next_start + BATCH).min(values.len());
-            let mut pf = next_start;
             for &off in &self.batch[..n] {
-                if pf < next_end {
-                    for l in 0..4 {
-                        prefetch_l2(values.as_ptr().wrapping_add(pf + 16 * l));
-                    }
-                    pf += 64;
-                }
                 let i = base + off as usize;
                 let q = fixed.try_to_fixed(block[off as usize], i)?;
                 if q != 0 {
@@ -389,12 +378,6 @@ impl<L: Lane> Encoder<L> {
             for k in 0..staged {
                 if k + PREFETCH_AHEAD < staged {
                     self.prefetch_entry(index_words, cells, k + PREFETCH_AHEAD);
-                }
-                if pf < next_end {
-                    for l in 0..4 {
-                        prefetch_l2(values.as_ptr().wrapping_add(pf + 16 * l));
-                    }
-                    pf += 64;
                 }
                 let Staged {
                     key,
@@ -497,40 +480,6 @@ fn prefetch<T>(p: *const T) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
-}
-
-/// Like [`prefetch`] but into L2 only (for the streamed input, to not evict L1).
-#[inline(always)]
-fn prefetch_l2<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: as for `prefetch`: a hint that never faults.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// Bit `i` set iff `c[i]` has nonzero magnitude bits (`-0.0` counts as zero); `c.len() == 16`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn nonzero_mask16(c: &[f32]) -> u32 {
-    use std::arch::x86_64::*;
-    assert_eq!(c.len(), 16);
-    // SAFETY: SSE2 is part of the x86_64 baseline; the four unaligned 16-byte loads stay inside
-    // `c`, whose length was just checked.
-    unsafe {
-        let p = c.as_ptr() as *const __m128i;
-        let z = _mm_setzero_si128();
-        let zero_lanes = |v: __m128i| -> u32 {
-            _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_slli_epi32::<1>(v), z))) as u32
-        };
-        let a = zero_lanes(_mm_loadu_si128(p));
-        let b = zero_lanes(_mm_loadu_si128(p.add(1)));
-        let d = zero_lanes(_mm_loadu_si128(p.add(2)));
-        let e = zero_lanes(_mm_loadu_si128(p.add(3)));
-        !(a | (b << 4) | (d << 8) | (e << 12)) & 0xffff
-    }
 }
 
 /// Whether any of the 32 floats of `c` has nonzero magnitude bits; `c.len() == 32`.
