@@ -482,6 +482,28 @@ fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Bit `i` set iff `c[i]` has nonzero magnitude bits (`-0.0` counts as zero); `c.len() == 16`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn nonzero_mask16(c: &[f32]) -> u32 {
+    use std::arch::x86_64::*;
+    assert_eq!(c.len(), 16);
+    // SAFETY: SSE2 is part of the x86_64 baseline; the four unaligned 16-byte loads stay inside
+    // `c`, whose length was just checked.
+    unsafe {
+        let p = c.as_ptr() as *const __m128i;
+        let z = _mm_setzero_si128();
+        let zero_lanes = |v: __m128i| -> u32 {
+            _mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(_mm_slli_epi32::<1>(v), z))) as u32
+        };
+        let a = zero_lanes(_mm_loadu_si128(p));
+        let b = zero_lanes(_mm_loadu_si128(p.add(1)));
+        let d = zero_lanes(_mm_loadu_si128(p.add(2)));
+        let e = zero_lanes(_mm_loadu_si128(p.add(3)));
+        !(a | (b << 4) | (d << 8) | (e << 12)) & 0xffff
+    }
+}
+
 /// Whether any of the 32 floats of `c` has nonzero magnitude bits; `c.len() == 32`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]

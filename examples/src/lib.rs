@@ -294,7 +294,7 @@ pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>
         common.workers, common.iters, common.seed
     );
     println!(
-        "{:<10} {:>9} {:>10} {:>9} {:>13} {:>10} {:>10} {:>7}  {:<16} {}",
+        "{:<10} {:>9} {:>10} {:>9} {:>13} {:>10} {:>10} {:>7}  {:<16} ops (innet/ring/allgather)",
         "algo",
         "iter ms",
         "compute ms",
@@ -304,7 +304,6 @@ pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>
         "loss[end]",
         "wall s",
         "param hash",
-        "ops (innet/ring/allgather)"
     );
     let mut hashes = Vec::new();
     for (algo, sums, wall) in results {
