@@ -4,14 +4,35 @@
 use crate::hash;
 use crate::params::{CodecParams, IndexKind, BLOOM_BLOCK_WORDS};
 
+/// Where a key goes in the index: `(word, bits)`. Bitmap: the word and the bit number;
+/// Bloom: the first word of the key's 512-bit block and the in-block bit source.
+#[inline(always)]
+pub(crate) fn slot(params: &CodecParams, key: u32, hash: u64) -> (usize, u64) {
+    match params.index_kind() {
+        IndexKind::Bitmap => ((key >> 5) as usize, (key & 31) as u64),
+        IndexKind::Bloom { blocks, .. } => {
+            let (b, g) = hash::bloom_hashes(hash);
+            (
+                hash::fastrange(b, blocks as u64) as usize * BLOOM_BLOCK_WORDS,
+                g,
+            )
+        }
+    }
+}
+
 /// Records `key` (with base hash `hash`) in the index words.
 #[inline(always)]
 pub(crate) fn insert(params: &CodecParams, words: &mut [u32], key: u32, hash: u64) {
+    let (w, g) = slot(params, key, hash);
+    insert_at(params, words, w, g);
+}
+
+/// Records a key given its [`slot`].
+#[inline(always)]
+pub(crate) fn insert_at(params: &CodecParams, words: &mut [u32], base: usize, g: u64) {
     match params.index_kind() {
-        IndexKind::Bitmap => words[(key >> 5) as usize] |= 1 << (key & 31),
-        IndexKind::Bloom { blocks, k } => {
-            let (b, g) = hash::bloom_hashes(hash);
-            let base = hash::fastrange(b, blocks as u64) as usize * BLOOM_BLOCK_WORDS;
+        IndexKind::Bitmap => words[base] |= 1 << g,
+        IndexKind::Bloom { k, .. } => {
             let block: &mut [u32; BLOOM_BLOCK_WORDS] = (&mut words[base..base + BLOOM_BLOCK_WORDS])
                 .try_into()
                 .expect("block slice has BLOOM_BLOCK_WORDS words");
@@ -35,17 +56,6 @@ fn set_bits<const K: usize>(block: &mut [u32; BLOOM_BLOCK_WORDS], g: u64) {
     for i in 0..K {
         let bit = ((g >> (9 * i)) & 511) as usize;
         block[bit >> 5] |= 1 << (bit & 31);
-    }
-}
-
-/// First index word `insert` touches for this key (for prefetching).
-#[inline(always)]
-pub(crate) fn word_of(params: &CodecParams, key: u32, hash: u64) -> usize {
-    match params.index_kind() {
-        IndexKind::Bitmap => (key >> 5) as usize,
-        IndexKind::Bloom { blocks, .. } => {
-            hash::fastrange(hash::bloom_hashes(hash).0, blocks as u64) as usize * BLOOM_BLOCK_WORDS
-        }
     }
 }
 

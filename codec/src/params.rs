@@ -383,8 +383,19 @@ impl CodecParams {
     #[inline(always)]
     pub(crate) fn cells_of(&self, hash: u64) -> [usize; 4] {
         let m = self.cells as u64;
+        let h = self.hashes as usize;
         let mut out = [usize::MAX; 4];
-        for j in 0..self.hashes as usize {
+        for (j, o) in out[..h].iter_mut().enumerate() {
+            *o = hash::fastrange(hash::sub_hash(hash, j), m) as usize;
+        }
+        // Fast path: all distinct (explicit comparisons, no loop).
+        let [a, b, c, d] = out;
+        let distinct = a != b && a != c && b != c && (h == 3 || (d != a && d != b && d != c));
+        if distinct {
+            return out;
+        }
+        out = [usize::MAX; 4];
+        for j in 0..h {
             let mut x = hash::sub_hash(hash, j);
             let mut c = hash::fastrange(x, m) as usize;
             while out[..j].contains(&c) {

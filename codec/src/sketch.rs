@@ -239,9 +239,9 @@ const PREFETCH_AHEAD: usize = 16;
 /// A key between the two stages of [`Encoder::encode_dense`].
 #[derive(Debug, Clone, Copy)]
 struct Staged {
-    key: u32,
     q: i64,
     hash: u64,
+    slot: (usize, u64),
     cells: [u32; 4],
 }
 
@@ -287,7 +287,7 @@ impl<L: Lane> Encoder<L> {
         for &c in &s.cells[..self.params.hashes() as usize] {
             prefetch(cells.as_ptr().wrapping_add(c as usize));
         }
-        let w = index::word_of(&self.params, s.key, s.hash);
+        let w = s.slot.0;
         // A Bloom block is 64 bytes but the Vec is not 64-byte aligned: fetch both lines.
         prefetch(index_words.as_ptr().wrapping_add(w));
         prefetch(index_words.as_ptr().wrapping_add(w + 15));
@@ -356,16 +356,27 @@ impl<L: Lane> Encoder<L> {
             // Stage 1: quantize, hash, compute cells and prefetch them, so that stage 2's
             // random read-modify-writes find their cache lines already on the way.
             self.stage.clear();
+            // While the core works on keys, keep DRAM busy: prefetch the next batch of the
+            // input (a few lines per key), so streaming and key work overlap.
+            let next_end = (base + 2 * BATCH).min(values.len());
+            let mut pf = (base + BATCH).min(next_end);
             for &off in &self.batch[..n] {
+                if pf < next_end {
+                    prefetch(values.as_ptr().wrapping_add(pf));
+                    prefetch(values.as_ptr().wrapping_add(pf + 16));
+                    prefetch(values.as_ptr().wrapping_add(pf + 32));
+                    prefetch(values.as_ptr().wrapping_add(pf + 48));
+                    pf += 64;
+                }
                 let i = base + off as usize;
                 let q = fixed.try_to_fixed(block[off as usize], i)?;
                 if q != 0 {
                     let hash = params.key_hash(i as u32);
                     let cs = params.cells_of(hash);
                     self.stage.push(Staged {
-                        key: i as u32,
                         q,
                         hash,
+                        slot: index::slot(params, i as u32, hash),
                         cells: cs.map(|c| c as u32),
                     });
                 }
@@ -379,13 +390,20 @@ impl<L: Lane> Encoder<L> {
                 if k + PREFETCH_AHEAD < staged {
                     self.prefetch_entry(index_words, cells, k + PREFETCH_AHEAD);
                 }
+                if pf < next_end {
+                    prefetch(values.as_ptr().wrapping_add(pf));
+                    prefetch(values.as_ptr().wrapping_add(pf + 16));
+                    prefetch(values.as_ptr().wrapping_add(pf + 32));
+                    prefetch(values.as_ptr().wrapping_add(pf + 48));
+                    pf += 64;
+                }
                 let Staged {
-                    key,
                     q,
                     hash,
+                    slot,
                     cells: cs,
                 } = self.stage[k];
-                index::insert(params, index_words, key, hash);
+                index::insert_at(params, index_words, slot.0, slot.1);
                 let pos = L::from_i64(q);
                 let neg = L::from_i64(q.wrapping_neg());
                 for (j, &c) in cs[..h].iter().enumerate() {
