@@ -458,7 +458,11 @@ struct CollectiveWorker {
 }
 
 impl BenchWorker for CollectiveWorker {
-    fn all_reduce(&mut self, _tensor_id: u64, grad: &[f32]) -> anyhow::Result<(Vec<i64>, u64, u64)> {
+    fn all_reduce(
+        &mut self,
+        _tensor_id: u64,
+        grad: &[f32],
+    ) -> anyhow::Result<(Vec<i64>, u64, u64)> {
         let ((sums, _), _) = self.comm.start_fixed(grad.to_vec(), self.algo).wait()?;
         let nnz = sums.iter().filter(|&&q| q != 0).count() as u64;
         Ok((sums, nnz, 0))
@@ -505,7 +509,11 @@ fn make_worker(
             let master = job.workers[0].addr;
             let mut cfg = sc::Config::new(args.rank, job.workers.len(), master)
                 .with_timeout(Duration::from_millis(args.timeout_ms.max(1000)));
-            cfg.algo = if args.algo == Algo::Ring { sc::Algo::Ring } else { sc::Algo::AllGather };
+            cfg.algo = if args.algo == Algo::Ring {
+                sc::Algo::Ring
+            } else {
+                sc::Algo::AllGather
+            };
             let comm = sc::Communicator::new(cfg)?;
             Ok(Box::new(CollectiveWorker {
                 comm,

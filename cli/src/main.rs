@@ -51,7 +51,17 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout and exit 0; usage errors are one line and exit 2.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see --help)");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Switch(a) => switch_cmd::run(a),
         Command::Bench(BenchCommand::Codec(a)) => codec_bench::run(a),

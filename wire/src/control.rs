@@ -15,7 +15,16 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// Why the switch dropped a packet. The P4 program has one counter index per reason, in this
 /// order (`reason as u32`).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
 )]
 #[repr(u8)]
 pub enum DropReason {
@@ -71,7 +80,16 @@ impl DropReason {
 
 /// Per-job counters.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    bincode::Encode,
+    bincode::Decode,
 )]
 pub struct JobCounters {
     /// DATA packets accepted into a slot.
@@ -89,7 +107,9 @@ pub struct JobCounters {
 }
 
 /// A snapshot of the switch's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode,
+)]
 pub struct Counters {
     /// Datagrams received.
     pub packets_in: u64,

@@ -337,7 +337,10 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// Copies the lanes into `dst` (host order); `dst.len()` must equal the lane count.
     pub fn read_lanes(&self, dst: &mut [u32]) {
-        for (d, c) in dst.iter_mut().zip(self.lane_bytes().chunks_exact(LANE_BYTES)) {
+        for (d, c) in dst
+            .iter_mut()
+            .zip(self.lane_bytes().chunks_exact(LANE_BYTES))
+        {
             *d = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
         }
     }
@@ -486,13 +489,19 @@ mod tests {
         );
         let mut bad = buf.clone();
         bad[1] = 9;
-        assert_eq!(Packet::new_checked(&bad[..]).unwrap_err(), WireError::Kind(9));
+        assert_eq!(
+            Packet::new_checked(&bad[..]).unwrap_err(),
+            WireError::Kind(9)
+        );
         let mut bad = buf.clone();
         bad[2] = 3;
         assert_eq!(Packet::new_checked(&bad[..]).unwrap_err(), WireError::Op(3));
         let mut bad = buf.clone();
         bad[16] = 2;
-        assert_eq!(Packet::new_checked(&bad[..]).unwrap_err(), WireError::Set(2));
+        assert_eq!(
+            Packet::new_checked(&bad[..]).unwrap_err(),
+            WireError::Set(2)
+        );
         let probe = sample(Kind::Probe, 0);
         let mut pb = vec![0u8; probe.packet_len()];
         build(&probe, &[], &mut pb);
