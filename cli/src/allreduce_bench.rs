@@ -248,11 +248,7 @@ fn parent(args: Args) -> anyhow::Result<()> {
             .context("worker address")?
             .parse()
             .context("worker address")?;
-        workers.push(WorkerSpec {
-            addr,
-            mac: None,
-            port: None,
-        });
+        workers.push(WorkerSpec::at(addr));
     }
     let window = args.window.max(2);
     let job = JobSpec {

@@ -45,14 +45,7 @@ pub fn job_spec(cfg: &Config, addrs: &[std::net::SocketAddr]) -> JobSpec {
         lanes: JOB_LANES,
         slot_base: ((cfg.job_id as u32).saturating_sub(1) % 32) * JOB_SLOTS,
         slot_count: JOB_SLOTS,
-        workers: addrs
-            .iter()
-            .map(|&addr| WorkerSpec {
-                addr,
-                mac: None,
-                port: None,
-            })
-            .collect(),
+        workers: addrs.iter().map(|&addr| WorkerSpec::at(addr)).collect(),
     }
 }
 

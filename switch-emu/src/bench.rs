@@ -377,14 +377,7 @@ pub fn job_spec(cfg: &WorkloadConfig, addrs: &[SocketAddr]) -> JobSpec {
         lanes: cfg.lanes,
         slot_base: cfg.slot_base,
         slot_count: cfg.window,
-        workers: addrs
-            .iter()
-            .map(|a| WorkerSpec {
-                addr: *a,
-                mac: None,
-                port: None,
-            })
-            .collect(),
+        workers: addrs.iter().map(|a| WorkerSpec::at(*a)).collect(),
     }
 }
 

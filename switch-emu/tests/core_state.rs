@@ -17,13 +17,7 @@ fn job(id: u16, token: u32, lanes: u16, base: u32, count: u32, n: usize) -> JobS
         lanes,
         slot_base: base,
         slot_count: count,
-        workers: (0..n)
-            .map(|r| WorkerSpec {
-                addr: addr(id, r),
-                mac: None,
-                port: None,
-            })
-            .collect(),
+        workers: (0..n).map(|r| WorkerSpec::at(addr(id, r))).collect(),
     }
 }
 

@@ -15,11 +15,7 @@ fn job() -> JobSpec {
         slot_base: 0,
         slot_count: 8,
         workers: (0..3)
-            .map(|r| WorkerSpec {
-                addr: format!("127.0.0.1:{}", 5000 + r).parse().unwrap(),
-                mac: None,
-                port: None,
-            })
+            .map(|r| WorkerSpec::at(format!("127.0.0.1:{}", 5000 + r).parse().unwrap()))
             .collect(),
     }
 }

@@ -118,11 +118,7 @@ fn control_endpoint() {
         lanes: 32,
         slot_base: 0,
         slot_count: 10,
-        workers: vec![WorkerSpec {
-            addr: "127.0.0.1:9".parse().unwrap(),
-            mac: None,
-            port: None,
-        }],
+        workers: vec![WorkerSpec::at("127.0.0.1:9".parse().unwrap())],
     };
     assert_eq!(
         call(ctl, &ControlRequest::Register(spec.clone()), t).unwrap(),
@@ -173,11 +169,7 @@ fn misrouted_slots_and_garbage_over_udp() {
         lanes: 32,
         slot_base: 0,
         slot_count: 8,
-        workers: vec![WorkerSpec {
-            addr: sock.local_addr().unwrap(),
-            mac: None,
-            port: None,
-        }],
+        workers: vec![WorkerSpec::at(sock.local_addr().unwrap())],
     };
     sw.register(spec).unwrap();
     sock.send_to(b"garbage", sw.local_data_addr()).unwrap();

@@ -49,14 +49,7 @@ fn spec(addrs: &[SocketAddr]) -> JobSpec {
         lanes: 32,
         slot_base: 0,
         slot_count: 4,
-        workers: addrs
-            .iter()
-            .map(|a| WorkerSpec {
-                addr: *a,
-                mac: None,
-                port: None,
-            })
-            .collect(),
+        workers: addrs.iter().map(|a| WorkerSpec::at(*a)).collect(),
     }
 }
 

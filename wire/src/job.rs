@@ -53,6 +53,18 @@ pub struct WorkerSpec {
     pub port: Option<u16>,
 }
 
+impl WorkerSpec {
+    /// A worker known only by its address (enough for the emulator; P4 also needs `mac`
+    /// and `port`).
+    pub fn at(addr: SocketAddr) -> Self {
+        WorkerSpec {
+            addr,
+            mac: None,
+            port: None,
+        }
+    }
+}
+
 /// One aggregation job: the unit of isolation in the switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct JobSpec {

@@ -1,6 +1,8 @@
 //! Real sockets on loopback against the in-process switch (switch-emu): 2, 4 and 8 workers,
 //! UDP and QUIC, exact results; plus a stopped worker named by the others' errors.
 
+mod common;
+use common::reference;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -9,7 +11,6 @@ use sketchreduce_agent::{
     UdpTransport,
 };
 use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
-use sketchreduce_codec::{max_exponent, FixedPoint, LaneWidth};
 use sketchreduce_switch::{spawn_switch, QuicSettings, SwitchConfig, SwitchHandle};
 use sketchreduce_wire::{JobSpec, WorkerSpec};
 
@@ -32,22 +33,6 @@ fn switch(quic: bool) -> SwitchHandle {
     spawn_switch(cfg).expect("switch")
 }
 
-fn reference(grads: &[Vec<f32>]) -> Vec<i64> {
-    let e = grads
-        .iter()
-        .map(|g| max_exponent(g).unwrap())
-        .max()
-        .unwrap();
-    let f = FixedPoint::new(e, grads.len() as u32, LaneWidth::W32).unwrap();
-    let mut sums = vec![0i64; grads[0].len()];
-    for g in grads {
-        for (s, &v) in sums.iter_mut().zip(g) {
-            *s += f.to_fixed(v);
-        }
-    }
-    sums
-}
-
 fn job(id: u16, socks: &[UdpSocket]) -> JobSpec {
     JobSpec {
         id,
@@ -57,11 +42,7 @@ fn job(id: u16, socks: &[UdpSocket]) -> JobSpec {
         slot_count: 64,
         workers: socks
             .iter()
-            .map(|s| WorkerSpec {
-                addr: s.local_addr().unwrap(),
-                mac: None,
-                port: None,
-            })
+            .map(|s| WorkerSpec::at(s.local_addr().unwrap()))
             .collect(),
     }
 }
@@ -107,7 +88,7 @@ fn run(kind: Kind, n: usize, id: u16, loss: f64) {
             .unwrap()
         })
         .collect();
-    let want: Vec<Vec<i64>> = grads.iter().map(|g| reference(g)).collect();
+    let want: Vec<Vec<i64>> = grads.iter().map(|g| reference(g).1).collect();
     let ts: Vec<Box<dyn Transport + Send>> = socks
         .into_iter()
         .enumerate()

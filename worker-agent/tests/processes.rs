@@ -1,6 +1,8 @@
 //! Real worker *processes* (this test binary re-executed as a worker): killing one worker
 //! mid-run, and a run across network namespaces with kernel-level random loss (nftables).
 
+mod common;
+use common::reference;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -9,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use sketchreduce_agent::{bind_udp, Agent, AgentConfig, AgentError, AggConfig, UdpTransport};
 use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
-use sketchreduce_codec::{max_exponent, FixedPoint, LaneWidth};
 use sketchreduce_switch::{spawn_switch, SwitchConfig};
 use sketchreduce_wire::{JobSpec, WorkerSpec};
 
@@ -18,22 +19,6 @@ fn env<T: std::str::FromStr>(k: &str) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("missing or bad {k}"))
-}
-
-fn reference(grads: &[Vec<f32>]) -> Vec<i64> {
-    let e = grads
-        .iter()
-        .map(|g| max_exponent(g).unwrap())
-        .max()
-        .unwrap();
-    let f = FixedPoint::new(e, grads.len() as u32, LaneWidth::W32).unwrap();
-    let mut sums = vec![0i64; grads[0].len()];
-    for g in grads {
-        for (s, &v) in sums.iter_mut().zip(g) {
-            *s += f.to_fixed(v);
-        }
-    }
-    sums
 }
 
 /// Entry point of a worker process; a no-op in a normal test run.
@@ -71,7 +56,7 @@ fn worker_process_entry() {
             seed: 7 + it as u64,
         })
         .unwrap();
-        let want = reference(&grads);
+        let want = reference(&grads).1;
         match a.all_reduce(3, &grads[rank]) {
             Ok(r) => {
                 let mut got = vec![0i64; dim];
@@ -160,14 +145,7 @@ fn start_job(ws: &mut [Worker], id: u16) -> (JobSpec, Vec<SocketAddr>) {
         lanes: 128,
         slot_base: 0,
         slot_count: 64,
-        workers: addrs
-            .iter()
-            .map(|&addr| WorkerSpec {
-                addr,
-                mac: None,
-                port: None,
-            })
-            .collect(),
+        workers: addrs.iter().map(|&addr| WorkerSpec::at(addr)).collect(),
     };
     (job, addrs)
 }

@@ -15,13 +15,7 @@ fn job(n: usize, lanes: u16, slots: u32) -> JobSpec {
         lanes,
         slot_base: 8,
         slot_count: slots,
-        workers: (0..n)
-            .map(|i| WorkerSpec {
-                addr: agent_addr(i),
-                mac: None,
-                port: None,
-            })
-            .collect(),
+        workers: (0..n).map(|i| WorkerSpec::at(agent_addr(i))).collect(),
     }
 }
 

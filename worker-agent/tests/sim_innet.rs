@@ -2,12 +2,14 @@
 //! the simulated network: exact integer sums under loss, duplication and reordering, the
 //! stall-recovery path, and the parameter-mismatch refusal.
 
+mod common;
+use common::reference;
 use std::time::Duration;
 
 use sketchreduce_agent::sim::{agent_addr, SimConfig, SimNet};
 use sketchreduce_agent::{AgentError, AggConfig, InnetConfig, InnetCore, Reduced};
 use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
-use sketchreduce_codec::{max_exponent, FixedPoint, LaneWidth};
+use sketchreduce_codec::FixedPoint;
 use sketchreduce_switch::SwitchCore;
 use sketchreduce_wire::{JobSpec, WorkerSpec};
 
@@ -18,31 +20,8 @@ fn job(n: usize) -> JobSpec {
         lanes: 64,
         slot_base: 0,
         slot_count: 32,
-        workers: (0..n)
-            .map(|i| WorkerSpec {
-                addr: agent_addr(i),
-                mac: None,
-                port: None,
-            })
-            .collect(),
+        workers: (0..n).map(|i| WorkerSpec::at(agent_addr(i))).collect(),
     }
-}
-
-/// Reference: i64 sums of the fixed-point values of every worker.
-fn reference(grads: &[Vec<f32>]) -> (FixedPoint, Vec<i64>) {
-    let e = grads
-        .iter()
-        .map(|g| max_exponent(g).unwrap())
-        .max()
-        .unwrap();
-    let f = FixedPoint::new(e, grads.len() as u32, LaneWidth::W32).unwrap();
-    let mut sums = vec![0i64; grads[0].len()];
-    for g in grads {
-        for (s, &v) in sums.iter_mut().zip(g) {
-            *s += f.to_fixed(v);
-        }
-    }
-    (f, sums)
 }
 
 fn check(r: &Reduced, want: &[i64], f: &FixedPoint) {
