@@ -18,6 +18,16 @@ use crate::index;
 use crate::params::CodecParams;
 use crate::sketch::{check_lane, check_shapes, Encoding, Lane};
 
+/// Per-cell peeling state, kept together so touching a cell costs one cache line: `st` packs
+/// the number of unpeeled candidates in the cell (low 32 bits) and the XOR of their ordinals
+/// (high 32 bits); `work` is the residual cell value.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C, align(16))]
+struct CellState<C> {
+    st: u64,
+    work: C,
+}
+
 /// Reusable decoder state: every buffer is kept between calls, so decoding tensors of a
 /// stable size does not allocate.
 #[derive(Debug, Default)]
@@ -25,12 +35,15 @@ pub struct Decoder<L: Lane> {
     keys: Vec<u32>,
     cell_of: Vec<u32>,
     neg: Vec<u8>,
-    counts: Vec<u32>,
-    ordxor: Vec<u32>,
-    work: Vec<L::Cell>,
+    state: Vec<CellState<L::Cell>>,
     sums: Vec<i64>,
-    stack: Vec<u32>,
+    queue: Vec<u32>,
 }
+
+/// How many candidates ahead the counting pass prefetches cell states.
+const COUNT_AHEAD: usize = 16;
+/// Pipeline distance (in queue entries) of each prefetch stage of the peeling loop.
+const PEEL_AHEAD: usize = 8;
 
 /// A successful decode: candidate positions (increasing) and their exact integer sums
 /// (borrowed from the decoder's buffers).
@@ -111,11 +124,9 @@ impl<L: Lane> Decoder<L> {
             keys: Vec::new(),
             cell_of: Vec::new(),
             neg: Vec::new(),
-            counts: Vec::new(),
-            ordxor: Vec::new(),
-            work: Vec::new(),
+            state: Vec::new(),
             sums: Vec::new(),
-            stack: Vec::new(),
+            queue: Vec::new(),
         }
     }
 
@@ -138,53 +149,98 @@ impl<L: Lane> Decoder<L> {
         let h = params.hashes() as usize;
         let m = params.cells();
 
-        self.counts.clear();
-        self.counts.resize(m, 0);
-        self.ordxor.clear();
-        self.ordxor.resize(m, 0);
+        // Cells (and signs) of every candidate: sequential, compute-bound.
         self.cell_of.clear();
         self.cell_of.reserve(n * h);
         self.neg.clear();
-        for (ord, &key) in self.keys.iter().enumerate() {
+        for &key in &self.keys {
             let hash = params.key_hash(key);
-            let mut signs = 0u8;
             let cs = params.cells_of(hash);
-            for (j, &c) in cs[..h].iter().enumerate() {
-                self.cell_of.push(c as u32);
-                self.counts[c] += 1;
-                self.ordxor[c] ^= ord as u32;
-                signs |= (params.negate(hash, j) as u8) << j;
-            }
+            self.cell_of.extend(cs[..h].iter().map(|&c| c as u32));
             if params.signs() {
+                let mut signs = 0u8;
+                for j in 0..h {
+                    signs |= (params.negate(hash, j) as u8) << j;
+                }
                 self.neg.push(signs);
             }
         }
 
-        self.work.clear();
-        self.work.extend_from_slice(cells);
+        // Cell states: residual values from the input, then counts and ordinal XORs, with the
+        // random cell updates prefetched a few candidates ahead.
+        self.state.clear();
+        self.state
+            .extend(cells.iter().map(|&work| CellState { st: 0, work }));
+        let state = &mut self.state[..];
+        let cell_of = &self.cell_of[..];
+        for (ord, my) in cell_of.chunks_exact(h).enumerate() {
+            if let Some(ahead) = cell_of.get((ord + COUNT_AHEAD) * h..(ord + COUNT_AHEAD + 1) * h) {
+                for &c in ahead {
+                    prefetch(state.as_ptr().wrapping_add(c as usize));
+                }
+            }
+            let tag = 1 | (ord as u64) << 32;
+            for &c in my {
+                let s = &mut state[c as usize];
+                s.st = (s.st + 1) ^ (tag & !1);
+            }
+        }
+
         self.sums.clear();
         self.sums.resize(n, 0);
-        self.stack.clear();
-        self.stack.extend(
-            self.counts
+        self.queue.clear();
+        self.queue.extend(
+            state
                 .iter()
                 .enumerate()
-                .filter(|(_, &c)| c == 1)
+                .filter(|(_, s)| s.st as u32 == 1)
                 .map(|(i, _)| i as u32),
         );
 
+        // Peeling, breadth first from a FIFO queue. The random reads form a chain (cell state
+        // -> candidate's cells -> their states), so they are prefetched in a pipeline: the
+        // state of the entry 3·A ahead, the cell list of the entry 2·A ahead, the other states
+        // of the entry A ahead. Those look-aheads may read stale states; they only pick
+        // addresses to prefetch, every decision is taken on the current state below.
+        let signs_on = params.signs();
         let mut resolved = 0usize;
-        while let Some(c) = self.stack.pop() {
-            let c = c as usize;
-            if self.counts[c] != 1 {
+        let mut head = 0usize;
+        while head < self.queue.len() {
+            let queue = &self.queue[..];
+            if let Some(&c) = queue.get(head + 3 * PEEL_AHEAD) {
+                prefetch(state.as_ptr().wrapping_add(c as usize));
+            }
+            if let Some(&c) = queue.get(head + 2 * PEEL_AHEAD) {
+                let s = state[c as usize].st;
+                if s as u32 == 1 {
+                    let ord = (s >> 32) as usize;
+                    prefetch(cell_of.as_ptr().wrapping_add(ord * h));
+                    prefetch(self.sums.as_ptr().wrapping_add(ord));
+                }
+            }
+            if let Some(&c) = queue.get(head + PEEL_AHEAD) {
+                let s = state[c as usize].st;
+                if s as u32 == 1 {
+                    let ord = (s >> 32) as usize;
+                    if let Some(my) = cell_of.get(ord * h..ord * h + h) {
+                        for &cj in my {
+                            prefetch(state.as_ptr().wrapping_add(cj as usize));
+                        }
+                    }
+                }
+            }
+            let c = queue[head] as usize;
+            head += 1;
+            let s = state[c].st;
+            if s as u32 != 1 {
                 continue;
             }
-            let ord = self.ordxor[c] as usize;
-            let my = &self.cell_of[ord * h..ord * h + h];
-            let signs = if params.signs() { self.neg[ord] } else { 0 };
+            let ord = (s >> 32) as usize;
+            let my = &cell_of[ord * h..ord * h + h];
+            let signs = if signs_on { self.neg[ord] } else { 0 };
             // Sign of this key in cell c.
             let jc = my.iter().position(|&x| x as usize == c).unwrap_or(0);
-            let cell_val = self.work[c];
+            let cell_val = state[c].work;
             let value = if (signs >> jc) & 1 == 1 {
                 L::sub(L::Cell::default(), cell_val)
             } else {
@@ -192,18 +248,18 @@ impl<L: Lane> Decoder<L> {
             };
             let neg_value = L::sub(L::Cell::default(), value);
             self.sums[ord] = L::to_i64(value);
+            let untag = (ord as u64) << 32;
             for (j, &cj) in my.iter().enumerate() {
-                let cj = cj as usize;
                 let contrib = if (signs >> j) & 1 == 1 {
                     neg_value
                 } else {
                     value
                 };
-                self.work[cj] = L::sub(self.work[cj], contrib);
-                self.counts[cj] -= 1;
-                self.ordxor[cj] ^= ord as u32;
-                if self.counts[cj] == 1 {
-                    self.stack.push(cj as u32);
+                let sj = &mut state[cj as usize];
+                sj.work = L::sub(sj.work, contrib);
+                sj.st = (sj.st - 1) ^ untag;
+                if sj.st as u32 == 1 {
+                    self.queue.push(cj);
                 }
             }
             resolved += 1;
@@ -216,7 +272,7 @@ impl<L: Lane> Decoder<L> {
             });
         }
         let zero = L::Cell::default();
-        let nonzero_cells = self.work.iter().filter(|&&w| w != zero).count();
+        let nonzero_cells = state.iter().filter(|s| s.work != zero).count();
         if nonzero_cells != 0 {
             return Err(CodecError::Inconsistent { nonzero_cells });
         }
@@ -231,4 +287,16 @@ impl<L: Lane> Decoder<L> {
     pub fn last_candidates(&self) -> &[u32] {
         &self.keys
     }
+}
+
+/// Prefetch hint (never faults, no effect on results).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetch is a hint that never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }

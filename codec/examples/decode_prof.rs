@@ -1,0 +1,67 @@
+//! Decodes an aggregate of synthetic gradients repeatedly, for profiling the decoder:
+//! `cargo run --release -p sketchreduce-codec --example decode_prof -- [DIM] [DENSITY] [WORKERS] [REPS] [bitmap|bloom]`.
+
+use std::time::Instant;
+
+use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
+use sketchreduce_codec::*;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a: Vec<String> = std::env::args().collect();
+    let dim: usize = a.get(1).and_then(|s| s.parse().ok()).unwrap_or(10_000_000);
+    let density: f64 = a.get(2).and_then(|s| s.parse().ok()).unwrap_or(0.01);
+    let workers: usize = a.get(3).and_then(|s| s.parse().ok()).unwrap_or(8);
+    let reps: usize = a.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);
+    let index = match a.get(5).map(String::as_str) {
+        Some("bitmap") => IndexChoice::Bitmap,
+        Some("bloom") => IndexChoice::Bloom,
+        _ => IndexChoice::Auto,
+    };
+    let spec = SynthSpec {
+        dim,
+        workers,
+        density,
+        overlap: 0.5,
+        pattern: Pattern::Random,
+        seed: 1,
+    };
+    let grads = generate(&spec)?;
+    let e = grads
+        .iter()
+        .map(|g| max_exponent(g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let fixed = FixedPoint::new(*e.iter().max().unwrap(), workers as u32, LaneWidth::W32)?;
+    let mut union = vec![false; dim];
+    for g in &grads {
+        for (u, v) in union.iter_mut().zip(g) {
+            *u |= fixed.to_fixed(*v) != 0;
+        }
+    }
+    let union_nnz = union.iter().filter(|&&u| u).count();
+    let mut sizing = Sizing::new(union_nnz as u64);
+    sizing.index = index;
+    let params = CodecParams::sized(1, 0, dim as u64, LaneWidth::W32, &sizing)?;
+    let mut enc = Encoder::<i32>::new(&params)?;
+    let mut total = enc.new_encoding();
+    let mut one = enc.new_encoding();
+    for g in &grads {
+        enc.encode_dense(g, &fixed, &mut one)?;
+        total.merge(&one)?;
+    }
+    let mut dec = Decoder::<i32>::new();
+    let mut best = f64::MAX;
+    let mut cands = 0;
+    for _ in 0..reps {
+        let t = Instant::now();
+        let out = dec.decode_encoding(&total)?;
+        cands = out.candidates();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "{} union={union_nnz} candidates={cands} {:.3} ms/decode {:.3} GB/s",
+        params.index_kind().name(),
+        best * 1e3,
+        dim as f64 * 4.0 / best / 1e9
+    );
+    Ok(())
+}
