@@ -12,21 +12,61 @@ use std::str::FromStr;
 use std::time::Duration;
 
 /// Aggregate density (Σ over ranks of nonzeros / length) above which [`Algo::Auto`] uses the
-/// dense ring instead of a sparse algorithm, SparCML-style.
+/// dense ring for a *flat* tensor (a dense buffer, or a sparse vector of single values).
+/// See [`auto_crossover`] for how it was measured.
+pub const AUTO_CROSSOVER: f64 = 0.08;
+
+/// Aggregate density (Σ over ranks of nonzero values / length) above which [`Algo::Auto`]
+/// uses the dense ring for a *row-sparse* tensor (a sparse COO tensor whose blocks are rows of
+/// at least [`AUTO_ROW_BLOCK`] values, e.g. an embedding gradient). See [`auto_crossover`].
+pub const AUTO_CROSSOVER_ROWS: f64 = 0.8;
+
+/// Smallest block width (values per sparse index) treated as row-sparse by [`auto_crossover`].
+pub const AUTO_ROW_BLOCK: usize = 8;
+
+/// The default [`Algo::Auto`] crossover for a tensor of `block` values per sparse index
+/// (1 = flat) in a job of `world_size` ranks: the aggregate density Σnnz/d above which the
+/// dense ring beats the sparse all-gather.
 ///
-/// Measured with `cargo run --release -p sketchreduce-collectives --example crossover [n]`
-/// (ranks as threads on 127.0.0.1, this 2-core box, d = 2^20, 32-bit lanes, median of 7):
+/// # How it was measured
+/// `cargo run --release -p sketchreduce-collectives --example crossover W 20 B [innet]`: ranks
+/// as threads on 127.0.0.1 of a 2-core box (shared with other work, so ±30 % noise), d = 2^20
+/// values, 32-bit lanes, median of 7 runs, slowest rank. `B = 1`: flat (every nonzero is an
+/// (index, value) pair); `B = 32`: row-sparse `SparseVec`s of 32-wide rows chosen uniformly
+/// (one index per 32 values), as the sparse embedding gradients of `train_ncf` are.
 ///
-/// | Σnnz/d (4 workers) | 0.04 | 0.10 | 0.20 | 0.40 | 1.00 |
-/// |---|---|---|---|---|---|
-/// | ring ms            | 25.7 | 25.1 | 29.3 | 28.4 | 25.6 |
-/// | all-gather ms      | 19.3 | 23.4 | 46.6 | 62.9 | 121  |
+/// | pattern | workers | all-gather ms → ring ms at Σnnz/d | crossover |
+/// |---|---|---|---|
+/// | flat | 2 | 7.2 / 11.8 at 0.05; 14.7 / 12.6 at 0.10 | ≈ 0.08 |
+/// | flat | 4 | 17.2 / 21.1 at 0.04; 28.4 / 21.6 at 0.10 (rerun: 23.7 / 25.5 at 0.10; 38.1 / 35.6 at 0.20) | ≈ 0.1 |
+/// | flat | 8 | 45.4 / 50.7 at 0.08; 118 / 78 at 0.20 | ≈ 0.08 |
+/// | rows of 32 | 2 | 7.7 / 11.3 at 0.5; 33.6 / 31.8 at 0.8 | ≈ 0.8 |
+/// | rows of 32 | 4 | 22.6 / 39.0 at 0.8; 34.5 / 33.2 at 1.0 | ≈ 1.0 |
+/// | rows of 32 | 8 | 44.0 / 67.3 at 0.4; 60.9 / 61.3 at 0.8 | ≈ 0.8 |
 ///
-/// With 8 workers the ring already wins at 0.08. The byte-count model alone would put the
-/// crossover near 1.0 (8 bytes per pair vs ~8·(n−1)/n bytes per element for the ring); on a
-/// CPU-bound loopback the all-gather's per-pair work (every rank merges every pair) dominates,
-/// so the measured value is much lower. Override per job with [`Config::crossover`].
-pub const AUTO_CROSSOVER: f64 = 0.1;
+/// Expressed as an *aggregate* density the crossover barely moves with the world size (the
+/// all-gather's total work is every rank merging Σnnz pairs, the ring's is every rank
+/// touching ~2d lanes, and all ranks share the same 2 cores), so `world_size` does not change
+/// the value for 2–8 ranks; per rank, the crossover density is this value / `world_size`.
+/// Row-sparse tensors stay on the sparse path ten times longer because one 4-byte index
+/// serves a whole row and the merge adds whole rows, while a flat all-gather pays an index
+/// and a random access per value. The byte-count model alone would put both crossovers near
+/// 1.0; on the CPU-bound loopback the per-pair work dominates. Block widths 2–7 are not
+/// measured and use the (conservative) flat value.
+///
+/// The in-network path (`innet`, software switch on loopback) was measured slower than both at
+/// every density (row-sparse, 4 workers: 83 ms at Σnnz/d = 0.04 vs 1.7 ms all-gather and
+/// 31 ms ring; 1,746 ms at 4.0), so `auto` only uses it when [`Config::auto_innet`] is set.
+///
+/// Override per job with [`Config::crossover`] and [`Config::crossover_rows`].
+pub fn auto_crossover(block: usize, world_size: usize) -> f64 {
+    let _ = world_size; // measured flat over 2..=8 ranks, see above
+    if block >= AUTO_ROW_BLOCK {
+        AUTO_CROSSOVER_ROWS
+    } else {
+        AUTO_CROSSOVER
+    }
+}
 
 /// Default per-operation timeout for waiting on a peer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,8 +80,10 @@ pub enum Algo {
     Ring,
     /// Sparse all-gather of (index, fixed value) pairs over TCP, summed locally.
     AllGather,
-    /// Per tensor from its aggregate density: above [`Config::crossover`] → ring, else the
-    /// sparse path (innet when a switch is configured, all-gather otherwise).
+    /// Per tensor from its aggregate density and structure: above [`Config::crossover`]
+    /// (flat tensors) or [`Config::crossover_rows`] (row-sparse tensors) → ring, else the
+    /// sparse all-gather — or innet when [`Config::auto_innet`] is set and a switch is
+    /// configured. See [`auto_crossover`].
     Auto,
 }
 
@@ -145,8 +187,18 @@ pub struct Config {
     pub transport: Transport,
     /// Fixed-point policy.
     pub codec: CodecPolicy,
-    /// [`Algo::Auto`] crossover (aggregate density).
+    /// [`Algo::Auto`] crossover (aggregate density) for flat tensors (dense buffers and
+    /// sparse vectors of single values). Default: [`auto_crossover`]`(1, world_size)`.
     pub crossover: f64,
+    /// [`Algo::Auto`] crossover (aggregate density) for row-sparse tensors (blocks of at least
+    /// [`AUTO_ROW_BLOCK`] values, e.g. embedding gradients). Default:
+    /// [`auto_crossover`]`(32, world_size)`.
+    pub crossover_rows: f64,
+    /// Let [`Algo::Auto`] send the sparse side through the switch (innet) instead of the
+    /// all-gather. Off by default: with the software switch on loopback innet is measured
+    /// slower than the all-gather at every density (see [`auto_crossover`]); turn it on with a
+    /// hardware switch. Env: `SKETCHREDUCE_AUTO_INNET=1`.
+    pub auto_innet: bool,
     /// Job id used with the switch.
     pub job_id: u16,
     /// How long to wait for a peer before failing (per message).
@@ -167,7 +219,9 @@ impl Config {
             switch: None,
             transport: Transport::Udp,
             codec: CodecPolicy::default(),
-            crossover: AUTO_CROSSOVER,
+            crossover: auto_crossover(1, world_size),
+            crossover_rows: auto_crossover(32, world_size),
+            auto_innet: false,
             job_id: 1,
             timeout: DEFAULT_TIMEOUT,
             rendezvous_timeout: Duration::from_secs(60),
@@ -253,6 +307,9 @@ impl Config {
         if let Some(t) = get("SKETCHREDUCE_TIMEOUT_SECS") {
             c.timeout = Duration::from_secs_f64(parse("SKETCHREDUCE_TIMEOUT_SECS", &t)?);
         }
+        if let Some(v) = get("SKETCHREDUCE_AUTO_INNET") {
+            c.auto_innet = matches!(v.trim(), "1" | "true" | "yes");
+        }
         if let Some(j) = get("SKETCHREDUCE_JOB") {
             c.job_id = parse("SKETCHREDUCE_JOB", &j)?;
         }
@@ -273,11 +330,12 @@ impl Config {
                 self.rank, self.world_size
             )));
         }
-        if !(self.crossover.is_finite() && self.crossover >= 0.0) {
-            return Err(CollectiveError::Config(format!(
-                "crossover {} must be a finite, non-negative density",
-                self.crossover
-            )));
+        for c in [self.crossover, self.crossover_rows] {
+            if !(c.is_finite() && c >= 0.0) {
+                return Err(CollectiveError::Config(format!(
+                    "crossover {c} must be a finite, non-negative density"
+                )));
+            }
         }
         if self.algo == Algo::Innet && self.switch.is_none() {
             return Err(CollectiveError::Config(
@@ -293,7 +351,7 @@ impl Config {
     /// The settings every rank must agree on, as `key=value` pairs in a fixed order.
     pub fn shared_settings(&self) -> String {
         format!(
-            "world_size={} algo={} lane={} switch={} transport={} crossover={} job={}",
+            "world_size={} algo={} lane={} switch={} transport={} crossover={} crossover_rows={} auto_innet={} job={}",
             self.world_size,
             self.algo,
             self.codec.lane.bits(),
@@ -302,6 +360,8 @@ impl Config {
                 .unwrap_or_else(|| "none".into()),
             self.transport.name(),
             self.crossover,
+            self.crossover_rows,
+            self.auto_innet,
             self.job_id
         )
     }

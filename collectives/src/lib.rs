@@ -37,7 +37,10 @@ mod sparse;
 pub mod tensor;
 
 pub use comm::{Communicator, Pending, Stats};
-pub use config::{Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER, DEFAULT_TIMEOUT};
+pub use config::{
+    auto_crossover, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER, AUTO_CROSSOVER_ROWS,
+    AUTO_ROW_BLOCK, DEFAULT_TIMEOUT,
+};
 pub use error::{CollectiveError, Result};
 pub use reduce::{finish, reference_all_reduce, OpInfo, Payload, ReduceOp};
 pub use sketchreduce_codec::LaneWidth;

@@ -340,9 +340,14 @@ impl Engine {
         let total_nnz: u64 = metas.iter().map(|m| m.nnz).sum();
         let elems = (len * block).max(1) as f64;
         let density = total_nnz as f64 / elems;
+        let crossover = if block >= crate::config::AUTO_ROW_BLOCK {
+            self.cfg.crossover_rows
+        } else {
+            self.cfg.crossover
+        };
         let resolved = match algo {
-            Algo::Auto if density > self.cfg.crossover => Algo::Ring,
-            Algo::Auto if self.innet.is_some() => Algo::Innet,
+            Algo::Auto if density > crossover => Algo::Ring,
+            Algo::Auto if self.cfg.auto_innet && self.innet.is_some() => Algo::Innet,
             Algo::Auto => Algo::AllGather,
             a => a,
         };

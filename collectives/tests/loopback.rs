@@ -346,6 +346,7 @@ fn innet_through_switch_matches_ring_and_reference() {
             |c| Config {
                 job_id: job,
                 crossover: 1.0,
+                auto_innet: true,
                 ..c.with_switch(control).with_algo(Algo::Innet)
             },
             |comm| {

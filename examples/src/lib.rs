@@ -24,7 +24,7 @@ pub struct Common {
     #[arg(long)]
     pub compare: bool,
     /// Training iterations.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 60)]
     pub iters: usize,
     /// Seed of the model initialisation and of the synthetic data.
     #[arg(long, default_value_t = 42)]
@@ -168,6 +168,87 @@ pub fn sgd_step(vs: &tch::nn::VarStore, lr: f64) {
             p.zero_grad();
         }
     });
+}
+
+/// Adam (Kingma & Ba) with *lazy* row-wise updates for sparse gradients, like
+/// `torch.optim.SparseAdam`: only the rows present in a sparse gradient have their moments and
+/// values updated, with the bias correction of the global step.
+///
+/// Rows whose averaged gradient is entirely zero are dropped before the update. The sparse
+/// all-reduce returns the *union* of the ranks' rows (all-gather) or only the rows with a
+/// nonzero sum (ring, innet): both describe the same dense gradient, and dropping the zero
+/// rows makes the update — hence the parameters — bit-identical whichever algorithm ran.
+pub struct Adam {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Denominator term.
+    pub eps: f64,
+    step: i32,
+    state: Vec<Option<(tch::Tensor, tch::Tensor)>>,
+}
+
+impl Adam {
+    /// Adam with the usual defaults (β = 0.9, 0.999; ε = 1e-8).
+    pub fn new(lr: f64) -> Self {
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            step: 0,
+            state: Vec::new(),
+        }
+    }
+
+    /// One update of every trainable variable of `vs` that has a gradient, then clears the
+    /// gradients.
+    pub fn step(&mut self, vs: &tch::nn::VarStore) {
+        self.step += 1;
+        let (b1, b2, eps, lr) = (self.beta1, self.beta2, self.eps, self.lr);
+        let bc1 = 1.0 - b1.powi(self.step);
+        let bc2 = 1.0 - b2.powi(self.step);
+        let vars = vs.trainable_variables();
+        if self.state.len() < vars.len() {
+            self.state.resize_with(vars.len(), || None);
+        }
+        tch::no_grad(|| {
+            for (k, mut p) in vars.into_iter().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let (m, v) = self.state[k].get_or_insert_with(|| (p.zeros_like(), p.zeros_like()));
+                if g.is_sparse() {
+                    let g = g.coalesce();
+                    let vals = g.values();
+                    let nz = vals.ne(0.0).flatten(1, -1).any_dim(1, false);
+                    let keep = nz.nonzero().view(-1);
+                    let rows = g.indices().get(0).index_select(0, &keep);
+                    let g = vals.index_select(0, &keep);
+                    let m_r = m.index_select(0, &rows) * b1 + &g * (1.0 - b1);
+                    let v_r = v.index_select(0, &rows) * b2 + g.square() * (1.0 - b2);
+                    let upd = (&m_r / bc1) / ((&v_r / bc2).sqrt() + eps) * (-lr);
+                    let _ = m.index_copy_(0, &rows, &m_r);
+                    let _ = v.index_copy_(0, &rows, &v_r);
+                    let _ = p.index_add_(0, &rows, &upd);
+                } else {
+                    let _ = m
+                        .f_mul_scalar_(b1)
+                        .and_then(|mut m| m.f_add_(&(&g * (1.0 - b1))));
+                    let _ = v
+                        .f_mul_scalar_(b2)
+                        .and_then(|mut v| v.f_add_(&(g.square() * (1.0 - b2))));
+                    let upd = (&*m / bc1) / ((&*v / bc2).sqrt() + eps) * (-lr);
+                    let _ = p.f_add_(&upd);
+                }
+                p.zero_grad();
+            }
+        });
+    }
 }
 
 /// How this process runs.

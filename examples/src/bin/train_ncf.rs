@@ -12,7 +12,7 @@ use clap::Parser;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use sketchreduce_collectives::{Algo, DistributedDataParallel, ReduceOp};
-use sketchreduce_examples::{param_hash, progress, sgd_step, start, Common, Meter, Role};
+use sketchreduce_examples::{param_hash, progress, sgd_step, start, Adam, Common, Meter, Role};
 use std::time::Instant;
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
@@ -36,8 +36,12 @@ struct Args {
     /// Zipf exponent of user and item popularity.
     #[arg(long, default_value_t = 1.1)]
     zipf: f64,
-    /// SGD learning rate.
-    #[arg(long, default_value_t = 0.5)]
+    /// Optimizer: adam (lazy row-wise Adam for the sparse embedding gradients, see
+    /// `sketchreduce_examples::Adam`) | sgd.
+    #[arg(long, default_value = "adam")]
+    optim: String,
+    /// Learning rate (a good SGD value is much higher, e.g. 0.5, and learns far slower).
+    #[arg(long, default_value_t = 0.02)]
     lr: f64,
 }
 
@@ -125,6 +129,11 @@ fn main() -> Result<()> {
     let model = Ncf::new(&vs.root(), &a);
     let ddp = DistributedDataParallel::new(comm.clone(), &vs)
         .with_bucket_bytes((a.common.bucket_mb * (1 << 20) as f64) as usize);
+    let mut adam = match a.optim.as_str() {
+        "adam" => Some(Adam::new(a.lr)),
+        "sgd" => None,
+        o => anyhow::bail!("unknown --optim {o:?} (adam|sgd)"),
+    };
     let pb = progress(a.common.iters, algo.name());
     let mut meter = Meter::default();
     for it in 0..a.common.iters {
@@ -139,7 +148,10 @@ fn main() -> Result<()> {
             .sync_gradients()
             .map_err(|e| anyhow::anyhow!("iteration {it}: {e}"))?;
         let t2 = Instant::now();
-        sgd_step(&vs, a.lr);
+        match adam.as_mut() {
+            Some(opt) => opt.step(&vs),
+            None => sgd_step(&vs, a.lr),
+        }
         let t3 = Instant::now();
         // Global loss for the log (not counted as gradient communication).
         let mut l = [loss.double_value(&[]) as f32];
