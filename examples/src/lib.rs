@@ -436,3 +436,53 @@ pub fn progress(iters: usize, label: &str) -> indicatif::ProgressBar {
     pb.set_prefix(label.to_string());
     pb
 }
+
+/// Timings and traffic of one data-parallel training iteration.
+#[derive(Debug)]
+pub struct Step {
+    /// The global (rank-averaged) loss of this iteration's batches.
+    pub loss: f32,
+    /// Forward + backward + optimizer time.
+    pub compute: Duration,
+    /// Gradient synchronisation time.
+    pub comm: Duration,
+    /// The DDP helper's report for this iteration.
+    pub report: sketchreduce_collectives::DdpReport,
+}
+
+/// One data-parallel iteration, shared by the training examples: `loss` (forward on this
+/// rank's batch) → backward → [`DistributedDataParallel::sync_gradients`] → `update`
+/// (optimizer step), then the rank-averaged loss for the log over the ring (not counted as
+/// gradient communication), recorded into `meter`.
+///
+/// [`DistributedDataParallel::sync_gradients`]: sketchreduce_collectives::DistributedDataParallel::sync_gradients
+pub fn train_step(
+    comm: &Communicator,
+    ddp: &sketchreduce_collectives::DistributedDataParallel,
+    meter: &mut Meter,
+    it: usize,
+    loss: impl FnOnce() -> tch::Tensor,
+    update: impl FnOnce(),
+) -> Result<Step> {
+    let t0 = Instant::now();
+    let loss = loss();
+    loss.backward();
+    let t1 = Instant::now();
+    let report = ddp
+        .sync_gradients()
+        .map_err(|e| anyhow::anyhow!("iteration {it}: {e}"))?;
+    let t2 = Instant::now();
+    update();
+    let t3 = Instant::now();
+    let mut l = [loss.double_value(&[]) as f32];
+    comm.all_reduce_with(&mut l, sketchreduce_collectives::ReduceOp::Avg, Algo::Ring)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let compute = (t1 - t0) + (t3 - t2);
+    meter.record(compute, t2 - t1, t3 - t0, report.bytes_sent, l[0] as f64);
+    Ok(Step {
+        loss: l[0],
+        compute,
+        comm: t2 - t1,
+        report,
+    })
+}

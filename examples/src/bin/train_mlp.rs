@@ -4,9 +4,10 @@
 
 use anyhow::Result;
 use clap::Parser;
-use sketchreduce_collectives::{Algo, DistributedDataParallel, ReduceOp};
-use sketchreduce_examples::{param_hash, progress, sgd_step, start, Common, Meter, Role};
-use std::time::Instant;
+use sketchreduce_collectives::DistributedDataParallel;
+use sketchreduce_examples::{
+    param_hash, progress, sgd_step, start, train_step, Common, Meter, Role,
+};
 use tch::{nn, nn::Module, Device, Kind, Tensor};
 
 #[derive(Parser, Debug)]
@@ -61,29 +62,20 @@ fn main() -> Result<()> {
     let pb = progress(a.common.iters, algo.name());
     let mut meter = Meter::default();
     for it in 0..a.common.iters {
-        let t0 = Instant::now();
-        tch::manual_seed((a.common.seed as i64) ^ ((comm.rank() as i64) << 20) ^ it as i64);
-        let x = Tensor::randn([a.batch, a.features], (Kind::Float, Device::Cpu));
-        let y = x.matmul(&teacher).sin();
-        let loss = net.forward(&x).mse_loss(&y, tch::Reduction::Mean);
-        loss.backward();
-        let t1 = Instant::now();
-        let report = ddp
-            .sync_gradients()
-            .map_err(|e| anyhow::anyhow!("iteration {it}: {e}"))?;
-        let t2 = Instant::now();
-        sgd_step(&vs, a.lr);
-        let t3 = Instant::now();
-        let mut l = [loss.double_value(&[]) as f32];
-        comm.all_reduce_with(&mut l, ReduceOp::Avg, Algo::Ring)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        meter.record(
-            (t1 - t0) + (t3 - t2),
-            t2 - t1,
-            t3 - t0,
-            report.bytes_sent,
-            l[0] as f64,
-        );
+        let step = train_step(
+            &comm,
+            &ddp,
+            &mut meter,
+            it,
+            || {
+                tch::manual_seed((a.common.seed as i64) ^ ((comm.rank() as i64) << 20) ^ it as i64);
+                let x = Tensor::randn([a.batch, a.features], (Kind::Float, Device::Cpu));
+                let y = x.matmul(&teacher).sin();
+                net.forward(&x).mse_loss(&y, tch::Reduction::Mean)
+            },
+            || sgd_step(&vs, a.lr),
+        )?;
+        let (report, l) = (step.report, [step.loss]);
         if it == 0 && comm.rank() == 0 {
             eprintln!("[rank 0] bucket algorithms chosen: {:?}", report.algos);
         }

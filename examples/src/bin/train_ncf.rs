@@ -11,10 +11,11 @@ use anyhow::Result;
 use clap::Parser;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use sketchreduce_collectives::{Algo, DistributedDataParallel, ReduceOp};
-use sketchreduce_examples::{param_hash, progress, sgd_step, start, Adam, Common, Meter, Role};
-use std::time::Instant;
-use tch::{nn, nn::Module, Device, Kind, Tensor};
+use sketchreduce_collectives::DistributedDataParallel;
+use sketchreduce_examples::{
+    param_hash, progress, sgd_step, start, train_step, Adam, Common, Meter, Role,
+};
+use tch::{nn, nn::Module, Device, Tensor};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train an NCF model on synthetic Zipf interactions with sketchreduce all-reduce")]
@@ -137,41 +138,36 @@ fn main() -> Result<()> {
     let pb = progress(a.common.iters, algo.name());
     let mut meter = Meter::default();
     for it in 0..a.common.iters {
-        let t0 = Instant::now();
-        let (u, i, y) = batch(&a, comm.rank(), it);
-        let loss = model
-            .forward(&u, &i)
-            .binary_cross_entropy_with_logits::<Tensor>(&y, None, None, tch::Reduction::Mean);
-        loss.backward();
-        let t1 = Instant::now();
-        let report = ddp
-            .sync_gradients()
-            .map_err(|e| anyhow::anyhow!("iteration {it}: {e}"))?;
-        let t2 = Instant::now();
-        match adam.as_mut() {
-            Some(opt) => opt.step(&vs),
-            None => sgd_step(&vs, a.lr),
-        }
-        let t3 = Instant::now();
-        // Global loss for the log (not counted as gradient communication).
-        let mut l = [loss.double_value(&[]) as f32];
-        comm.all_reduce_with(&mut l, ReduceOp::Avg, Algo::Ring)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        meter.record(
-            (t1 - t0) + (t3 - t2),
-            t2 - t1,
-            t3 - t0,
-            report.bytes_sent,
-            l[0] as f64,
-        );
+        let step = train_step(
+            &comm,
+            &ddp,
+            &mut meter,
+            it,
+            || {
+                let (u, i, y) = batch(&a, comm.rank(), it);
+                model
+                    .forward(&u, &i)
+                    .binary_cross_entropy_with_logits::<Tensor>(
+                        &y,
+                        None,
+                        None,
+                        tch::Reduction::Mean,
+                    )
+            },
+            || match adam.as_mut() {
+                Some(opt) => opt.step(&vs),
+                None => sgd_step(&vs, a.lr),
+            },
+        )?;
+        let (report, l) = (&step.report, [step.loss]);
         if !report.without_grad.is_empty() && it == 0 {
             eprintln!("parameters without gradients: {:?}", report.without_grad);
         }
         pb.set_message(format!(
             "loss {:.4} compute {:.1} ms comm {:.1} ms {:.0} KB",
             l[0],
-            (t1 - t0).as_secs_f64() * 1e3,
-            (t2 - t1).as_secs_f64() * 1e3,
+            step.compute.as_secs_f64() * 1e3,
+            step.comm.as_secs_f64() * 1e3,
             report.bytes_sent as f64 / 1024.0
         ));
         pb.inc(1);
@@ -179,6 +175,5 @@ fn main() -> Result<()> {
     pb.finish_and_clear();
     let s = meter.summary(algo, &comm, param_hash(&vs));
     println!("SUMMARY {}", serde_json::to_string(&s)?);
-    let _ = Kind::Float;
     Ok(())
 }
