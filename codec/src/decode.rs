@@ -16,6 +16,7 @@ use crate::error::CodecError;
 use crate::fixed::FixedPoint;
 use crate::index;
 use crate::params::CodecParams;
+use crate::prefetch::prefetch;
 use crate::sketch::{check_lane, check_shapes, Encoding, Lane};
 
 /// Per-cell peeling state, kept together so touching a cell costs one cache line: `st` packs
@@ -287,16 +288,4 @@ impl<L: Lane> Decoder<L> {
     pub fn last_candidates(&self) -> &[u32] {
         &self.keys
     }
-}
-
-/// Prefetch hint (never faults, no effect on results).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }

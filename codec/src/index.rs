@@ -3,6 +3,7 @@
 
 use crate::hash;
 use crate::params::{CodecParams, IndexKind, BLOOM_BLOCK_WORDS};
+use crate::prefetch::prefetch;
 
 /// Where a key goes in the index: `(word, bits)`. Bitmap: the word and the bit number;
 /// Bloom: the first word of the key's 512-bit block and the in-block bit source.
@@ -115,18 +116,6 @@ fn block_contains(block: &[u32], k: u8, mut g: u64) -> bool {
         g >>= 9;
     }
     ok
-}
-
-/// Prefetch hint (never faults, no effect on results).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetch is a hint that never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// Number of set bits (a cheap fill diagnostic for Bloom filters).

@@ -36,6 +36,7 @@ mod hash;
 pub mod index;
 pub mod npy;
 pub mod params;
+mod prefetch;
 pub mod sketch;
 pub mod synth;
 

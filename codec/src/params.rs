@@ -407,6 +407,34 @@ impl CodecParams {
         out
     }
 
+    /// [`Self::cells_of`] for `H == hashes()` known at compile time (same cells).
+    /// Cells are below `cells() <= u32::MAX`, so they are returned as `u32` (unused entries of
+    /// the array are unspecified).
+    #[inline(always)]
+    pub(crate) fn cells_of_n<const H: usize>(&self, hash: u64) -> [u32; 4] {
+        debug_assert_eq!(H, self.hashes as usize);
+        let m = self.cells as u64;
+        let cell = |j: usize| hash::fastrange(hash::sub_hash(hash, j), m) as u32;
+        let (a, b, c) = (cell(0), cell(1), cell(2));
+        let d = if H == 4 { cell(3) } else { u32::MAX };
+        let distinct = a != b && a != c && b != c && (H == 3 || (d != a && d != b && d != c));
+        // Packed in two u64 so both paths stay in registers (an array merged with the cold
+        // call's result went through the stack and stalled the wide reload).
+        let (lo, hi) = if distinct {
+            (a as u64 | (b as u64) << 32, c as u64 | (d as u64) << 32)
+        } else {
+            self.cells_of_slow(hash)
+        };
+        [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32]
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn cells_of_slow(&self, hash: u64) -> (u64, u64) {
+        let [a, b, c, d] = self.cells_of(hash).map(|c| c as u32 as u64);
+        (a | b << 32, c | d << 32)
+    }
+
     /// Sign (+1 → false, −1 → true) of hash `j`, if signs are on.
     #[inline(always)]
     pub(crate) fn negate(&self, hash: u64, j: usize) -> bool {
