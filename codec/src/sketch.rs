@@ -621,21 +621,35 @@ fn compact_nonzeros_dense(block: &[f32], out: &mut [u32]) -> usize {
     let mut groups = block.chunks_exact(64);
     let mut off = 0u32;
     for c in &mut groups {
-        let mut mask = nonzero_mask64(c);
-        // n <= nonzeros before this group <= off, and off + 64 <= block.len(): in bounds.
-        for _ in 0..4 {
-            out[n] = off + (mask.trailing_zeros() & 63);
-            n += (mask != 0) as usize;
-            mask &= mask.wrapping_sub(1);
-        }
-        while mask != 0 {
-            out[n] = off + mask.trailing_zeros();
-            n += 1;
-            mask &= mask - 1;
-        }
+        let mask = nonzero_mask64(c);
+        n = emit_group(mask, off, out, n);
         off += 64;
     }
-    for (i, v) in groups.remainder().iter().enumerate() {
+    compact_tail(groups.remainder(), off, out, n)
+}
+
+/// Appends the offsets `off + i` of the set bits `i` of `mask` to `out` at `n`, returning the
+/// new length. The first four are written branch-free (at ≤ 1% density that is almost always
+/// all of them); `n` ≤ nonzeros so far ≤ `off` and `off + 64 ≤ out.len() - 16`: in bounds.
+#[inline(always)]
+fn emit_group(mut mask: u64, off: u32, out: &mut [u32], mut n: usize) -> usize {
+    for _ in 0..4 {
+        out[n] = off + (mask.trailing_zeros() & 63);
+        n += (mask != 0) as usize;
+        mask &= mask.wrapping_sub(1);
+    }
+    while mask != 0 {
+        out[n] = off + mask.trailing_zeros();
+        n += 1;
+        mask &= mask - 1;
+    }
+    n
+}
+
+/// The last `< 64` floats of a block, branch-free, after [`emit_group`]s.
+#[inline(always)]
+fn compact_tail(tail: &[f32], off: u32, out: &mut [u32], mut n: usize) -> usize {
+    for (i, v) in tail.iter().enumerate() {
         out[n] = off + i as u32;
         n += (v.to_bits() << 1 != 0) as usize;
     }
@@ -675,25 +689,11 @@ unsafe fn compact_nonzeros_dense_avx2(block: &[f32], out: &mut [u32]) -> usize {
             | zero8(5) << 40
             | zero8(6) << 48
             | zero8(7) << 56;
-        let mut mask = !zeros;
-        // n <= nonzeros before this group <= off, and off + 64 <= block.len(): in bounds.
-        for _ in 0..4 {
-            out[n] = off + (mask.trailing_zeros() & 63);
-            n += (mask != 0) as usize;
-            mask &= mask.wrapping_sub(1);
-        }
-        while mask != 0 {
-            out[n] = off + mask.trailing_zeros();
-            n += 1;
-            mask &= mask - 1;
-        }
+        let mask = !zeros;
+        n = emit_group(mask, off, out, n);
         off += 64;
     }
-    for (i, v) in groups.remainder().iter().enumerate() {
-        out[n] = off + i as u32;
-        n += (v.to_bits() << 1 != 0) as usize;
-    }
-    n
+    compact_tail(groups.remainder(), off, out, n)
 }
 
 /// Writes the offsets of the nonzero (magnitude bits ≠ 0, so `-0.0` is skipped) entries of
