@@ -495,7 +495,11 @@ impl Engine {
                 return Err(bad());
             }
             let k = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
-            if blob.len() != 8 + k * ib + k * b * vb {
+            // Checked: k comes from the peer, and a wrapped length must not pass the check.
+            let want = k
+                .checked_mul(ib + b.checked_mul(vb).ok_or_else(bad)?)
+                .and_then(|n| n.checked_add(8));
+            if want != Some(blob.len()) {
                 return Err(bad());
             }
             parts.push((&blob[8..8 + k * ib], &blob[8 + k * ib..], k));

@@ -90,8 +90,8 @@ fn batch(a: &Args, rank: usize, iter: usize) -> (Tensor, Tensor, Tensor) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(
         a.common.seed ^ ((rank as u64) << 32) ^ (iter as u64).wrapping_mul(0x1000_0001),
     );
-    let zu = Zipf::new(a.users, a.zipf).unwrap();
-    let zi = Zipf::new(a.items, a.zipf).unwrap();
+    let zu = Zipf::new(a.users, a.zipf).expect("checked in main");
+    let zi = Zipf::new(a.items, a.zipf).expect("checked in main");
     let mut us = Vec::with_capacity(a.batch);
     let mut is = Vec::with_capacity(a.batch);
     let mut ys = Vec::with_capacity(a.batch);
@@ -120,6 +120,10 @@ fn batch(a: &Args, rank: usize, iter: usize) -> (Tensor, Tensor, Tensor) {
 
 fn main() -> Result<()> {
     let a = Args::parse();
+    for (what, n) in [("--users", a.users), ("--items", a.items)] {
+        Zipf::new(n, a.zipf)
+            .map_err(|e| anyhow::anyhow!("{what} {n} with --zipf {}: {e}", a.zipf))?;
+    }
     let (comm, algo) = match start(&a.common, "train_ncf")? {
         Role::Done => return Ok(()),
         Role::Worker(c, algo) => (c, algo),
