@@ -376,9 +376,13 @@ fn serve_rendezvous(
     addrs[0] = Some(my_addr.to_string());
     let mut conns: Vec<TcpStream> = Vec::new();
     let mut problem: Option<String> = None;
+    // Ranks that checked in, valid or not: after a problem, rank 0 keeps listening until every
+    // rank has been told (MISMATCH at once), so no rank is left to time out on a closed port.
+    let mut arrived = vec![false; world];
+    arrived[0] = true;
     listener.set_nonblocking(true).ok();
     let ours = cfg.shared_settings();
-    while addrs.iter().any(|a| a.is_none()) && problem.is_none() {
+    while arrived.iter().any(|a| !a) {
         match listener.accept() {
             Ok((mut s, peer)) => {
                 s.set_nonblocking(false).ok();
@@ -391,28 +395,42 @@ fn serve_rendezvous(
                     tracing::warn!("rendezvous: ignoring non-sketchreduce client {peer}");
                     continue;
                 };
+                let mut found = None;
                 if h.world != world {
-                    problem = Some(format!(
+                    found = Some(format!(
                         "rank {} was started with WORLD_SIZE={} but rank 0 with {world}",
                         h.rank, h.world
                     ));
                 } else if h.rank == 0 || h.rank >= world {
-                    problem = Some(format!("a worker at {peer} claims invalid rank {}", h.rank));
+                    found = Some(format!("a worker at {peer} claims invalid rank {}", h.rank));
                 } else if addrs[h.rank].is_some() {
-                    problem = Some(format!(
+                    found = Some(format!(
                         "two workers claim rank {} (second one at {peer})",
                         h.rank
                     ));
                 } else if h.fingerprint != cfg.fingerprint() {
-                    problem = Some(format!(
+                    found = Some(format!(
                         "rank {}'s job config differs from rank 0's: {}",
                         h.rank,
                         settings_diff(&h.settings, &ours)
                     ));
-                } else {
+                } else if problem.is_none() {
                     addrs[h.rank] = Some(h.data_addr);
                 }
+                // The first problem is the one every rank hears about.
+                if problem.is_none() {
+                    problem = found;
+                }
+                if h.rank < world {
+                    arrived[h.rank] = true;
+                }
                 conns.push(s);
+                if let Some(p) = &problem {
+                    let reply = format!("MISMATCH\t{p}");
+                    for mut c in conns.drain(..) {
+                        let _ = write_frame(&mut c, reply.as_bytes());
+                    }
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {

@@ -223,6 +223,32 @@ fn non_finite_input_is_reported_on_every_rank_and_comm_survives() {
 }
 
 #[test]
+fn a_rank_arriving_after_a_mismatch_still_hears_about_it() {
+    // Rank 2 (mismatched) checks in first; rank 1 only after rank 0 has seen the problem. It
+    // must get the mismatch, not a timeout on a closed rendezvous port.
+    let out = on_ranks(
+        3,
+        |c| match c.rank {
+            2 => c.with_algo(Algo::AllGather),
+            1 => {
+                std::thread::sleep(Duration::from_millis(700));
+                c
+            }
+            _ => c,
+        },
+        |_| (),
+    );
+    for (r, o) in out.into_iter().enumerate() {
+        let e = o.unwrap_err();
+        assert!(
+            matches!(e, CollectiveError::ConfigMismatch(_)),
+            "rank {r}: {e}"
+        );
+        assert!(e.to_string().contains("rank 2"), "rank {r}: {e}");
+    }
+}
+
+#[test]
 fn config_mismatch_is_refused_clearly() {
     let out = on_ranks(
         3,
