@@ -222,6 +222,19 @@ fn non_finite_input_is_reported_on_every_rank_and_comm_survives() {
     }
 }
 
+/// Asserts every rank failed with a config mismatch whose message contains all of `needles`.
+fn assert_all_mismatch(out: Vec<Result<()>>, needles: &[&str]) {
+    for (r, o) in out.into_iter().enumerate() {
+        let e = o.unwrap_err();
+        assert!(
+            matches!(e, CollectiveError::ConfigMismatch(_)),
+            "rank {r}: {e}"
+        );
+        let msg = e.to_string();
+        assert!(needles.iter().all(|n| msg.contains(n)), "rank {r}: {msg}");
+    }
+}
+
 #[test]
 fn a_rank_arriving_after_a_mismatch_still_hears_about_it() {
     // Rank 2 (mismatched) checks in first; rank 1 only after rank 0 has seen the problem. It
@@ -238,14 +251,7 @@ fn a_rank_arriving_after_a_mismatch_still_hears_about_it() {
         },
         |_| (),
     );
-    for (r, o) in out.into_iter().enumerate() {
-        let e = o.unwrap_err();
-        assert!(
-            matches!(e, CollectiveError::ConfigMismatch(_)),
-            "rank {r}: {e}"
-        );
-        assert!(e.to_string().contains("rank 2"), "rank {r}: {e}");
-    }
+    assert_all_mismatch(out, &["rank 2"]);
 }
 
 #[test]
@@ -261,18 +267,7 @@ fn config_mismatch_is_refused_clearly() {
         },
         |_| (),
     );
-    for (r, o) in out.into_iter().enumerate() {
-        let e = o.unwrap_err();
-        assert!(
-            matches!(e, CollectiveError::ConfigMismatch(_)),
-            "rank {r}: {e}"
-        );
-        let msg = e.to_string();
-        assert!(
-            msg.contains("rank 2") && msg.contains("algo=allgather") && msg.contains("algo=ring"),
-            "{msg}"
-        );
-    }
+    assert_all_mismatch(out, &["rank 2", "algo=allgather", "algo=ring"]);
     let out = on_ranks(
         2,
         |c| {

@@ -110,9 +110,13 @@ fn stalled_decode_recovers_exactly() {
     assert!(retries.iter().all(|&r| r == 2), "{retries:?}");
 }
 
-#[test]
-fn mismatched_shapes_are_refused() {
-    let n = 3;
+/// Runs one all-reduce on `n` default-configured agents over a loss-free simulated network,
+/// giving rank `r` the tensor `input(r)`; returns every rank's outcome and the simulated time
+/// it took.
+fn run_once(
+    n: usize,
+    input: impl Fn(usize) -> Vec<f32>,
+) -> (Vec<Result<Reduced, AgentError>>, Duration) {
     let spec = job(n);
     let mut core = SwitchCore::new(64);
     core.register(spec.clone()).unwrap();
@@ -127,8 +131,7 @@ fn mismatched_shapes_are_refused() {
         })
         .collect();
     for (r, a) in agents.iter_mut().enumerate() {
-        let dim = if r == 1 { 999 } else { 1000 };
-        a.start(1, &vec![0.5; dim]).unwrap();
+        a.start(1, &input(r)).unwrap();
     }
     let mut results: Vec<Option<Result<Reduced, AgentError>>> = vec![None; n];
     assert!(net.run(&mut agents, |ag| {
@@ -139,8 +142,15 @@ fn mismatched_shapes_are_refused() {
         }
         results.iter().all(|r| r.is_some())
     }));
+    let took = net.now() - net.epoch();
+    (results.into_iter().map(Option::unwrap).collect(), took)
+}
+
+#[test]
+fn mismatched_shapes_are_refused() {
+    let (results, _) = run_once(3, |r| vec![0.5; if r == 1 { 999 } else { 1000 }]);
     for r in results {
-        match r.unwrap() {
+        match r {
             Err(AgentError::Mismatch { job: 11, detail }) => assert!(detail.contains("disagree")),
             other => panic!("expected a mismatch, got {other:?}"),
         }
@@ -149,33 +159,15 @@ fn mismatched_shapes_are_refused() {
 
 #[test]
 fn non_finite_input_fails_everyone_fast() {
-    let n = 2;
-    let spec = job(n);
-    let mut core = SwitchCore::new(64);
-    core.register(spec.clone()).unwrap();
-    let mut net = SimNet::new(
-        SimConfig::default(),
-        n,
-        |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
-    );
-    let mut agents: Vec<InnetCore> = (0..n)
-        .map(|r| {
-            InnetCore::new(&spec, r as u8, AggConfig::default(), InnetConfig::default()).unwrap()
-        })
-        .collect();
-    agents[0].start(1, &[1.0, f32::NAN, 0.0]).unwrap();
-    agents[1].start(1, &[1.0, 2.0, 0.0]).unwrap();
-    let mut results: Vec<Option<Result<Reduced, AgentError>>> = vec![None; n];
-    assert!(net.run(&mut agents, |ag| {
-        for (i, a) in ag.iter_mut().enumerate() {
-            if let Some(r) = a.poll_complete() {
-                results[i] = Some(r);
-            }
+    let (results, took) = run_once(2, |r| {
+        if r == 0 {
+            vec![1.0, f32::NAN, 0.0]
+        } else {
+            vec![1.0, 2.0, 0.0]
         }
-        results.iter().all(|r| r.is_some())
-    }));
+    });
     for r in results {
-        assert!(matches!(r.unwrap(), Err(AgentError::Codec(m)) if m.contains("NaN")));
+        assert!(matches!(r, Err(AgentError::Codec(m)) if m.contains("NaN")));
     }
-    assert!(net.now() - net.epoch() < Duration::from_millis(50));
+    assert!(took < Duration::from_millis(50));
 }
