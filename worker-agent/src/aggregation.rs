@@ -12,14 +12,25 @@
 //!   operations;
 //! - chunk `k + W` is started only once chunk `k`'s RESULT arrived (the window is self-clocked
 //!   by results, as in SwitchML);
-//! - an unanswered chunk is retransmitted (the identical packet) after a retransmission timeout
-//!   (RTO) that starts at [`AggConfig::initial_rto`], follows a smoothed RTT estimate (Karn's
-//!   rule: only chunks sent once are sampled) and doubles per retransmission up to
-//!   [`AggConfig::max_rto`];
-//! - a chunk unanswered for [`AggConfig::probe_after`] is also PROBEd; one unanswered for
-//!   [`AggConfig::worker_timeout`] fails the operation with [`AgentError::SlotTimeout`], which
-//!   names the job, the slot, the round and the ranks the switch's STATUS bitmap lacks (or says
-//!   that no STATUS came back at all). Nothing ever waits without a deadline.
+//! - loss recovery avoids spurious retransmissions, which the switch would only drop as
+//!   `duplicate` while a slower worker is still encoding or decoding:
+//!   - **gap evidence** (as RACK/fast retransmit in TCP): results come back in chunk order, so
+//!     when a chunk sent *after* this one's last transmission completes and this one is still
+//!     open [`AggConfig::reorder_window`] later, its packet (or its RESULT) was lost: the
+//!     identical DATA is resent at once;
+//!   - **probe before resending** otherwise: when a chunk's retransmission timeout (RTO:
+//!     smoothed RTT + 4·variance, Karn's rule, clamped to [`AggConfig::min_rto`],
+//!     [`AggConfig::max_rto`]) expires without evidence, the worker PROBEs the oldest such
+//!     slot instead of resending. A STATUS showing its bit means "waiting for other workers":
+//!     no resend, and every timer without evidence backs off; a STATUS without its bit (or an
+//!     older round) resends the DATA; a complete set (its RESULT was lost) resends the DATA,
+//!     which the switch answers with the stored RESULT; no STATUS within another RTO resends
+//!     DATA and PROBE;
+//! - a chunk unanswered for [`AggConfig::probe_after`] is PROBEd alongside any resend; one
+//!   unanswered for [`AggConfig::worker_timeout`] fails the operation with
+//!   [`AgentError::SlotTimeout`], which names the job, the slot, the round and the ranks the
+//!   switch's STATUS bitmap lacks (or says that no STATUS came back at all). Nothing ever
+//!   waits without a deadline.
 //!
 //! Results are written in place over the stream's input words (a chunk's input is no longer
 //! needed once its result is in), so an operation allocates nothing per packet.
@@ -47,6 +58,10 @@ pub struct AggConfig {
     pub min_rto: Duration,
     /// Upper bound of the RTO after backoff.
     pub max_rto: Duration,
+    /// How long a chunk may stay unanswered after a chunk sent *later* completed before it is
+    /// declared lost and retransmitted without probing first (results come back in chunk
+    /// order up to the switch's thread interleaving; this absorbs that reordering).
+    pub reorder_window: Duration,
     /// A chunk unanswered this long is also PROBEd, so that a failure can name missing ranks.
     pub probe_after: Duration,
     /// A chunk unanswered this long fails the operation.
@@ -65,9 +80,10 @@ impl AggConfig {
     pub fn with_timeout(worker_timeout: Duration) -> Self {
         AggConfig {
             window: 128,
-            initial_rto: Duration::from_millis(4),
-            min_rto: Duration::from_millis(1),
-            max_rto: Duration::from_millis(100),
+            initial_rto: Duration::from_millis(5),
+            min_rto: Duration::from_millis(2),
+            max_rto: Duration::from_millis(200),
+            reorder_window: Duration::from_micros(500),
             probe_after: worker_timeout / 2,
             worker_timeout,
         }
@@ -90,6 +106,9 @@ pub struct AggStats {
     pub duplicates: u64,
     /// Datagrams ignored: malformed, another job, or not a RESULT/STATUS for a live slot.
     pub ignored: u64,
+    /// RESULTs refused because they are not a complete aggregate (count ≠ workers or a
+    /// bitmap other than all workers): forged or corrupted.
+    pub rejected: u64,
     /// Chunks completed.
     pub chunks: u64,
     /// Operations completed.
@@ -135,11 +154,18 @@ struct SlotState {
     chunk: u32,
     round: u32,
     first_sent: Option<Instant>,
+    /// Last transmission of the DATA packet (gap evidence compares send times).
+    last_sent: Option<Instant>,
     deadline: Option<Instant>,
+    /// This slot's current RTO (backs off while the switch says "waiting for others").
     rto: Duration,
     sends: u32,
     queued_data: bool,
     queued_probe: bool,
+    /// A PROBE is in flight since this instant (cleared by its STATUS or a DATA resend).
+    probe_sent: Option<Instant>,
+    /// A chunk sent after this one's last transmission has completed: this one is lost.
+    evidence: bool,
     /// Latest STATUS for this slot in this round: (switch round, count, bitmap).
     status: Option<(u32, u8, u32)>,
 }
@@ -151,11 +177,14 @@ impl SlotState {
             chunk: 0,
             round: 0,
             first_sent: None,
+            last_sent: None,
             deadline: None,
             rto: Duration::ZERO,
             sends: 0,
             queued_data: false,
             queued_probe: false,
+            probe_sent: None,
+            evidence: false,
             status: None,
         }
     }
@@ -200,6 +229,10 @@ pub struct Aggregation {
     total_chunks: u32,
     next_chunk: u32,
     done_chunks: u32,
+    /// One bit per chunk of the operation: its RESULT arrived.
+    done_bits: Vec<u64>,
+    /// Every chunk below this one is complete.
+    frontier: u32,
     running: bool,
     failed: Option<AgentError>,
     srtt: Option<(Duration, Duration)>,
@@ -256,6 +289,8 @@ impl Aggregation {
             total_chunks: 0,
             next_chunk: 0,
             done_chunks: 0,
+            done_bits: Vec::new(),
+            frontier: 0,
             running: false,
             failed: None,
             srtt: None,
@@ -349,6 +384,10 @@ impl Aggregation {
         self.total_chunks = total as u32;
         self.next_chunk = 0;
         self.done_chunks = 0;
+        self.done_bits.clear();
+        self.done_bits
+            .resize((self.total_chunks as usize).div_ceil(64), 0);
+        self.frontier = 0;
         self.queue.clear();
         for s in &mut self.slots {
             *s = SlotState::idle();
@@ -380,13 +419,9 @@ impl Aggregation {
             busy: true,
             chunk: k,
             round,
-            first_sent: None,
-            deadline: None,
             rto,
-            sends: 0,
             queued_data: true,
-            queued_probe: false,
-            status: None,
+            ..SlotState::idle()
         };
         self.queue.push_back((w as u32, Pending::Data));
         self.next_chunk = k + 1;
@@ -460,15 +495,49 @@ impl Aggregation {
         let w = (h.slot - self.slot_base) as usize;
         match h.kind {
             Kind::Result => self.on_result(now, w, &h, &p),
-            Kind::Status => {
-                let st = &mut self.slots[w];
-                if self.running && st.busy && h.offset == st.chunk {
-                    st.status = Some((h.round, h.count, h.bitmap));
-                } else {
-                    self.stats.ignored += 1;
+            Kind::Status => self.on_status(now, w, &h),
+            _ => self.stats.ignored += 1,
+        }
+    }
+
+    /// A STATUS answers one of our PROBEs: decide whether the DATA must be resent.
+    fn on_status(&mut self, now: Instant, w: usize, h: &Header) {
+        let st = self.slots[w];
+        if !self.running || !st.busy || h.offset != st.chunk {
+            self.stats.ignored += 1;
+            return;
+        }
+        let bit = 1u32 << self.rank;
+        let s = &mut self.slots[w];
+        s.status = Some((h.round, h.count, h.bitmap));
+        s.probe_sent = None;
+        let resend = match round_cmp(h.round, st.round) {
+            // The set is still at an older round: nobody's packet of this round arrived.
+            core::cmp::Ordering::Less => true,
+            // Ahead of us: reported by the timeout diagnosis, nothing to resend.
+            core::cmp::Ordering::Greater => false,
+            // Complete: our RESULT was lost, a resend fetches the stored one. Our bit
+            // missing: our DATA was lost.
+            core::cmp::Ordering::Equal => h.count as usize >= self.world || h.bitmap & bit == 0,
+        };
+        if resend {
+            if !s.queued_data {
+                s.queued_data = true;
+                self.queue.push_back((w as u32, Pending::Data));
+            }
+            return;
+        }
+        // Our contribution is in and the set waits for other workers: back off this timer
+        // and every timer that has no evidence of loss (they wait for the same workers).
+        let backoff = (s.rto * 2).min(self.cfg.max_rto);
+        s.rto = backoff;
+        s.deadline = Some(now + backoff);
+        for o in self.slots.iter_mut() {
+            if o.busy && !o.evidence && o.probe_sent.is_none() && !o.queued_data {
+                if let Some(d) = o.deadline {
+                    o.deadline = Some(d.max(now + backoff));
                 }
             }
-            _ => self.stats.ignored += 1,
         }
     }
 
@@ -516,6 +585,11 @@ impl Aggregation {
             });
             return;
         }
+        if h.count as usize != self.world || h.bitmap != self.full_bitmap {
+            // Not a complete aggregate of this job's workers: a forged or corrupted RESULT.
+            self.stats.rejected += 1;
+            return;
+        }
         // Write the aggregate over the chunk's input words.
         let start = ci * self.lanes;
         let words = &mut self.streams[si].words;
@@ -531,6 +605,25 @@ impl Aggregation {
         self.slots[w].deadline = None;
         self.done_chunks += 1;
         self.stats.chunks += 1;
+        self.mark_done(st.chunk);
+        // Gap evidence: every worker sends chunks in order and links are FIFO, so slots
+        // complete in chunk order. An open earlier chunk whose last transmission left before
+        // this one's is therefore overdue: its DATA (ours or another worker's) or its RESULT
+        // was lost. (Comparing send times alone is wrong: after a resend, chunks sent earlier
+        // may legitimately still wait for a slower worker.)
+        if let Some(sent) = st.last_sent {
+            let by = now + self.cfg.reorder_window;
+            for o in self.slots.iter_mut() {
+                if o.busy
+                    && !o.evidence
+                    && o.chunk < st.chunk
+                    && o.last_sent.is_some_and(|t| t < sent)
+                {
+                    o.evidence = true;
+                    o.deadline = Some(o.deadline.map_or(by, |d| d.min(by)));
+                }
+            }
+        }
         let next = st.chunk + self.window as u32;
         if next < self.total_chunks {
             self.begin_chunk(next);
@@ -540,6 +633,30 @@ impl Aggregation {
             self.queue.clear();
             self.stats.operations += 1;
         }
+    }
+
+    /// Records chunk `k` as complete and advances the contiguous frontier.
+    fn mark_done(&mut self, k: u32) {
+        let k = k as usize;
+        self.done_bits[k / 64] |= 1 << (k % 64);
+        while (self.frontier as usize) < self.total_chunks as usize {
+            let f = self.frontier as usize;
+            if self.done_bits[f / 64] & (1 << (f % 64)) == 0 {
+                break;
+            }
+            self.frontier += 1;
+        }
+    }
+
+    /// Words of stream `i` whose aggregate is final, counted from the stream's start (so a
+    /// caller can start consuming a stream before the whole operation completes).
+    pub fn completed_prefix(&self, i: usize) -> usize {
+        let Some(m) = self.meta.get(i) else {
+            return 0;
+        };
+        let done = self.frontier.saturating_sub(m.first_chunk).min(m.chunks) as usize;
+        let len = self.streams.get(i).map_or(0, |s| s.words.len());
+        (done * self.lanes).min(len)
     }
 
     fn fail(&mut self, e: AgentError) {
@@ -597,6 +714,9 @@ impl Aggregation {
         if !self.running {
             return;
         }
+        // Expired slots without evidence: only the oldest is probed now, the others wait one
+        // more RTO (they most likely wait for the same slower worker).
+        let mut oldest: Option<usize> = None;
         for w in 0..self.window {
             let st = self.slots[w];
             if !st.busy {
@@ -614,17 +734,56 @@ impl Aggregation {
                 self.fail(e);
                 return;
             }
-            let s = &mut self.slots[w];
-            if !s.queued_data {
-                s.queued_data = true;
-                self.queue.push_back((w as u32, Pending::Data));
-            }
-            if waited >= self.cfg.probe_after && !s.queued_probe {
-                s.queued_probe = true;
-                self.queue.push_back((w as u32, Pending::Probe));
+            let diagnose = waited >= self.cfg.probe_after;
+            if st.evidence || st.probe_sent.is_some() {
+                // Lost (evidence), or the PROBE went unanswered: resend the DATA. Silence
+                // from the switch backs the timer off (exponentially, as TCP's RTO).
+                if st.probe_sent.is_some() {
+                    self.slots[w].rto = (st.rto * 2).min(self.cfg.max_rto);
+                }
+                self.queue_data(w);
+                if st.probe_sent.is_some() || diagnose {
+                    self.queue_probe(w);
+                }
+            } else if diagnose {
+                self.queue_data(w);
+                self.queue_probe(w);
+            } else if oldest.is_none_or(|o| self.slots[o].chunk > st.chunk) {
+                if let Some(o) = oldest.replace(w) {
+                    self.defer(o, now);
+                }
+            } else {
+                self.defer(w, now);
             }
             // Until the packet actually leaves, do not fire again.
-            s.deadline = None;
+            if self.slots[w].queued_data || self.slots[w].queued_probe {
+                self.slots[w].deadline = None;
+            }
+        }
+        if let Some(w) = oldest {
+            self.queue_probe(w);
+            self.slots[w].deadline = None;
+        }
+    }
+
+    fn defer(&mut self, w: usize, now: Instant) {
+        let s = &mut self.slots[w];
+        s.deadline = Some(now + s.rto);
+    }
+
+    fn queue_data(&mut self, w: usize) {
+        let s = &mut self.slots[w];
+        if !s.queued_data {
+            s.queued_data = true;
+            self.queue.push_back((w as u32, Pending::Data));
+        }
+    }
+
+    fn queue_probe(&mut self, w: usize) {
+        let s = &mut self.slots[w];
+        if !s.queued_probe {
+            s.queued_probe = true;
+            self.queue.push_back((w as u32, Pending::Probe));
         }
     }
 
@@ -656,12 +815,11 @@ impl Aggregation {
                     let s = &mut self.slots[w];
                     if s.sends > 0 {
                         self.stats.retransmissions += 1;
-                        s.rto = (s.rto * 2).min(self.cfg.max_rto);
                     }
                     s.sends += 1;
-                    if s.first_sent.is_none() {
-                        s.first_sent = Some(now);
-                    }
+                    s.first_sent.get_or_insert(now);
+                    s.last_sent = Some(now);
+                    s.evidence = false;
                     let t0 = s.first_sent.unwrap_or(now);
                     s.deadline = Some((now + s.rto).min(t0 + self.cfg.worker_timeout));
                     self.stats.packets_sent += 1;
@@ -672,6 +830,11 @@ impl Aggregation {
                     self.slots[w].queued_probe = false;
                     let h = self.header(w, Kind::Probe);
                     let len = packet::build(&h, &[], buf);
+                    let s = &mut self.slots[w];
+                    s.probe_sent = Some(now);
+                    let t0 = s.first_sent.unwrap_or(now);
+                    let at = (now + s.rto).min(t0 + self.cfg.worker_timeout);
+                    s.deadline = Some(s.deadline.map_or(at, |d| d.min(at)));
                     self.stats.probes += 1;
                     return Some(Transmit { len, slot: h.slot });
                 }

@@ -21,8 +21,13 @@ pub struct SimConfig {
     pub duplicate: f64,
     /// Minimum one-way latency.
     pub latency: Duration,
-    /// Extra uniformly random latency in `[0, jitter)`; reorders packets.
+    /// Extra uniformly random latency in `[0, jitter)`; reorders packets (ignored when `rate`
+    /// is set: links are then FIFO).
     pub jitter: Duration,
+    /// Bytes per second of every link (each agent's uplink and downlink, as switch ports);
+    /// `None`: infinitely fast links. With a rate, a datagram waits for the link to finish
+    /// the ones queued before it (FIFO), so bursts queue as in a real port buffer.
+    pub rate: Option<f64>,
     /// Seed of the impairment PRNG.
     pub seed: u64,
     /// Virtual time after which [`SimNet::run`] gives up (a safety net: a correct agent
@@ -39,6 +44,7 @@ impl Default for SimConfig {
             jitter: Duration::from_micros(100),
             seed: 1,
             limit: Duration::from_secs(600),
+            rate: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct SimNet<S> {
     events: BinaryHeap<Event>,
     /// Which agents still take part (a "killed" agent neither sends nor receives).
     alive: Vec<bool>,
+    /// Per link, when it finishes sending what is queued: uplinks `0..n`, downlinks `n..2n`.
+    busy_until: Vec<Duration>,
     stats: SimStats,
 }
 
@@ -140,6 +148,7 @@ where
             seq: 0,
             events: BinaryHeap::new(),
             alive: vec![true; agents],
+            busy_until: vec![Duration::ZERO; 2 * agents],
             stats: SimStats::default(),
         }
     }
@@ -177,15 +186,29 @@ where
             1
         };
         for _ in 0..copies {
-            let jitter = self.cfg.jitter.as_nanos() as u64;
-            let extra = if jitter > 0 {
-                self.rng.next_u64() % jitter
-            } else {
-                0
+            let at = match self.cfg.rate {
+                Some(rate) => {
+                    let n = self.alive.len();
+                    let link = if to == SWITCH { from - 1 } else { n + to - 1 };
+                    let start = self.busy_until[link].max(self.now);
+                    // Ethernet + IPv4 + UDP headers travel too.
+                    let wire = (data.len() + 42) as f64 / rate;
+                    self.busy_until[link] = start + Duration::from_secs_f64(wire);
+                    self.busy_until[link] + self.cfg.latency
+                }
+                None => {
+                    let jitter = self.cfg.jitter.as_nanos() as u64;
+                    let extra = if jitter > 0 {
+                        self.rng.next_u64() % jitter
+                    } else {
+                        0
+                    };
+                    self.now + self.cfg.latency + Duration::from_nanos(extra)
+                }
             };
             self.seq += 1;
             self.events.push(Event {
-                at: self.now + self.cfg.latency + Duration::from_nanos(extra),
+                at,
                 seq: self.seq,
                 to,
                 from,
@@ -205,6 +228,17 @@ where
                 self.post(1 + i, SWITCH, &data);
             }
         }
+    }
+
+    /// Lets `d` of virtual time pass (delivering datagrams and firing timers on the way),
+    /// e.g. before starting a late worker's operation.
+    pub fn run_for<E: Endpoint>(&mut self, agents: &mut [E], d: Duration) {
+        let until = self.now + d;
+        let limit = self.cfg.limit;
+        self.cfg.limit = until;
+        self.run(agents, |_| false);
+        self.cfg.limit = limit;
+        self.now = self.now.max(until);
     }
 
     /// Runs until `done(agents)` holds, every live agent is idle (no timer), or the time
