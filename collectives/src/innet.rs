@@ -5,24 +5,123 @@
 //! ring and the all-gather add, and [`crate::finish`] makes identical floats of them.
 
 use crate::error::Result;
+use crate::reduce::{finish, Payload, ReduceOp};
+use crate::sparse::SparseVec;
+use sketchreduce_agent::{Agreed, Reduced};
 use sketchreduce_codec::FixedPoint;
+
+/// One rank's contribution to an in-network all-reduce, in sparse form, with the parameters
+/// every rank agreed on in the collectives' metadata round.
+#[derive(Debug, Clone, Copy)]
+pub struct InnetRequest<'a> {
+    /// Stable key of the tensor (the same on every rank): the in-network path sizes its
+    /// sketch from the previous union of the same key.
+    pub key: u64,
+    /// Length of the flattened tensor.
+    pub dim: usize,
+    /// Increasing positions of this rank's nonzeros.
+    pub indices: &'a [u32],
+    /// Their values.
+    pub values: &'a [f32],
+    /// The agreed fixed point and nonzero counts.
+    pub agreed: Agreed,
+}
 
 /// Something that sums fixed-point integers over all ranks through the switch.
 pub trait InnetPath: Send {
-    /// `tensor_id` is the operation number (the same on every rank).
-    /// Quantizes `values` with `fp` (as [`FixedPoint::to_fixed`]), sums them over every rank
-    /// of the job through the switch, and writes the exact (sign-extended) integer sums to
-    /// `sums` (resized to `values.len()`). Blocking; fails within the configured timeout.
-    fn all_reduce(
-        &mut self,
-        tensor_id: u64,
-        fp: &FixedPoint,
-        values: &[f32],
-        sums: &mut Vec<i64>,
-    ) -> Result<()>;
+    /// Quantizes the request's values with its agreed fixed point, sums them over every rank
+    /// of the job through the switch, and returns the exact integer sums. Blocking; fails
+    /// within the configured timeout.
+    fn all_reduce(&mut self, req: InnetRequest<'_>) -> Result<Reduced>;
 
     /// Cumulative (bytes sent, bytes received) of this path (received: 0 when unknown).
     fn bytes(&self) -> (u64, u64);
+}
+
+/// Runs the in-network arm of an all-reduce: flattens `payload` to its nonzeros, sums them
+/// through `path`, and converts the exact sums with [`finish`] like every other algorithm.
+/// `nnz_sum`/`max_nnz` come from the metadata round (Σ and max over ranks).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run(
+    path: &mut dyn InnetPath,
+    key: u64,
+    fp: FixedPoint,
+    payload: Payload,
+    op: ReduceOp,
+    world: usize,
+    raw: bool,
+    nnz_sum: u64,
+    max_nnz: u64,
+) -> Result<Payload> {
+    let agreed = Agreed {
+        fixed: fp,
+        nnz_sum,
+        max_nnz,
+    };
+    match payload {
+        Payload::Dense(mut v) => {
+            let (indices, values) = nonzeros(&v);
+            let r = path.all_reduce(InnetRequest {
+                key,
+                dim: v.len(),
+                indices: &indices,
+                values: &values,
+                agreed,
+            })?;
+            if raw {
+                let mut sums = vec![0i64; v.len()];
+                r.for_each_sum(|k, s| sums[k] = s);
+                return Ok(Payload::Sums(sums, fp));
+            }
+            // In place: every position this rank had nonzero is a candidate of the result
+            // unless it quantized to 0, so clear those first; every other position outside
+            // the candidates is already 0.
+            for &i in &indices {
+                v[i as usize] = 0.0;
+            }
+            r.for_each_sum(|k, s| v[k] = finish(&fp, s, op, world));
+            Ok(Payload::Dense(v))
+        }
+        Payload::Sparse(s) => {
+            let dim = s.len * s.block;
+            let mut indices = Vec::with_capacity(s.values.len());
+            let mut values = Vec::with_capacity(s.values.len());
+            for (row, vals) in s.indices.iter().zip(s.values.chunks(s.block.max(1))) {
+                for (j, &x) in vals.iter().enumerate() {
+                    if x != 0.0 {
+                        indices.push((*row as usize * s.block + j) as u32);
+                        values.push(x);
+                    }
+                }
+            }
+            let r = path.all_reduce(InnetRequest {
+                key,
+                dim,
+                indices: &indices,
+                values: &values,
+                agreed,
+            })?;
+            let mut out = vec![0.0f32; dim];
+            r.for_each_sum(|k, s| out[k] = finish(&fp, s, op, world));
+            Ok(Payload::Sparse(SparseVec::from_dense(&out, s.block)?))
+        }
+        Payload::Sums(..) => Err(crate::error::CollectiveError::Input(
+            "integer sums are an output, not an input".into(),
+        )),
+    }
+}
+
+/// The nonzero positions and values of a dense buffer.
+fn nonzeros(v: &[f32]) -> (Vec<u32>, Vec<f32>) {
+    let mut idx = Vec::new();
+    let mut vals = Vec::new();
+    for (i, &x) in v.iter().enumerate() {
+        if x.to_bits() << 1 != 0 {
+            idx.push(i as u32);
+            vals.push(x);
+        }
+    }
+    (idx, vals)
 }
 
 use crate::config::{Config, Transport};
@@ -107,36 +206,16 @@ impl AgentPath {
 }
 
 impl InnetPath for AgentPath {
-    fn all_reduce(
-        &mut self,
-        tensor_id: u64,
-        fp: &FixedPoint,
-        values: &[f32],
-        sums: &mut Vec<i64>,
-    ) -> Result<()> {
-        let r = self
-            .agent
-            .all_reduce(tensor_id, values)
-            .map_err(|e| CollectiveError::Innet(e.to_string()))?;
-        sums.clear();
-        sums.resize(values.len(), 0);
-        if let Some(f) = r.fixed {
-            // The agent agrees on the exponent through the switch (MAX lanes); it must be the
-            // one the communicator agreed on over TCP, or results would not be bit-identical.
-            if f != *fp {
-                return Err(CollectiveError::Innet(format!(
-                    "switch-agreed fixed point (exponent {}, {} workers) differs from the communicator's (exponent {}, {} workers)",
-                    f.exponent(),
-                    f.workers(),
-                    fp.exponent(),
-                    fp.workers()
-                )));
-            }
+    fn all_reduce(&mut self, req: InnetRequest<'_>) -> Result<Reduced> {
+        if req.dim > u32::MAX as usize {
+            return Err(CollectiveError::Input(format!(
+                "tensor of {} elements is too large for the in-network path",
+                req.dim
+            )));
         }
-        for (&k, &s) in r.keys.iter().zip(&r.sums) {
-            sums[k as usize] = s;
-        }
-        Ok(())
+        self.agent
+            .all_reduce_agreed(req.key, req.dim, req.indices, req.values, req.agreed)
+            .map_err(|e| CollectiveError::Innet(e.to_string()))
     }
 
     fn bytes(&self) -> (u64, u64) {

@@ -401,30 +401,18 @@ impl Engine {
                 })
             }
             (Algo::Innet, payload) => {
-                let path = self.innet.as_mut().ok_or_else(|| {
+                let path = self.innet.as_deref_mut().ok_or_else(|| {
                     CollectiveError::Config(
                         "algo innet requested but no switch is configured".into(),
                     )
                 })?;
-                let mut sums = Vec::new();
-                let dense = match payload {
-                    Payload::Dense(v) => v,
-                    Payload::Sparse(s) => s.to_dense(),
-                    Payload::Sums(..) => unreachable!("rejected above"),
-                };
                 let before = path.bytes();
-                path.all_reduce(self.seq, &fp, &dense, &mut sums)?;
+                let max_nnz = metas.iter().map(|m| m.nnz).max().unwrap_or(0);
+                let out =
+                    crate::innet::run(path, self.seq, fp, payload, op, n, raw, total_nnz, max_nnz)?;
                 let after = path.bytes();
                 innet_bytes = (after.0 - before.0, after.1 - before.1);
-                if raw && !sparse {
-                    Payload::Sums(sums, fp)
-                } else {
-                    let out: Vec<f32> = sums.iter().map(|&q| finish(&fp, q, op, n)).collect();
-                    match sparse {
-                        false => Payload::Dense(out),
-                        true => Payload::Sparse(SparseVec::from_dense(&out, block)?),
-                    }
-                }
+                out
             }
             (Algo::Auto, _) | (_, Payload::Sums(..)) => unreachable!("resolved or rejected above"),
         };

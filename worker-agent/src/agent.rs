@@ -21,7 +21,7 @@ use sketchreduce_wire::{ControlRequest, ControlResponse, JobSpec};
 
 use crate::aggregation::AggConfig;
 use crate::error::AgentError;
-use crate::innet::{InnetConfig, InnetCore, InnetStats, Reduced};
+use crate::innet::{Agreed, InnetConfig, InnetCore, InnetStats, Reduced};
 use crate::transport::{drive, Transport};
 
 /// Everything an [`Agent`] needs besides the transport and the job.
@@ -105,18 +105,51 @@ impl<T: Transport> Agent<T> {
     /// timeout per stalled chunk.
     pub fn all_reduce(&mut self, tensor_id: u64, values: &[f32]) -> Result<Reduced, AgentError> {
         self.core.start(tensor_id, values)?;
-        let mut result = None;
-        drive(
-            &mut self.core,
-            &mut self.transport,
-            Duration::from_secs(5),
-            |c| {
-                if let Some(r) = c.poll_complete() {
-                    result = Some(r);
-                }
-                result.is_some()
-            },
-        )?;
+        self.run()
+    }
+
+    /// [`Self::all_reduce`] of a sparse tensor of length `dim` (increasing positions).
+    pub fn all_reduce_sparse(
+        &mut self,
+        tensor_id: u64,
+        dim: usize,
+        indices: &[u32],
+        values: &[f32],
+    ) -> Result<Reduced, AgentError> {
+        self.core.start_sparse(tensor_id, dim, indices, values)?;
+        self.run()
+    }
+
+    /// [`Self::all_reduce_sparse`] with parameters every worker already agreed on (see
+    /// [`InnetCore::start_agreed`]): no agreement round through the switch.
+    pub fn all_reduce_agreed(
+        &mut self,
+        tensor_id: u64,
+        dim: usize,
+        indices: &[u32],
+        values: &[f32],
+        agreed: Agreed,
+    ) -> Result<Reduced, AgentError> {
+        self.core
+            .start_agreed(tensor_id, dim, indices, values, agreed)?;
+        self.run()
+    }
+
+    fn run(&mut self) -> Result<Reduced, AgentError> {
+        let mut result = self.core.poll_complete();
+        if result.is_none() {
+            drive(
+                &mut self.core,
+                &mut self.transport,
+                Duration::from_secs(5),
+                |c| {
+                    if let Some(r) = c.poll_complete() {
+                        result = Some(r);
+                    }
+                    result.is_some()
+                },
+            )?;
+        }
         result.unwrap_or_else(|| Err(AgentError::Transport("driver stopped early".into())))
     }
 

@@ -29,7 +29,7 @@
 //!    returned: any other decode error fails the all-reduce.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sketchreduce_codec::{
     max_exponent, CodecError, CodecParams, Decoder, Encoder, Encoding, FixedPoint, IndexChoice,
@@ -56,6 +56,67 @@ pub struct InnetConfig {
     pub cells: Option<usize>,
     /// Force the number of hashes (3 or 4).
     pub hashes: Option<u8>,
+    /// Sketch, dense lanes, or whichever sends fewer bytes.
+    pub mode: ModeChoice,
+}
+
+/// How the payload of an in-network all-reduce is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ModeChoice {
+    /// The sketch unless it would be larger than one lane per element (decided identically on
+    /// every worker after the agreement phase, from the agreed nonzero counts).
+    #[default]
+    Auto,
+    /// Always index + sketch.
+    Sketch,
+    /// Always one lane per element (SwitchML-style dense aggregation, no index).
+    Dense,
+}
+
+/// The payload mode an all-reduce actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadMode {
+    /// Nothing to send (every input was zero).
+    Empty,
+    /// Index (OR) + value sketch (ADD), decoded by peeling.
+    Sketch,
+    /// One ADD lane per element.
+    Dense,
+}
+
+impl PayloadMode {
+    /// Name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PayloadMode::Empty => "empty",
+            PayloadMode::Sketch => "sketch",
+            PayloadMode::Dense => "dense",
+        }
+    }
+}
+
+/// Where the time of one all-reduce went (wall time on this worker).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// Scanning the input (exponent, nonzeros) before anything is sent.
+    pub scan: Duration,
+    /// The agreement round through the switch (exponent, nonzero counts, parameter hash).
+    pub agree: Duration,
+    /// Sizing and encoding the payload (sketch or dense lanes).
+    pub encode: Duration,
+    /// Sending the payload and waiting for every aggregated chunk.
+    pub aggregate: Duration,
+    /// Decoding the aggregate (candidates and peeling).
+    pub decode: Duration,
+    /// The union-rank round after a stalled decode (0 if none).
+    pub recovery: Duration,
+}
+
+impl Phases {
+    /// Sum of all phases.
+    pub fn total(&self) -> Duration {
+        self.scan + self.agree + self.encode + self.aggregate + self.decode + self.recovery
+    }
 }
 
 impl Default for InnetConfig {
@@ -67,12 +128,14 @@ impl Default for InnetConfig {
             headroom: 1.25,
             cells: None,
             hashes: None,
+            mode: ModeChoice::Auto,
         }
     }
 }
 
-/// The result of one all-reduce: exact integer sums at the candidate positions, and the
-/// conversion back to floats. The float sum is returned; callers average if they want.
+/// The result of one all-reduce: exact integer sums (at the candidate positions of a sketch,
+/// or at every position in dense mode), and the conversion back to floats. The float sum is
+/// returned; callers average if they want.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reduced {
     /// Tensor id.
@@ -81,31 +144,56 @@ pub struct Reduced {
     pub dim: usize,
     /// The agreed fixed-point conversion (`None` if every input was all-zero).
     pub fixed: Option<FixedPoint>,
-    /// Candidate positions, increasing (a superset of the union's nonzeros).
+    /// How the payload travelled.
+    pub mode: PayloadMode,
+    /// Sketch mode: candidate positions, increasing (a superset of the union's nonzeros).
     pub keys: Vec<u32>,
-    /// Exact integer sum at each candidate (the lane value, sign-extended).
+    /// Sketch mode: exact integer sum at each candidate (the lane value, sign-extended).
     pub sums: Vec<i64>,
+    /// Dense mode: the aggregated lane of every position (wrapping 32-bit sums).
+    pub lanes: Vec<u32>,
     /// 1 if the sketch stalled and the union-rank recovery ran, else 0.
     pub decode_retries: u32,
-    /// Sketch cells used (0 if skipped).
+    /// Sketch cells used (0 if none).
     pub cells: usize,
+    /// Where the time went.
+    pub phases: Phases,
 }
 
 impl Reduced {
-    /// Writes the dense float sums into `out` (length `dim`).
-    pub fn to_dense(&self, out: &mut [f32]) -> Result<(), AgentError> {
-        if out.len() != self.dim {
+    /// Calls `f(position, exact sum)` for every position whose sum may be nonzero (the
+    /// candidates in sketch mode, every position in dense mode), in increasing position.
+    pub fn for_each_sum(&self, mut f: impl FnMut(usize, i64)) {
+        match self.mode {
+            PayloadMode::Dense => {
+                for (i, &w) in self.lanes.iter().enumerate() {
+                    f(i, w as i32 as i64);
+                }
+            }
+            _ => {
+                for (&k, &s) in self.keys.iter().zip(&self.sums) {
+                    f(k as usize, s);
+                }
+            }
+        }
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), AgentError> {
+        if len != self.dim {
             return Err(AgentError::Config(format!(
-                "dense output of {} for a tensor of {}",
-                out.len(),
+                "dense output of {len} for a tensor of {}",
                 self.dim
             )));
         }
+        Ok(())
+    }
+
+    /// Writes the dense float sums into `out` (length `dim`).
+    pub fn to_dense(&self, out: &mut [f32]) -> Result<(), AgentError> {
+        self.check_len(out.len())?;
         out.fill(0.0);
         if let Some(f) = &self.fixed {
-            for (&k, &s) in self.keys.iter().zip(&self.sums) {
-                out[k as usize] = f.to_float(s);
-            }
+            self.for_each_sum(|k, s| out[k] = f.to_float(s));
         }
         Ok(())
     }
@@ -119,23 +207,18 @@ impl Reduced {
 
     /// Writes the dense exact integer sums into `out` (length `dim`).
     pub fn to_dense_sums(&self, out: &mut [i64]) -> Result<(), AgentError> {
-        if out.len() != self.dim {
-            return Err(AgentError::Config(format!(
-                "dense output of {} for a tensor of {}",
-                out.len(),
-                self.dim
-            )));
-        }
+        self.check_len(out.len())?;
         out.fill(0);
-        for (&k, &s) in self.keys.iter().zip(&self.sums) {
-            out[k as usize] = s;
-        }
+        self.for_each_sum(|k, s| out[k] = s);
         Ok(())
     }
 
     /// Positions with a nonzero sum.
     pub fn nonzeros(&self) -> usize {
-        self.sums.iter().filter(|&&s| s != 0).count()
+        match self.mode {
+            PayloadMode::Dense => self.lanes.iter().filter(|&&w| w != 0).count(),
+            _ => self.sums.iter().filter(|&&s| s != 0).count(),
+        }
     }
 }
 
@@ -150,29 +233,56 @@ pub struct InnetStats {
     pub decode_retries: u64,
 }
 
+/// What a worker contributes to one all-reduce, in sparse form.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    tensor_id: u64,
+    dim: usize,
+    exponent: u32,
+    non_finite: bool,
+}
+
+/// Parameters the workers agreed on before the payload (through the switch, or handed in by
+/// a caller that agreed on them another way, see [`InnetCore::start_agreed`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Agreed {
+    /// The fixed-point conversion (global exponent, worker count, lane width).
+    pub fixed: FixedPoint,
+    /// Σ over workers of nonzero counts (an upper bound on the union).
+    pub nnz_sum: u64,
+    /// Largest nonzero count of a single worker (a lower bound on the union).
+    pub max_nnz: u64,
+}
+
 #[derive(Debug)]
 enum Phase {
     Idle,
     Agree {
-        tensor_id: u64,
-        dim: usize,
+        input: Input,
         hash: u64,
-        exponent: u32,
-        non_finite: bool,
     },
     Payload {
-        tensor_id: u64,
-        dim: usize,
+        input: Input,
         fixed: FixedPoint,
-        params: CodecParams,
+        params: Option<CodecParams>,
     },
     Recover {
-        tensor_id: u64,
-        dim: usize,
+        input: Input,
         fixed: FixedPoint,
         cells: usize,
         keys: Vec<u32>,
     },
+}
+
+impl Phase {
+    fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Agree { .. } => "agree",
+            Phase::Payload { .. } => "aggregate",
+            Phase::Recover { .. } => "recovery",
+        }
+    }
 }
 
 const MAX_LANES_USED: usize = 7;
@@ -194,7 +304,17 @@ pub struct InnetCore {
     done: Option<Result<Reduced, AgentError>>,
     decode_retries: u64,
     all_reduces: u64,
+    /// Phase times of the operation in flight, and when its current phase started.
+    phases: Phases,
+    phase_start: Instant,
+    /// A tracing span per phase (closed when the phase ends, so a subscriber with span
+    /// events sees each phase's duration).
+    span: tracing::Span,
 }
+
+/// Most tensor ids whose last union size is remembered for sizing (oldest forgotten first
+/// would need an order; the table is simply cleared when full, costing one unsized call).
+const MAX_HISTORY: usize = 4096;
 
 fn fnv(h: &mut u64, bytes: &[u8]) {
     for &b in bytes {
@@ -235,6 +355,9 @@ impl InnetCore {
             done: None,
             decode_retries: 0,
             all_reduces: 0,
+            phases: Phases::default(),
+            phase_start: Instant::now(),
+            span: tracing::Span::none(),
         })
     }
 
@@ -259,11 +382,11 @@ impl InnetCore {
 
     fn config_hash(&self, tensor_id: u64, dim: usize, hint: u64) -> u64 {
         let mut h = 0xcbf2_9ce4_8422_2325u64;
-        fnv(&mut h, b"sketchreduce-innet-v1");
+        fnv(&mut h, b"sketchreduce-innet-v2");
         fnv(&mut h, &tensor_id.to_le_bytes());
         fnv(&mut h, &(dim as u64).to_le_bytes());
         fnv(&mut h, &self.cfg.seed.to_le_bytes());
-        fnv(&mut h, &[self.cfg.index as u8]);
+        fnv(&mut h, &[self.cfg.index as u8, self.cfg.mode as u8]);
         fnv(&mut h, &self.cfg.failure_prob.to_bits().to_le_bytes());
         fnv(&mut h, &self.cfg.headroom.to_bits().to_le_bytes());
         fnv(
@@ -276,23 +399,29 @@ impl InnetCore {
         h
     }
 
-    /// Starts the all-reduce of `values` (identical `tensor_id` and length on every worker).
-    /// The values are copied in sparse form, so the caller may drop them.
-    pub fn start(&mut self, tensor_id: u64, values: &[f32]) -> Result<(), AgentError> {
+    /// Checks that a new operation may start.
+    fn ready(&mut self, dim: usize) -> Result<(), AgentError> {
         if self.is_busy() {
             return Err(AgentError::Busy);
         }
         if let Some(e) = self.agg.error() {
             return Err(e.clone());
         }
-        if values.len() as u64 > sketchreduce_codec::params::MAX_DIM {
+        if dim as u64 > sketchreduce_codec::params::MAX_DIM {
             return Err(AgentError::Config(format!(
-                "tensor of {} elements exceeds {}",
-                values.len(),
+                "tensor of {dim} elements exceeds {}",
                 sketchreduce_codec::params::MAX_DIM
             )));
         }
         self.done = None;
+        self.phases = Phases::default();
+        Ok(())
+    }
+
+    /// Starts the all-reduce of a dense tensor `values` (identical `tensor_id` and length on
+    /// every worker). The nonzeros are copied, so the caller may drop `values`.
+    pub fn start(&mut self, tensor_id: u64, values: &[f32]) -> Result<(), AgentError> {
+        self.ready(values.len())?;
         let t0 = Instant::now();
         let (exponent, non_finite) = match max_exponent(values) {
             Ok(e) => (e, false),
@@ -308,19 +437,130 @@ impl InnetCore {
                 }
             }
         }
+        self.phases.scan = t0.elapsed();
+        let input = Input {
+            tensor_id,
+            dim: values.len(),
+            exponent,
+            non_finite,
+        };
+        self.start_agree(input)
+    }
+
+    /// Starts the all-reduce of a sparse tensor of length `dim` given as increasing positions
+    /// and their values (zeros allowed and skipped).
+    pub fn start_sparse(
+        &mut self,
+        tensor_id: u64,
+        dim: usize,
+        indices: &[u32],
+        values: &[f32],
+    ) -> Result<(), AgentError> {
+        self.ready(dim)?;
+        self.load_sparse(dim, indices, values)?;
+        let t0 = Instant::now();
+        let (exponent, non_finite) = match max_exponent(&self.vals) {
+            Ok(e) => (e, false),
+            Err(_) => (0, true),
+        };
+        self.phases.scan = t0.elapsed();
+        let input = Input {
+            tensor_id,
+            dim,
+            exponent,
+            non_finite,
+        };
+        self.start_agree(input)
+    }
+
+    /// Starts the all-reduce of a sparse tensor whose parameters every worker already agreed
+    /// on by other means (a caller that exchanged exponents and nonzero counts itself, such
+    /// as the collectives' metadata round): no agreement round through the switch. Every
+    /// worker must pass the same `tensor_id`, `dim` and `agreed`.
+    pub fn start_agreed(
+        &mut self,
+        tensor_id: u64,
+        dim: usize,
+        indices: &[u32],
+        values: &[f32],
+        agreed: Agreed,
+    ) -> Result<(), AgentError> {
+        self.ready(dim)?;
+        self.load_sparse(dim, indices, values)?;
+        self.calls += 1;
+        let input = Input {
+            tensor_id,
+            dim,
+            exponent: agreed.fixed.exponent(),
+            non_finite: false,
+        };
+        self.enter(Instant::now(), "encode", tensor_id);
+        match self.begin_payload(input, agreed) {
+            Ok(Some(r)) => {
+                self.finish(Ok(r));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.phase = Phase::Idle;
+                Err(e)
+            }
+        }
+    }
+
+    fn load_sparse(
+        &mut self,
+        dim: usize,
+        indices: &[u32],
+        values: &[f32],
+    ) -> Result<(), AgentError> {
+        if indices.len() != values.len() {
+            return Err(AgentError::Config(format!(
+                "{} positions for {} values",
+                indices.len(),
+                values.len()
+            )));
+        }
+        self.idx.clear();
+        self.vals.clear();
+        let mut prev: Option<u32> = None;
+        for (&i, &v) in indices.iter().zip(values) {
+            if i as usize >= dim || prev.is_some_and(|p| p >= i) {
+                return Err(AgentError::Config(format!(
+                    "sparse positions must increase and stay below {dim} (got {i} after {prev:?})"
+                )));
+            }
+            prev = Some(i);
+            if v.to_bits() << 1 != 0 {
+                self.idx.push(i);
+                self.vals.push(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the current phase's span and starts timing the next one.
+    fn enter(&mut self, now: Instant, name: &'static str, tensor_id: u64) {
+        self.phase_start = now;
+        self.span = tracing::debug_span!("innet_phase", phase = name, tensor_id);
+    }
+
+    /// Time since the current phase started.
+    fn lap(&mut self, now: Instant) -> Duration {
+        let d = now.saturating_duration_since(self.phase_start);
+        self.phase_start = now;
+        d
+    }
+
+    fn start_agree(&mut self, input: Input) -> Result<(), AgentError> {
         let nnz = self.idx.len() as u32;
-        tracing::debug!(
-            scan_us = t0.elapsed().as_micros() as u64,
-            nnz,
-            "innet start"
-        );
-        let hint = self.prev_union.get(&tensor_id).copied().unwrap_or(0);
-        let hash = self.config_hash(tensor_id, values.len(), hint);
+        let hint = self.prev_union.get(&input.tensor_id).copied().unwrap_or(0);
+        let hash = self.config_hash(input.tensor_id, input.dim, hint);
         self.calls += 1;
         let lanes = self.agg.lanes();
         let mut max = vec![0u32; lanes];
-        max[0] = exponent;
-        max[1] = non_finite as u32;
+        max[0] = input.exponent;
+        max[1] = input.non_finite as u32;
         max[2] = hash as u32;
         max[3] = !(hash as u32);
         max[4] = (hash >> 32) as u32;
@@ -332,13 +572,8 @@ impl InnetCore {
         add[2] = 1;
         self.agg
             .start(vec![Stream::new(Op::Max, max), Stream::new(Op::Add, add)])?;
-        self.phase = Phase::Agree {
-            tensor_id,
-            dim: values.len(),
-            hash,
-            exponent,
-            non_finite,
-        };
+        self.enter(Instant::now(), "agree", input.tensor_id);
+        self.phase = Phase::Agree { input, hash };
         Ok(())
     }
 
@@ -348,16 +583,30 @@ impl InnetCore {
     }
 
     fn finish(&mut self, r: Result<Reduced, AgentError>) {
-        if let Err(e) = &r {
-            tracing::warn!(error = %e, "in-network all-reduce failed");
-        } else {
-            self.all_reduces += 1;
+        match &r {
+            Err(e) => tracing::warn!(error = %e, "in-network all-reduce failed"),
+            Ok(red) => {
+                self.all_reduces += 1;
+                let p = &red.phases;
+                tracing::debug!(
+                    tensor_id = red.tensor_id,
+                    mode = red.mode.name(),
+                    scan_us = p.scan.as_micros() as u64,
+                    agree_us = p.agree.as_micros() as u64,
+                    encode_us = p.encode.as_micros() as u64,
+                    aggregate_us = p.aggregate.as_micros() as u64,
+                    decode_us = p.decode.as_micros() as u64,
+                    recovery_us = p.recovery.as_micros() as u64,
+                    "in-network all-reduce done"
+                );
+            }
         }
+        self.span = tracing::Span::none();
         self.phase = Phase::Idle;
         self.done = Some(r);
     }
 
-    fn advance(&mut self) {
+    fn advance(&mut self, now: Instant) {
         if !self.is_busy() {
             return;
         }
@@ -369,28 +618,32 @@ impl InnetCore {
         if !self.agg.is_done() {
             return;
         }
-        let r = match std::mem::replace(&mut self.phase, Phase::Idle) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Idle);
+        tracing::trace!(phase = phase.name(), "phase complete");
+        let r = match phase {
             Phase::Idle => return,
-            Phase::Agree {
-                tensor_id,
-                dim,
-                hash,
-                exponent,
-                non_finite,
-            } => self.after_agree(tensor_id, dim, hash, exponent, non_finite),
+            Phase::Agree { input, hash } => {
+                self.phases.agree = self.lap(now);
+                self.after_agree(input, hash)
+            }
             Phase::Payload {
-                tensor_id,
-                dim,
+                input,
                 fixed,
                 params,
-            } => self.after_payload(tensor_id, dim, fixed, params),
+            } => {
+                self.phases.aggregate = self.lap(now);
+                self.after_payload(input, fixed, params)
+            }
             Phase::Recover {
-                tensor_id,
-                dim,
+                input,
                 fixed,
                 cells,
                 keys,
-            } => self.after_recover(tensor_id, dim, fixed, cells, keys),
+            } => {
+                let d = self.lap(now);
+                self.phases.recovery += d;
+                self.after_recover(input, fixed, cells, keys)
+            }
         };
         match r {
             Ok(Some(reduced)) => self.finish(Ok(reduced)),
@@ -403,21 +656,30 @@ impl InnetCore {
         AgentError::Codec(format!("job {}: {e}", self.agg.job()))
     }
 
-    fn after_agree(
-        &mut self,
-        tensor_id: u64,
-        dim: usize,
-        hash: u64,
-        exponent: u32,
-        non_finite: bool,
-    ) -> Result<Option<Reduced>, AgentError> {
+    fn empty(&self, input: &Input, fixed: Option<FixedPoint>) -> Reduced {
+        Reduced {
+            tensor_id: input.tensor_id,
+            dim: input.dim,
+            fixed,
+            mode: PayloadMode::Empty,
+            keys: Vec::new(),
+            sums: Vec::new(),
+            lanes: Vec::new(),
+            decode_retries: 0,
+            cells: 0,
+            phases: self.phases,
+        }
+    }
+
+    fn after_agree(&mut self, input: Input, hash: u64) -> Result<Option<Reduced>, AgentError> {
         let streams = self.agg.take_streams();
         let (max, add) = (&streams[0].words, &streams[1].words);
         let job = self.agg.job();
+        let tensor_id = input.tensor_id;
         if max[1] != 0 {
             return Err(AgentError::Codec(format!(
                 "job {job} tensor {tensor_id}: {} has NaN or infinite values; nothing was aggregated",
-                if non_finite {
+                if input.non_finite {
                     "this worker's gradient"
                 } else {
                     "another worker's gradient"
@@ -429,8 +691,8 @@ impl InnetCore {
             return Err(AgentError::Mismatch {
                 job,
                 detail: format!(
-                    "tensor {tensor_id} (dim {dim}): workers disagree on the tensor id, dimension, codec configuration or call sequence (this worker's parameter hash {hash:#018x}; the MAX over workers is {:#010x}{:08x} and of the complements {:#010x}{:08x})",
-                    max[4], max[2], !max[5], !max[3]
+                    "tensor {tensor_id} (dim {}): workers disagree on the tensor id, dimension, codec configuration or call sequence (this worker's parameter hash {hash:#018x}; the MAX over workers is {:#010x}{:08x} and of the complements {:#010x}{:08x})",
+                    input.dim, max[4], max[2], !max[5], !max[3]
                 ),
             });
         }
@@ -441,30 +703,62 @@ impl InnetCore {
                 detail: format!("{} contributions for {world} workers", add[2]),
             });
         }
+        // A MAX below this worker's own contribution means the aggregate is not a MAX over
+        // the workers (a forged or corrupted result): refuse rather than quantize with it.
+        if max[0] < input.exponent || max[6] < self.idx.len() as u32 {
+            return Err(AgentError::Desync {
+                job,
+                slot: 0,
+                detail: format!(
+                    "agreement MAX (exponent {}, nonzeros {}) is below this worker's own (exponent {}, nonzeros {})",
+                    max[0],
+                    max[6],
+                    input.exponent,
+                    self.idx.len()
+                ),
+            });
+        }
         let nnz_sum = add[0] as u64 + ((add[1] as u64) << 16);
-        let max_nnz = max[6] as u64;
-        let global_exp = max[0].max(exponent);
         if nnz_sum == 0 {
-            return Ok(Some(Reduced {
-                tensor_id,
-                dim,
-                fixed: None,
-                keys: Vec::new(),
-                sums: Vec::new(),
-                decode_retries: 0,
-                cells: 0,
-            }));
+            return Ok(Some(self.empty(&input, None)));
         }
         let fixed =
-            FixedPoint::new(global_exp, world, LaneWidth::W32).map_err(|e| self.codec_err(e))?;
+            FixedPoint::new(max[0], world, LaneWidth::W32).map_err(|e| self.codec_err(e))?;
+        self.enter(Instant::now(), "encode", tensor_id);
+        self.begin_payload(
+            input,
+            Agreed {
+                fixed,
+                nnz_sum,
+                max_nnz: max[6] as u64,
+            },
+        )
+    }
+
+    /// Sizes the payload from the agreed counts, encodes this worker's contribution and
+    /// starts its aggregation.
+    fn begin_payload(
+        &mut self,
+        input: Input,
+        agreed: Agreed,
+    ) -> Result<Option<Reduced>, AgentError> {
+        let Agreed {
+            fixed,
+            nnz_sum,
+            max_nnz,
+        } = agreed;
+        let t0 = Instant::now();
+        if nnz_sum == 0 {
+            return Ok(Some(self.empty(&input, Some(fixed))));
+        }
+        let dim = input.dim;
         let upper = nnz_sum.min(dim as u64).max(1);
-        let expected = match self.prev_union.get(&tensor_id) {
+        let expected = match self.prev_union.get(&input.tensor_id) {
             Some(&prev) => {
                 ((prev as f64 * self.cfg.headroom).ceil() as u64).clamp(max_nnz.min(upper), upper)
             }
             None => upper,
         };
-        let t_size = Instant::now();
         let sizing = Sizing {
             expected_union_nnz: expected,
             failure_prob: self.cfg.failure_prob,
@@ -475,73 +769,106 @@ impl InnetCore {
         };
         let params = CodecParams::sized(
             self.cfg.seed,
-            tensor_id,
+            input.tensor_id,
             dim as u64,
             LaneWidth::W32,
             &sizing,
         )
         .map_err(|e| self.codec_err(e))?;
-        let enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
+        let sketch_words = params.index_words() as u64 + params.cells() as u64;
+        let dense = match self.cfg.mode {
+            ModeChoice::Dense => true,
+            ModeChoice::Sketch => false,
+            // Dense is also cheaper to produce and to use: prefer it on a tie.
+            ModeChoice::Auto => sketch_words >= dim as u64,
+        };
         let (mut iw, mut cw) = std::mem::take(&mut self.bufs);
-        iw.clear();
-        iw.resize(params.index_words(), 0);
-        cw.clear();
-        cw.resize(params.cells(), 0);
-        let mut encoding =
-            Encoding::<i32>::from_parts(&params, iw, cw).map_err(|e| self.codec_err(e))?;
-        enc.encode_sparse(&self.idx, &self.vals, &fixed, &mut encoding)
-            .map_err(|e| self.codec_err(e))?;
-        let (iw, cw) = encoding.into_parts();
+        let (streams, params) = if dense {
+            iw.clear();
+            iw.resize(dim, 0);
+            for (&i, &v) in self.idx.iter().zip(&self.vals) {
+                iw[i as usize] = fixed
+                    .try_to_fixed(v, i as usize)
+                    .map_err(|e| self.codec_err(e))? as u32;
+            }
+            (vec![Stream::new(Op::Add, iw)], None)
+        } else {
+            let enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
+            iw.clear();
+            iw.resize(params.index_words(), 0);
+            cw.clear();
+            cw.resize(params.cells(), 0);
+            let mut encoding =
+                Encoding::<i32>::from_parts(&params, iw, cw).map_err(|e| self.codec_err(e))?;
+            enc.encode_sparse(&self.idx, &self.vals, &fixed, &mut encoding)
+                .map_err(|e| self.codec_err(e))?;
+            let (iw, cw) = encoding.into_parts();
+            (
+                vec![Stream::new(Op::Or, iw), Stream::new(Op::Add, cw)],
+                Some(params),
+            )
+        };
         tracing::debug!(
-            size_and_encode_us = t_size.elapsed().as_micros() as u64,
-            tensor_id,
+            tensor_id = input.tensor_id,
             expected,
-            cells = params.cells(),
-            index = params.index_kind().name(),
-            index_words = params.index_words(),
+            mode = if dense { "dense" } else { "sketch" },
+            words = streams.iter().map(|s| s.words.len()).sum::<usize>(),
             "innet payload"
         );
-        self.agg
-            .start(vec![Stream::new(Op::Or, iw), Stream::new(Op::Add, cw)])?;
+        self.agg.start(streams)?;
+        self.phases.encode = t0.elapsed();
+        self.enter(Instant::now(), "aggregate", input.tensor_id);
         self.phase = Phase::Payload {
-            tensor_id,
-            dim,
+            input,
             fixed,
             params,
         };
         Ok(None)
     }
 
+    fn remember_union(&mut self, tensor_id: u64, nonzeros: u64) {
+        if self.prev_union.len() >= MAX_HISTORY && !self.prev_union.contains_key(&tensor_id) {
+            self.prev_union.clear();
+        }
+        self.prev_union.insert(tensor_id, nonzeros);
+    }
+
     fn after_payload(
         &mut self,
-        tensor_id: u64,
-        dim: usize,
+        input: Input,
         fixed: FixedPoint,
-        params: CodecParams,
+        params: Option<CodecParams>,
     ) -> Result<Option<Reduced>, AgentError> {
         let mut streams = self.agg.take_streams();
+        let Some(params) = params else {
+            // Dense: the aggregate is the sum itself.
+            let lanes = std::mem::take(&mut streams[0].words);
+            let nz = lanes.iter().filter(|&&w| w != 0).count() as u64;
+            self.remember_union(input.tensor_id, nz);
+            return Ok(Some(Reduced {
+                mode: PayloadMode::Dense,
+                lanes,
+                ..self.empty(&input, Some(fixed))
+            }));
+        };
         let cw = std::mem::take(&mut streams[1].words);
         let iw = std::mem::take(&mut streams[0].words);
         let t_dec = Instant::now();
         let decoded = self.decoder.decode(&params, &iw, &cw);
-        tracing::debug!(
-            decode_us = t_dec.elapsed().as_micros() as u64,
-            "innet decode"
-        );
         let res = match decoded {
             Ok(d) => {
                 let nz = d.nonzeros() as u64;
-                let out = Reduced {
-                    tensor_id,
-                    dim,
-                    fixed: Some(fixed),
-                    keys: d.keys.to_vec(),
-                    sums: d.sums.to_vec(),
-                    decode_retries: 0,
+                let keys = d.keys.to_vec();
+                let sums = d.sums.to_vec();
+                self.phases.decode = t_dec.elapsed();
+                self.remember_union(input.tensor_id, nz);
+                Ok(Some(Reduced {
+                    mode: PayloadMode::Sketch,
+                    keys,
+                    sums,
                     cells: params.cells(),
-                };
-                self.prev_union.insert(tensor_id, nz);
-                Ok(Some(out))
+                    ..self.empty(&input, Some(fixed))
+                }))
             }
             Err(CodecError::Stalled {
                 unresolved,
@@ -551,7 +878,7 @@ impl InnetCore {
                 self.decode_retries += 1;
                 tracing::warn!(
                     job = self.agg.job(),
-                    tensor_id,
+                    tensor_id = input.tensor_id,
                     unresolved,
                     candidates,
                     cells,
@@ -572,10 +899,11 @@ impl InnetCore {
                     })?;
                     vec[r] = vec[r].wrapping_add(q as u32);
                 }
+                self.phases.decode = t_dec.elapsed();
                 self.agg.start(vec![Stream::new(Op::Add, vec)])?;
+                self.enter(Instant::now(), "recovery", input.tensor_id);
                 self.phase = Phase::Recover {
-                    tensor_id,
-                    dim,
+                    input,
                     fixed,
                     cells: params.cells(),
                     keys,
@@ -590,8 +918,7 @@ impl InnetCore {
 
     fn after_recover(
         &mut self,
-        tensor_id: u64,
-        dim: usize,
+        input: Input,
         fixed: FixedPoint,
         cells: usize,
         keys: Vec<u32>,
@@ -599,29 +926,28 @@ impl InnetCore {
         let streams = self.agg.take_streams();
         let sums: Vec<i64> = streams[0].words.iter().map(|&c| c as i32 as i64).collect();
         let nz = sums.iter().filter(|&&s| s != 0).count() as u64;
-        self.prev_union.insert(tensor_id, nz);
+        self.remember_union(input.tensor_id, nz);
         Ok(Some(Reduced {
-            tensor_id,
-            dim,
-            fixed: Some(fixed),
+            mode: PayloadMode::Sketch,
             keys,
             sums,
             decode_retries: 1,
             cells,
+            ..self.empty(&input, Some(fixed))
         }))
     }
 
     /// Feeds a datagram.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
         self.agg.handle_datagram(now, datagram);
-        self.advance();
+        self.advance(now);
     }
 
     /// Next datagram to send.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let t = self.agg.poll_transmit(now, buf);
         if t.is_none() {
-            self.advance();
+            self.advance(now);
             // A phase change may have queued new chunks.
             if self.is_busy() {
                 return self.agg.poll_transmit(now, buf);

@@ -25,7 +25,9 @@ use std::time::Instant;
 pub use agent::{Agent, AgentConfig};
 pub use aggregation::{AggConfig, AggState, AggStats, Aggregation, Stream, Transmit};
 pub use error::AgentError;
-pub use innet::{InnetConfig, InnetCore, InnetStats, Reduced};
+pub use innet::{
+    Agreed, InnetConfig, InnetCore, InnetStats, ModeChoice, PayloadMode, Phases, Reduced,
+};
 pub use quic::QuicTransport;
 pub use transport::{bind_udp, drive, Lossy, Transport, UdpTransport};
 

@@ -7,7 +7,9 @@ use common::reference;
 use std::time::Duration;
 
 use sketchreduce_agent::sim::{agent_addr, SimConfig, SimNet};
-use sketchreduce_agent::{AgentError, AggConfig, InnetConfig, InnetCore, Reduced};
+use sketchreduce_agent::{
+    AgentError, AggConfig, Agreed, InnetConfig, InnetCore, ModeChoice, PayloadMode, Reduced,
+};
 use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
 use sketchreduce_codec::FixedPoint;
 use sketchreduce_switch::SwitchCore;
@@ -34,7 +36,41 @@ fn check(r: &Reduced, want: &[i64], f: &FixedPoint) {
     }
 }
 
+/// How the test hands each worker its input.
+#[derive(Clone, Copy, PartialEq)]
+enum How {
+    /// `start` with the dense tensor.
+    Dense,
+    /// `start_sparse` with its nonzeros.
+    Sparse,
+    /// `start_agreed` with the reference's fixed point and counts (no agreement round).
+    Agreed,
+}
+
 fn run(n: usize, loss: f64, seed: u64, iters: usize, cfg: InnetConfig) -> Vec<u64> {
+    run_with(
+        n,
+        loss,
+        seed,
+        iters,
+        cfg,
+        How::Dense,
+        0.02,
+        PayloadMode::Sketch,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with(
+    n: usize,
+    loss: f64,
+    seed: u64,
+    iters: usize,
+    cfg: InnetConfig,
+    how: How,
+    density: f64,
+    want_mode: PayloadMode,
+) -> Vec<u64> {
     let spec = job(n);
     let mut core = SwitchCore::new(64);
     core.register(spec.clone()).unwrap();
@@ -59,15 +95,46 @@ fn run(n: usize, loss: f64, seed: u64, iters: usize, cfg: InnetConfig) -> Vec<u6
         let grads = generate(&SynthSpec {
             dim: 20_000 + it * 7,
             workers: n,
-            density: 0.02,
+            density,
             overlap: 0.3,
             pattern: Pattern::Random,
             seed: seed * 100 + it as u64,
         })
         .unwrap();
         let (f, want) = reference(&grads);
+        let nnz_sum: u64 = grads
+            .iter()
+            .map(|g| g.iter().filter(|v| **v != 0.0).count() as u64)
+            .sum();
+        let max_nnz = grads
+            .iter()
+            .map(|g| g.iter().filter(|v| **v != 0.0).count() as u64)
+            .max()
+            .unwrap_or(0);
         for (a, g) in agents.iter_mut().zip(&grads) {
-            a.start(5, g).unwrap();
+            let (idx, vals): (Vec<u32>, Vec<f32>) = g
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0.0)
+                .map(|(i, &v)| (i as u32, v))
+                .unzip();
+            match how {
+                How::Dense => a.start(5, g).unwrap(),
+                How::Sparse => a.start_sparse(5, g.len(), &idx, &vals).unwrap(),
+                How::Agreed => a
+                    .start_agreed(
+                        5,
+                        g.len(),
+                        &idx,
+                        &vals,
+                        Agreed {
+                            fixed: f,
+                            nnz_sum,
+                            max_nnz,
+                        },
+                    )
+                    .unwrap(),
+            }
         }
         let mut results: Vec<Option<Result<Reduced, AgentError>>> = vec![None; n];
         let ok = net.run(&mut agents, |ag| {
@@ -85,6 +152,10 @@ fn run(n: usize, loss: f64, seed: u64, iters: usize, cfg: InnetConfig) -> Vec<u6
         }
         for r in results {
             let r = r.unwrap();
+            assert_eq!(r.mode, want_mode, "payload mode");
+            if how == How::Agreed {
+                assert_eq!(r.phases.agree, Duration::ZERO, "no agreement round");
+            }
             check(&r, &want, &f);
         }
     }
@@ -97,6 +168,49 @@ fn exact_across_loss_rates() {
         run(4, loss, 1 + i as u64, 3, InnetConfig::default());
     }
     run(2, 0.05, 9, 2, InnetConfig::default());
+}
+
+#[test]
+fn sparse_and_pre_agreed_inputs_are_exact() {
+    for how in [How::Sparse, How::Agreed] {
+        run_with(
+            3,
+            0.02,
+            21,
+            2,
+            InnetConfig::default(),
+            how,
+            0.02,
+            PayloadMode::Sketch,
+        );
+    }
+}
+
+#[test]
+fn dense_mode_when_the_sketch_would_be_larger() {
+    // At 60 % density per worker the sketch (index + ~1.2 cells per union key) is larger than
+    // one lane per element: auto picks dense lanes, exactly.
+    run_with(
+        3,
+        0.02,
+        5,
+        2,
+        InnetConfig::default(),
+        How::Dense,
+        0.6,
+        PayloadMode::Dense,
+    );
+    // Forced either way, both are exact.
+    let dense = InnetConfig {
+        mode: ModeChoice::Dense,
+        ..Default::default()
+    };
+    run_with(3, 0.0, 6, 1, dense, How::Agreed, 0.02, PayloadMode::Dense);
+    let sketch = InnetConfig {
+        mode: ModeChoice::Sketch,
+        ..Default::default()
+    };
+    run_with(3, 0.0, 7, 1, sketch, How::Sparse, 0.6, PayloadMode::Sketch);
 }
 
 #[test]
