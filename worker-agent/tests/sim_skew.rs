@@ -67,9 +67,11 @@ fn run_cfg(
     });
     let mut agents: Vec<Aggregation> = (0..n)
         .map(|r| {
-            let mut c = AggConfig::default();
-            c.window = window;
-            c.reorder_window = Duration::from_micros(reorder_us);
+            let c = AggConfig {
+                window,
+                reorder_window: Duration::from_micros(reorder_us),
+                ..Default::default()
+            };
             Aggregation::new(&spec, r as u8, c).unwrap()
         })
         .collect();
