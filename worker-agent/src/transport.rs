@@ -9,7 +9,6 @@
 //! - `rdma` (cargo feature): see [`crate::rdma`].
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -114,25 +113,42 @@ pub fn drive<E: Endpoint, T: Transport + ?Sized>(
     }
 }
 
-/// Datagrams per `sendmmsg`/`recvmmsg`.
-pub const BATCH: usize = 64;
-const SLOT_BYTES: usize = 2048;
+/// Receive buffers per `recvmmsg` (each may hold many datagrams coalesced by GRO).
+pub const BATCH: usize = 32;
+/// Bytes of one receive buffer: the largest GRO-coalesced read the kernel delivers.
+const RX_BUF: usize = 64 * 1024;
+/// Largest GSO send: the kernel limit on one UDP super-datagram (64 KiB minus headers).
+const GSO_BYTES: usize = 65_000;
+/// Bytes queued before `send` flushes on its own.
+const TX_LIMIT: usize = 1 << 20;
 
-/// UDP transport: one socket, batched system calls.
+/// Consecutive queued datagrams with one destination and one length: sent as one GSO
+/// `sendmsg` (the kernel cuts it into datagrams late, or not at all until the receiver's GRO).
+#[derive(Debug, Clone, Copy)]
+struct TxGroup {
+    dst: SocketAddr,
+    start: usize,
+    seg: usize,
+    count: usize,
+}
+
+/// UDP transport: one socket; sends batched with UDP GSO and receives with UDP GRO where the
+/// kernel offers them (quinn-udp), so a window of datagrams costs a few system calls and a
+/// few trips through the network stack instead of one per datagram.
 pub struct UdpTransport {
     sock: UdpSocket,
+    state: quinn_udp::UdpSocketState,
     local: SocketAddr,
     control: SocketAddr,
     data_ip: std::net::IpAddr,
     data_port: u16,
     data_ports: u16,
     tx: Vec<u8>,
-    tx_len: Vec<usize>,
-    tx_dst: Vec<socket2::SockAddr>,
-    rx: Vec<u8>,
-    rx_len: Vec<usize>,
-    rx_next: usize,
-    rx_count: usize,
+    groups: Vec<TxGroup>,
+    rx: Vec<Vec<u8>>,
+    meta: Vec<quinn_udp::RecvMeta>,
+    /// Datagrams received but not yet handed out: (buffer, offset, length).
+    ready: std::collections::VecDeque<(usize, usize, usize)>,
 }
 
 impl std::fmt::Debug for UdpTransport {
@@ -142,6 +158,7 @@ impl std::fmt::Debug for UdpTransport {
             .field("control", &self.control)
             .field("data_port", &self.data_port)
             .field("data_ports", &self.data_ports)
+            .field("gso_segments", &self.state.max_gso_segments())
             .finish_non_exhaustive()
     }
 }
@@ -151,11 +168,34 @@ impl std::fmt::Debug for UdpTransport {
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, AgentError> {
     let domain = socket2::Domain::for_address(addr);
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    let _ = s.set_recv_buffer_size(8 << 20);
+    let _ = s.set_recv_buffer_size(16 << 20);
     let _ = s.set_send_buffer_size(8 << 20);
     s.bind(&addr.into())
         .map_err(|e| AgentError::Transport(format!("bind UDP {addr}: {e}")))?;
     Ok(s.into())
+}
+
+/// Waits until `fd` is ready for `events` or `timeout` passes; `Ok(false)` on timeout.
+fn wait_fd(fd: i32, events: libc::c_short, timeout: Duration) -> Result<bool, AgentError> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
+    let p = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
+    if p < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(AgentError::Transport(format!("ppoll: {e}")));
+        }
+        return Ok(false);
+    }
+    Ok(p > 0)
 }
 
 impl UdpTransport {
@@ -179,13 +219,7 @@ impl UdpTransport {
                     )))
                 }
             };
-        Ok(Self::with_ports(
-            sock,
-            control,
-            control.ip(),
-            data_port,
-            data_ports,
-        ))
+        Self::with_ports(sock, control, control.ip(), data_port, data_ports)
     }
 
     /// Wraps a bound socket with known data ports (no control round trip).
@@ -195,26 +229,23 @@ impl UdpTransport {
         data_ip: std::net::IpAddr,
         data_port: u16,
         data_ports: u16,
-    ) -> Self {
-        let local = sock
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let dummy: socket2::SockAddr = SocketAddr::from(([0, 0, 0, 0], 0)).into();
-        UdpTransport {
+    ) -> Result<Self, AgentError> {
+        let local = sock.local_addr()?;
+        let state = quinn_udp::UdpSocketState::new((&sock).into())?;
+        Ok(UdpTransport {
             sock,
+            state,
             local,
             control,
             data_ip,
             data_port,
             data_ports: data_ports.max(1),
-            tx: vec![0; BATCH * SLOT_BYTES],
-            tx_len: Vec::with_capacity(BATCH),
-            tx_dst: vec![dummy; BATCH],
-            rx: vec![0; BATCH * SLOT_BYTES],
-            rx_len: vec![0; BATCH],
-            rx_next: 0,
-            rx_count: 0,
-        }
+            tx: Vec::with_capacity(TX_LIMIT + GSO_BYTES),
+            groups: Vec::new(),
+            rx: (0..BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
+            meta: vec![quinn_udp::RecvMeta::default(); BATCH],
+            ready: std::collections::VecDeque::new(),
+        })
     }
 
     /// Where datagrams for `slot` go.
@@ -223,128 +254,84 @@ impl UdpTransport {
         SocketAddr::new(self.data_ip, port)
     }
 
-    fn send_batch(&mut self) -> Result<(), AgentError> {
-        let n = self.tx_len.len();
-        let mut sent = 0;
-        while sent < n {
-            let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
-            let mut hdr: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
-            let k = n - sent;
-            for i in 0..k {
-                let j = sent + i;
-                iov[i].write(libc::iovec {
-                    iov_base: self.tx[j * SLOT_BYTES..].as_mut_ptr().cast(),
-                    iov_len: self.tx_len[j],
-                });
-                // SAFETY: zeroed msghdr is valid; pointers set below stay alive for the call.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_name = self.tx_dst[j].as_ptr() as *mut libc::c_void;
-                m.msg_hdr.msg_namelen = self.tx_dst[j].len();
-                m.msg_hdr.msg_iov = iov[i].as_mut_ptr();
-                m.msg_hdr.msg_iovlen = 1;
-                hdr[i].write(m);
-            }
-            // SAFETY: the first k entries of hdr are initialised and point into live buffers.
-            let r = unsafe {
-                libc::sendmmsg(
-                    self.sock.as_raw_fd(),
-                    hdr.as_mut_ptr().cast(),
-                    k as libc::c_uint,
-                    0,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    // The first datagram of the batch was not sent: a full queue, an ICMP
-                    // error from an earlier datagram, or a local firewall drop (EPERM from
-                    // netfilter). All are loss, which retransmission recovers; skip it.
-                    Some(
-                        libc::EAGAIN
-                        | libc::ECONNREFUSED
-                        | libc::ENOBUFS
-                        | libc::EPERM
-                        | libc::EHOSTUNREACH
-                        | libc::ENETUNREACH,
-                    ) => {
-                        tracing::trace!(error = %e, "datagram not sent");
-                        sent += 1;
-                        continue;
+    /// Datagrams the kernel accepts per GSO send (1 without GSO).
+    pub fn gso_segments(&self) -> usize {
+        self.state.max_gso_segments()
+    }
+
+    fn send_group(&mut self, g: TxGroup) -> Result<(), AgentError> {
+        let contents = &self.tx[g.start..g.start + g.seg * g.count];
+        let t = quinn_udp::Transmit {
+            destination: g.dst,
+            ecn: None,
+            contents,
+            segment_size: (g.count > 1).then_some(g.seg),
+            src_ip: None,
+        };
+        loop {
+            match self.state.try_send((&self.sock).into(), &t) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // A full send buffer: wait for room rather than lose a whole GSO batch.
+                    if !wait_fd(
+                        self.sock.as_raw_fd(),
+                        libc::POLLOUT,
+                        Duration::from_millis(50),
+                    )? {
+                        tracing::trace!("send buffer stayed full; dropping a batch");
+                        return Ok(());
                     }
-                    _ => return Err(AgentError::Transport(format!("sendmmsg: {e}"))),
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    return Err(AgentError::Transport(format!(
+                        "datagrams of {} bytes to {} exceed the path MTU: use fewer lanes per packet (or a larger MTU)",
+                        g.seg, g.dst
+                    )));
+                }
+                // An ICMP error from an earlier datagram, or a local firewall drop: loss,
+                // which retransmission recovers.
+                Err(e) => {
+                    tracing::trace!(error = %e, "datagrams not sent");
+                    return Ok(());
                 }
             }
-            sent += (r as usize).max(1);
         }
-        self.tx_len.clear();
-        Ok(())
     }
 
     fn recv_batch(&mut self, timeout: Duration) -> Result<(), AgentError> {
-        let fd = self.sock.as_raw_fd();
         let mut waited = false;
         loop {
-            let mut iov: [MaybeUninit<libc::iovec>; BATCH] = [MaybeUninit::uninit(); BATCH];
-            let mut hdr: [MaybeUninit<libc::mmsghdr>; BATCH] = [MaybeUninit::uninit(); BATCH];
-            for i in 0..BATCH {
-                iov[i].write(libc::iovec {
-                    iov_base: self.rx[i * SLOT_BYTES..].as_mut_ptr().cast(),
-                    iov_len: SLOT_BYTES,
-                });
-                // SAFETY: zeroed msghdr is valid (no name buffer: the source is not needed).
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov[i].as_mut_ptr();
-                m.msg_hdr.msg_iovlen = 1;
-                hdr[i].write(m);
-            }
-            // SAFETY: all BATCH entries are initialised and point into self.rx.
-            let r = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdr.as_mut_ptr().cast(),
-                    BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if r > 0 {
-                for (len, h) in self.rx_len.iter_mut().zip(&hdr).take(r as usize) {
-                    // SAFETY: initialised above; the kernel filled msg_len.
-                    *len = unsafe { h.assume_init_ref().msg_len } as usize;
+            let mut bufs: Vec<io::IoSliceMut<'_>> =
+                self.rx.iter_mut().map(|b| io::IoSliceMut::new(b)).collect();
+            match self
+                .state
+                .recv((&self.sock).into(), &mut bufs, &mut self.meta)
+            {
+                Ok(n) => {
+                    for (i, m) in self.meta.iter().take(n).enumerate() {
+                        let stride = m.stride.max(1);
+                        let mut off = 0;
+                        while off < m.len {
+                            let len = stride.min(m.len - off);
+                            self.ready.push_back((i, off, len));
+                            off += stride;
+                        }
+                    }
+                    return Ok(());
                 }
-                self.rx_next = 0;
-                self.rx_count = r as usize;
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {}
-                // ICMP port unreachable from an earlier send: not fatal.
-                io::ErrorKind::ConnectionRefused => continue,
-                _ => return Err(AgentError::Transport(format!("recvmmsg: {e}"))),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    // ICMP port unreachable from an earlier send: not fatal.
+                    io::ErrorKind::ConnectionRefused => continue,
+                    io::ErrorKind::WouldBlock => {}
+                    _ => return Err(AgentError::Transport(format!("recvmmsg: {e}"))),
+                },
             }
             if waited || timeout.is_zero() {
                 return Ok(());
             }
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: timeout.subsec_nanos() as libc::c_long,
-            };
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, valid timespec, no signal mask.
-            let p = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
-            if p < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(AgentError::Transport(format!("ppoll: {e}")));
-                }
-            }
+            wait_fd(self.sock.as_raw_fd(), libc::POLLIN, timeout)?;
             waited = true;
         }
     }
@@ -352,40 +339,55 @@ impl UdpTransport {
 
 impl Transport for UdpTransport {
     fn send(&mut self, slot: u32, datagram: &[u8]) -> Result<(), AgentError> {
-        if datagram.len() > SLOT_BYTES {
-            return Err(AgentError::Transport(format!(
-                "datagram of {} bytes exceeds {SLOT_BYTES}",
-                datagram.len()
-            )));
+        let dst = self.data_addr(slot);
+        let len = datagram.len();
+        let max_segs = self.state.max_gso_segments().max(1);
+        let joins = self.groups.last().is_some_and(|g| {
+            g.dst == dst && g.seg == len && g.count < max_segs && (g.count + 1) * len <= GSO_BYTES
+        });
+        if joins {
+            if let Some(g) = self.groups.last_mut() {
+                g.count += 1;
+            }
+        } else {
+            self.groups.push(TxGroup {
+                dst,
+                start: self.tx.len(),
+                seg: len,
+                count: 1,
+            });
         }
-        let j = self.tx_len.len();
-        self.tx[j * SLOT_BYTES..j * SLOT_BYTES + datagram.len()].copy_from_slice(datagram);
-        self.tx_dst[j] = self.data_addr(slot).into();
-        self.tx_len.push(datagram.len());
-        if self.tx_len.len() == BATCH {
-            self.send_batch()?;
+        self.tx.extend_from_slice(datagram);
+        if self.tx.len() >= TX_LIMIT {
+            self.flush()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), AgentError> {
-        if !self.tx_len.is_empty() {
-            self.send_batch()?;
+        let groups = std::mem::take(&mut self.groups);
+        let mut res = Ok(());
+        for g in &groups {
+            res = self.send_group(*g);
+            if res.is_err() {
+                break;
+            }
         }
-        Ok(())
+        self.groups = groups;
+        self.groups.clear();
+        self.tx.clear();
+        res
     }
 
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, AgentError> {
-        if self.rx_next == self.rx_count {
+        if self.ready.is_empty() {
             self.recv_batch(timeout)?;
-            if self.rx_next == self.rx_count {
-                return Ok(None);
-            }
         }
-        let i = self.rx_next;
-        self.rx_next += 1;
-        let n = self.rx_len[i].min(buf.len()).min(SLOT_BYTES);
-        buf[..n].copy_from_slice(&self.rx[i * SLOT_BYTES..i * SLOT_BYTES + n]);
+        let Some((i, off, len)) = self.ready.pop_front() else {
+            return Ok(None);
+        };
+        let n = len.min(buf.len());
+        buf[..n].copy_from_slice(&self.rx[i][off..off + n]);
         Ok(Some(n))
     }
 
