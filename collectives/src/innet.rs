@@ -151,6 +151,9 @@ pub fn job_spec(cfg: &Config, addrs: &[std::net::SocketAddr]) -> JobSpec {
 /// The worker agent over UDP, as an [`InnetPath`].
 pub struct AgentPath {
     agent: Agent<UdpTransport>,
+    /// Rank at the other end of each watched ring connection.
+    peers: Vec<usize>,
+    rank: usize,
 }
 
 impl AgentPath {
@@ -200,8 +203,27 @@ impl AgentPath {
             agg: AggConfig::with_timeout(cfg.timeout),
             ..AgentConfig::default()
         };
-        let agent = Agent::new(t, &job, cfg.rank as u8, acfg).map_err(ie)?;
-        Ok(AgentPath { agent })
+        let mut agent = Agent::new(t, &job, cfg.rank as u8, acfg).map_err(ie)?;
+        // A neighbour that dies or aborts while this rank waits on the switch ends the
+        // operation at once, naming it, instead of after the worker timeout.
+        let watched = ring.watch_fds();
+        let peers: Vec<usize> = watched.iter().map(|w| w.1).collect();
+        let fds: Vec<std::os::fd::RawFd> = watched.iter().map(|w| w.0).collect();
+        let check_fds = fds.clone();
+        sketchreduce_agent::Transport::set_interrupt(
+            agent.transport_mut(),
+            Some(sketchreduce_agent::Interrupt {
+                fds,
+                check: Box::new(move |i| {
+                    check_fds.get(i).and_then(|&fd| crate::net::peek_abort(fd))
+                }),
+            }),
+        );
+        Ok(AgentPath {
+            agent,
+            peers,
+            rank: cfg.rank,
+        })
     }
 }
 
@@ -215,7 +237,25 @@ impl InnetPath for AgentPath {
         }
         self.agent
             .all_reduce_agreed(req.key, req.dim, req.indices, req.values, req.agreed)
-            .map_err(|e| CollectiveError::Innet(e.to_string()))
+            .map_err(|e| match e {
+                sketchreduce_agent::AgentError::Interrupted { watch, reason } => {
+                    let peer = self.peers.get(watch).copied().unwrap_or(usize::MAX);
+                    match reason.strip_prefix("aborted: ") {
+                        Some(r) => CollectiveError::Aborted {
+                            rank: self.rank,
+                            peer,
+                            reason: r.to_string(),
+                        },
+                        None => CollectiveError::PeerLost {
+                            rank: self.rank,
+                            peer,
+                            during: "in-network all-reduce".into(),
+                            reason,
+                        },
+                    }
+                }
+                e => CollectiveError::Innet(e.to_string()),
+            })
     }
 
     fn bytes(&self) -> (u64, u64) {

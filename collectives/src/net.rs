@@ -47,6 +47,47 @@ pub(crate) fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()>
     Ok(())
 }
 
+/// Looks, without consuming anything, at what a ring connection has to say while this rank
+/// is busy elsewhere: `Some(reason)` if the peer closed it or sent an abort, `None` if it is
+/// ordinary data (a neighbour already in the next operation) or nothing.
+pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    // SAFETY: `buf` is a valid writable buffer of its length; MSG_PEEK leaves the data queued.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n == 0 {
+        return Some("peer closed the connection (process exited?)".into());
+    }
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+            _ => Some(e.to_string()),
+        };
+    }
+    let b = &buf[..n as usize];
+    if b.len() >= 8 && u64::from_le_bytes(b[..8].try_into().ok()?) == ABORT_MARK {
+        let reason = b
+            .get(16..)
+            .map(|r| {
+                let len = b
+                    .get(8..16)
+                    .and_then(|l| l.try_into().ok())
+                    .map_or(0, |l: [u8; 8]| u64::from_le_bytes(l) as usize);
+                String::from_utf8_lossy(&r[..len.min(r.len())]).into_owned()
+            })
+            .unwrap_or_default();
+        return Some(format!("aborted: {reason}"));
+    }
+    None
+}
+
 fn map_io(
     e: io::Error,
     rank: usize,
@@ -124,6 +165,20 @@ impl Ring {
         self.bytes_sent += 8 + out.len() as u64;
         self.bytes_recv += 8 + input.len() as u64;
         Ok(())
+    }
+
+    /// The raw descriptors of the live ring connections with the rank at the other end, so
+    /// a wait elsewhere (the in-network path) can notice a neighbour dying or aborting.
+    pub fn watch_fds(&self) -> Vec<(std::os::fd::RawFd, usize)> {
+        use std::os::fd::AsRawFd;
+        let mut v = Vec::new();
+        if let Some(s) = &self.prev {
+            v.push((s.as_raw_fd(), self.prev_rank()));
+        }
+        if let Some(s) = &self.next {
+            v.push((s.as_raw_fd(), self.next_rank()));
+        }
+        v
     }
 
     /// After a failure: tells the next rank why (so the error propagates around the ring

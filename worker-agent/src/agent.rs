@@ -136,6 +136,7 @@ impl<T: Transport> Agent<T> {
     }
 
     fn run(&mut self) -> Result<Reduced, AgentError> {
+        self.transport.rearm_interrupt();
         let mut result = self.core.poll_complete();
         if result.is_none() {
             drive(

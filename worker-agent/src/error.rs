@@ -59,6 +59,15 @@ pub enum AgentError {
     /// The switch refused a control request.
     #[error("switch refused: {0}")]
     Refused(String),
+    /// A watched descriptor outside the aggregation reported a failure (see
+    /// [`crate::transport::Interrupt`]): e.g. another rank died during the operation.
+    #[error("interrupted: {reason}")]
+    Interrupted {
+        /// Index of the descriptor in the interrupt's list.
+        watch: usize,
+        /// What the interrupt's check reported.
+        reason: String,
+    },
     /// No RDMA device is present (feature `rdma`).
     #[error("no RDMA device found (ibv_get_device_list returned 0 devices); load rxe or use --transport udp")]
     NoRdmaDevice,
@@ -76,6 +85,7 @@ impl AgentError {
             AgentError::Codec(_) => "codec",
             AgentError::Transport(_) => "transport",
             AgentError::Refused(_) => "refused",
+            AgentError::Interrupted { .. } => "interrupted",
             AgentError::NoRdmaDevice => "no_rdma_device",
         }
     }

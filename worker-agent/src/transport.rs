@@ -39,6 +39,31 @@ pub trait Transport {
     fn local_addr(&self) -> SocketAddr;
     /// Short name ("udp", "quic", ...).
     fn name(&self) -> &'static str;
+    /// Watches extra file descriptors while waiting for datagrams (see [`Interrupt`]);
+    /// transports that cannot wait on them ignore this.
+    fn set_interrupt(&mut self, _interrupt: Option<Interrupt>) {}
+    /// Re-arms watched descriptors that [`Interrupt::check`] declared harmless (called at
+    /// the start of each operation).
+    fn rearm_interrupt(&mut self) {}
+}
+
+/// File descriptors outside the aggregation whose activity can end it, e.g. the
+/// collectives' TCP connections to neighbouring ranks: when one becomes readable or hangs
+/// up, `check(i)` (for `fds[i]`) decides. `Some(reason)` fails the operation at once with
+/// [`AgentError::Interrupted`] (a rank died or aborted), instead of waiting for the worker
+/// timeout; `None` means the activity is harmless (e.g. a neighbour already sending the next
+/// operation's data) and the descriptor is ignored until [`Transport::rearm_interrupt`].
+pub struct Interrupt {
+    /// Descriptors to watch.
+    pub fds: Vec<std::os::fd::RawFd>,
+    /// Classifies activity on `fds[i]`.
+    pub check: Box<dyn FnMut(usize) -> Option<String> + Send>,
+}
+
+impl std::fmt::Debug for Interrupt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interrupt").field("fds", &self.fds).finish()
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -59,6 +84,12 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn name(&self) -> &'static str {
         (**self).name()
+    }
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        (**self).set_interrupt(interrupt)
+    }
+    fn rearm_interrupt(&mut self) {
+        (**self).rearm_interrupt()
     }
 }
 
@@ -149,6 +180,9 @@ pub struct UdpTransport {
     meta: Vec<quinn_udp::RecvMeta>,
     /// Datagrams received but not yet handed out: (buffer, offset, length).
     ready: std::collections::VecDeque<(usize, usize, usize)>,
+    interrupt: Option<Interrupt>,
+    /// Per interrupt descriptor: still watched in this operation.
+    armed: Vec<bool>,
 }
 
 impl std::fmt::Debug for UdpTransport {
@@ -175,27 +209,58 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, AgentError> {
     Ok(s.into())
 }
 
-/// Waits until `fd` is ready for `events` or `timeout` passes; `Ok(false)` on timeout.
-fn wait_fd(fd: i32, events: libc::c_short, timeout: Duration) -> Result<bool, AgentError> {
+/// What woke [`wait_fd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// The main descriptor is ready (or the wait timed out / was interrupted by a signal).
+    Main(bool),
+    /// Extra descriptor `i` is readable or hung up.
+    Extra(usize),
+}
+
+/// Waits until `fd` is ready for `events`, one of `extra` is readable or hung up, or
+/// `timeout` passes.
+fn wait_fd(
+    fd: i32,
+    events: libc::c_short,
+    extra: &[i32],
+    timeout: Duration,
+) -> Result<Wake, AgentError> {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    let mut pfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
+    let mut pfds: Vec<libc::pollfd> = std::iter::once(fd)
+        .chain(extra.iter().copied())
+        .map(|fd| libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        })
+        .collect();
+    for p in pfds.iter_mut().skip(1) {
+        p.events = libc::POLLIN;
+    }
+    // SAFETY: `pfds` is a valid array of pollfds, the timespec is valid, no signal mask.
+    let p = unsafe {
+        libc::ppoll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
     };
-    // SAFETY: one valid pollfd, a valid timespec, no signal mask.
-    let p = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
     if p < 0 {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(AgentError::Transport(format!("ppoll: {e}")));
         }
-        return Ok(false);
+        return Ok(Wake::Main(false));
     }
-    Ok(p > 0)
+    match pfds.iter().skip(1).position(|p| p.revents != 0) {
+        Some(i) => Ok(Wake::Extra(i)),
+        None => Ok(Wake::Main(pfds[0].revents != 0)),
+    }
 }
 
 impl UdpTransport {
@@ -245,6 +310,8 @@ impl UdpTransport {
             rx: (0..BATCH).map(|_| vec![0u8; RX_BUF]).collect(),
             meta: vec![quinn_udp::RecvMeta::default(); BATCH],
             ready: std::collections::VecDeque::new(),
+            interrupt: None,
+            armed: Vec::new(),
         })
     }
 
@@ -252,6 +319,34 @@ impl UdpTransport {
     pub fn data_addr(&self, slot: u32) -> SocketAddr {
         let port = self.data_port + (slot % self.data_ports as u32) as u16;
         SocketAddr::new(self.data_ip, port)
+    }
+
+    fn interrupt_fds(&self) -> Vec<i32> {
+        self.interrupt.as_ref().map_or_else(Vec::new, |i| {
+            i.fds
+                .iter()
+                .zip(&self.armed)
+                .filter(|(_, a)| **a)
+                .map(|(fd, _)| *fd)
+                .collect()
+        })
+    }
+
+    /// Activity on interrupt descriptor `fd`: fail, or stop watching it for this operation.
+    fn on_interrupt(&mut self, fd: i32) -> Result<(), AgentError> {
+        let Some(int) = self.interrupt.as_mut() else {
+            return Ok(());
+        };
+        let Some(i) = int.fds.iter().position(|&f| f == fd) else {
+            return Ok(());
+        };
+        match (int.check)(i) {
+            Some(reason) => Err(AgentError::Interrupted { watch: i, reason }),
+            None => {
+                self.armed[i] = false;
+                Ok(())
+            }
+        }
     }
 
     /// Datagrams the kernel accepts per GSO send (1 without GSO).
@@ -273,11 +368,13 @@ impl UdpTransport {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // A full send buffer: wait for room rather than lose a whole GSO batch.
-                    if !wait_fd(
+                    let wake = wait_fd(
                         self.sock.as_raw_fd(),
                         libc::POLLOUT,
+                        &[],
                         Duration::from_millis(50),
-                    )? {
+                    )?;
+                    if wake == Wake::Main(false) {
                         tracing::trace!("send buffer stayed full; dropping a batch");
                         return Ok(());
                     }
@@ -331,7 +428,12 @@ impl UdpTransport {
             if waited || timeout.is_zero() {
                 return Ok(());
             }
-            wait_fd(self.sock.as_raw_fd(), libc::POLLIN, timeout)?;
+            let active: Vec<i32> = self.interrupt_fds();
+            if let Wake::Extra(i) = wait_fd(self.sock.as_raw_fd(), libc::POLLIN, &active, timeout)?
+            {
+                self.on_interrupt(active[i])?;
+                continue;
+            }
             waited = true;
         }
     }
@@ -404,6 +506,15 @@ impl Transport for UdpTransport {
     fn name(&self) -> &'static str {
         "udp"
     }
+
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.armed = vec![true; interrupt.as_ref().map_or(0, |i| i.fds.len())];
+        self.interrupt = interrupt;
+    }
+
+    fn rearm_interrupt(&mut self) {
+        self.armed.iter_mut().for_each(|a| *a = true);
+    }
 }
 
 /// Seeded loss injector around a transport: drops each sent and each received datagram with
@@ -467,5 +578,11 @@ impl<T: Transport> Transport for Lossy<T> {
     }
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+    fn set_interrupt(&mut self, interrupt: Option<Interrupt>) {
+        self.inner.set_interrupt(interrupt)
+    }
+    fn rearm_interrupt(&mut self) {
+        self.inner.rearm_interrupt()
     }
 }

@@ -1,0 +1,69 @@
+//! A rank that dies during an in-network all-reduce: the others wait on the switch, not on
+//! TCP, yet must fail as fast as with the ring (seconds, not the 60 s operation timeout),
+//! naming the dead rank.
+
+use sketchreduce_collectives::*;
+use sketchreduce_switch::{spawn_switch, SwitchConfig};
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+fn free_master() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[test]
+fn rank_dying_mid_innet_is_named_within_seconds() {
+    let sw = spawn_switch(SwitchConfig::loopback(1, 4096)).unwrap();
+    let control = sw.control_addr();
+    let (n, dead) = (4usize, 2usize);
+    let master = free_master();
+    let timeout = Duration::from_secs(60);
+    let results: Vec<Option<(CollectiveError, Duration)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|r| {
+                s.spawn(move || {
+                    let mut c = Config::new(r, n, master)
+                        .with_timeout(timeout)
+                        .with_switch(control)
+                        .with_algo(Algo::Innet);
+                    c.job_id = 7;
+                    c.rendezvous_timeout = Duration::from_secs(20);
+                    let comm = Communicator::new(c).unwrap();
+                    // One good operation, so everyone is connected and warmed up.
+                    let mut v = vec![0.5f32; 10_000];
+                    comm.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                    if r == dead {
+                        // The rank "dies" while the others wait on the switch for its
+                        // contribution: its connections close (as when a process exits).
+                        std::thread::sleep(Duration::from_millis(300));
+                        drop(comm);
+                        return None;
+                    }
+                    let t0 = Instant::now();
+                    let e = comm.all_reduce(&mut v, ReduceOp::Sum).unwrap_err();
+                    Some((e, t0.elapsed()))
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (r, res) in results.into_iter().enumerate() {
+        let Some((e, took)) = res else {
+            assert_eq!(r, dead);
+            continue;
+        };
+        assert!(
+            took < Duration::from_secs(5),
+            "rank {r} took {took:?} (timeout {timeout:?}): {e}"
+        );
+        let text = e.to_string();
+        match &e {
+            CollectiveError::PeerLost { peer, .. } => assert_eq!(*peer, dead, "rank {r}: {text}"),
+            CollectiveError::Aborted { reason, .. } => {
+                assert!(reason.contains(&format!("rank {dead}")), "rank {r}: {text}")
+            }
+            other => panic!("rank {r}: unexpected error {other}"),
+        }
+    }
+}
