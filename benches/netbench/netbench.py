@@ -95,7 +95,7 @@ class Testbed:
     def up(self, loss):
         a = self.a
         subprocess.run([self.sh, "up", *self.common, "--ranks", str(self.ranks), "--rate", a.rate,
-                        "--burst", a.burst, "--limit", a.limit, "--mtu", str(a.mtu), "--loss", str(loss),
+                        "--burst", a.burst, "--limit", a.limit, "--host-limit", a.host_limit, "--mtu", str(a.mtu), "--loss", str(loss),
                         "--subnet", a.subnet], check=True)
 
     def set_loss(self, loss):
@@ -196,7 +196,8 @@ def run_sketchreduce(tb, a, algo, n, density, loss, port, logdir):
         argv = tb.ns(r) + ["env", *env, a.sketchreduce, "bench", "allreduce", "--rank-from-env",
                            "--dim", str(a.dim), "--density", str(density), "--overlap", "0",
                            "--pattern", "random", "--iters", str(a.iters), "--warmup", str(a.warmup),
-                           "--seed", str(a.seed), "--timeout-ms", str(a.op_timeout_ms)]
+                           "--seed", str(a.seed), "--timeout-ms", str(a.op_timeout_ms),
+                           "--time-budget-s", str(a.time_budget)]
         procs.append((spawn(argv, out, err), out))
     deadline = time.monotonic() + a.cell_timeout
     rows, cpu = [], 0.0
@@ -444,7 +445,8 @@ def main():
                     help="systems also run at the nonzero losses (innet,ring,allgather,auto,gloo)")
     ap.add_argument("--rate", default="1gbit")
     ap.add_argument("--burst", default="128kb")
-    ap.add_argument("--limit", default="512kb")
+    ap.add_argument("--limit", default="512kb", help="tbf queue of a switch port (see netns.sh)")
+    ap.add_argument("--host-limit", default="8mb", help="tbf queue of a rank's NIC (see netns.sh)")
     ap.add_argument("--mtu", type=int, default=1500)
     ap.add_argument("--prefix", default="sknb")
     ap.add_argument("--subnet", default="10.231.7")
@@ -452,6 +454,9 @@ def main():
     ap.add_argument("--switch-threads", type=int, default=1)
     ap.add_argument("--auto-innet", action="store_true", help="SKETCHREDUCE_AUTO_INNET=1 for the auto runs")
     ap.add_argument("--op-timeout-ms", type=int, default=10_000, help="per-message timeout of the Communicator")
+    ap.add_argument("--time-budget", type=float, default=30,
+                    help="seconds of timed all-reduces per sketchreduce cell: fewer than --iters (at least 1) "
+                         "when the warm-up says they would take longer (0: always --iters)")
     ap.add_argument("--cell-timeout", type=float, default=240, help="seconds per cell before its processes are killed")
     ap.add_argument("--no-gloo-check", dest="gloo_check", action="store_false",
                     help="skip the float64 check of gloo's results")
@@ -498,7 +503,8 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows, port, link_notes = [], 29500, []
     meta_run = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": os.cpu_count(),
-                "load_start": os.getloadavg(), "rate": a.rate, "burst": a.burst, "limit": a.limit, "mtu": a.mtu,
+                "load_start": os.getloadavg(), "rate": a.rate, "burst": a.burst, "limit": a.limit,
+                "host_limit": a.host_limit, "mtu": a.mtu,
                 "dim": a.dim, "iters": a.iters, "warmup": a.warmup}
     try:
         import torch
@@ -509,7 +515,7 @@ def main():
 
     def emit(cell, system, n, density, loss):
         cell.update(system=system, ranks=n, density=density, loss_pct=loss, dim=a.dim, rate=a.rate, mtu=a.mtu,
-                    burst=a.burst, limit=a.limit, iters=a.iters, warmup=a.warmup)
+                    burst=a.burst, limit=a.limit, host_limit=a.host_limit, iters=a.iters, warmup=a.warmup)
         rows.append(cell)
         results.write(json.dumps(cell) + "\n")
         results.flush()
@@ -567,13 +573,13 @@ def main():
         f"gloo, {x['ranks']} ranks, loss {x['loss_pct']} %: tbf drops up {x['links'].get('up_drops', 0)} "
         f"/ down {x['links'].get('down_drops', 0)}" for x in link_notes)
     png = os.path.join(a.out, "netbench.png")
-    title = (f"all-reduce of {a.dim:,} f32, links {a.rate} (tbf burst {a.burst}, limit {a.limit}), MTU {a.mtu}, "
+    title = (f"all-reduce of {a.dim:,} f32, links {a.rate} (tbf burst {a.burst}, limit {a.limit} / {a.host_limit}), MTU {a.mtu}, "
              f"{a.iters} timed iterations")
     have_png = plot(rows, png, title)
     meta = [f"- Date: {meta_run['date']}; whole run {meta_run['wall_s']:.0f} s; torch {meta_run['torch']}.",
             f"- Machine: {meta_run['nproc']} cores; 1-min load average {meta_run['load_start'][0]:.1f} at the "
             f"start, {meta_run['load_end'][0]:.1f} at the end (every rank, the switch and gloo share these cores).",
-            f"- Links: {a.rate}, tbf burst {a.burst}, limit {a.limit}, MTU {a.mtu}; {a.dim:,} f32 per rank, "
+            f"- Links: {a.rate}, tbf burst {a.burst}, limit {a.limit} (switch ports) / {a.host_limit} (hosts), MTU {a.mtu}; {a.dim:,} f32 per rank, "
             f"independent random supports; {a.warmup} warm-up + {a.iters} timed all-reduces per cell."]
     if gloo_drops:
         meta.append(f"- {gloo_drops}.")

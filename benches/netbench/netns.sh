@@ -4,7 +4,7 @@
 # directions, optional random loss (nftables), configurable MTU.
 #
 #   netns.sh up     [--prefix P] [--ranks N] [--rate 1gbit] [--burst 128kb] [--limit 512kb]
-#                   [--mtu 1500] [--loss PCT] [--subnet 10.231.7]
+#                   [--host-limit 8mb] [--mtu 1500] [--loss PCT] [--subnet 10.231.7]
 #   netns.sh loss   [--prefix P] [--loss PCT]      # replace the loss rules (0 removes them)
 #   netns.sh stats  [--prefix P]                   # JSON: tbf and nftables counters per link
 #   netns.sh down   [--prefix P]                   # idempotent; also kills leftover processes
@@ -27,10 +27,17 @@
 #            spare; measured TCP goodput through two shaped hops at 1gbit: 0.80-0.88 Gbit/s with
 #            64kb (tbf has to segment the super-packets), 0.95 Gbit/s with 100kb-256kb. It also
 #            bounds the error on short messages: at most ~1 ms per link goes out unpaced.
-#   --limit  queue in bytes before tbf drops. 512kb is about 4 ms at 1 Gbit/s, in the range of a
-#            shallow-buffer ToR port. Too small turns every burst (a sender's window, an incast
-#            of N-1 peers into one port) into loss; too large hides pacing problems behind
-#            queueing delay. `stats` reports tbf drops so either case is visible.
+#   --limit  queue of a *switch port* (pI, switch -> rank) before tbf drops. 512kb is about
+#            4 ms at 1 Gbit/s, in the range of a shallow-buffer ToR port. Too small turns every
+#            burst (a multicast of results, an incast of N-1 peers into one port) into loss;
+#            too large hides pacing problems behind queueing delay. `stats` reports tbf drops
+#            so either case is visible.
+#   --host-limit  queue of a *host NIC* (eth0, rank -> switch). A real host does not drop its
+#            own TCP at its NIC: the driver queue back-pressures the stack. TCP Small Queues
+#            let one flow put up to net.ipv4.tcp_limit_output_bytes (4 MB on this kernel) into
+#            the qdisc, so anything below that makes local TCP senders (ring, gloo) lose packets
+#            at their own NIC (measured: ~1,000-3,000 tbf drops per cell with 512kb). UDP
+#            senders are bounded by their socket send buffer. Default 8mb.
 #   --loss   percent of packets dropped at random by nftables (`numgen random`) inside every
 #            rank namespace, on eth0, in both directions (input and output hooks), all
 #            protocols: the loss a lossy link would cause. Resolution 0.01 %.
@@ -46,7 +53,7 @@ die() { echo "netns.sh: $*" >&2; exit 1; }
 CMD="${1:-}"
 [ -n "$CMD" ] || die "usage: netns.sh up|down|loss|stats|exec [options] (see the header of this file)"
 shift
-PREFIX=sknb RANKS=4 RATE=1gbit BURST=128kb LIMIT=512kb MTU=1500 LOSS=0 SUBNET=10.231.7
+PREFIX=sknb RANKS=4 RATE=1gbit BURST=128kb LIMIT=512kb HOST_LIMIT=8mb MTU=1500 LOSS=0 SUBNET=10.231.7
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) PREFIX="$2"; shift 2 ;;
@@ -54,6 +61,7 @@ while [ $# -gt 0 ]; do
         --rate) RATE="$2"; shift 2 ;;
         --burst) BURST="$2"; shift 2 ;;
         --limit) LIMIT="$2"; shift 2 ;;
+        --host-limit) HOST_LIMIT="$2"; shift 2 ;;
         --mtu) MTU="$2"; shift 2 ;;
         --loss) LOSS="$2"; shift 2 ;;
         --subnet) SUBNET="$2"; shift 2 ;;
@@ -102,8 +110,8 @@ EOF
 }
 
 shape() {
-    local ns="$1" dev="$2"
-    ip netns exec "$ns" tc qdisc replace dev "$dev" root tbf rate "$RATE" burst "$BURST" limit "$LIMIT"
+    local ns="$1" dev="$2" limit="$3"
+    ip netns exec "$ns" tc qdisc replace dev "$dev" root tbf rate "$RATE" burst "$BURST" limit "$limit"
 }
 
 down() {
@@ -146,8 +154,8 @@ up() {
         ip -n "$ns" addr add "$SUBNET.$((i + 1))/24" dev eth0
         ip -n "$ns" link set eth0 up
         ip -n "$SW" link set "p$i" up
-        shape "$ns" eth0
-        shape "$SW" "p$i"
+        shape "$ns" eth0 "$HOST_LIMIT"
+        shape "$SW" "p$i" "$LIMIT"
         set_loss "$ns"
     done
     ip -n "$SW" link set br0 up
@@ -161,7 +169,7 @@ up() {
         echo "RANK_NS_PREFIX=$PREFIX-r"
         echo "RANK_IP_BASE=$SUBNET"
         echo "RANK_IFNAME=eth0"
-        echo "RATE=$RATE BURST=$BURST LIMIT=$LIMIT MTU=$MTU LOSS=$LOSS"
+        echo "RATE=$RATE BURST=$BURST LIMIT=$LIMIT HOST_LIMIT=$HOST_LIMIT MTU=$MTU LOSS=$LOSS"
     } > "$STATE"
     # Wait until both ends of every link report carrier (there is no ping on minimal hosts).
     for i in $(seq 0 $((RANKS - 1))); do
@@ -173,7 +181,7 @@ up() {
         done
         [ "$ok" = 1 ] || die "link of rank $i did not come up"
     done
-    echo "netns.sh: up: $RANKS ranks ($PREFIX-r0..$PREFIX-r$((RANKS - 1)), $SUBNET.1..), switch namespace $SW ($SUBNET.254), rate $RATE burst $BURST limit $LIMIT mtu $MTU loss $LOSS%" >&2
+    echo "netns.sh: up: $RANKS ranks ($PREFIX-r0..$PREFIX-r$((RANKS - 1)), $SUBNET.1..), switch namespace $SW ($SUBNET.254), rate $RATE burst $BURST limit $LIMIT (switch ports) / $HOST_LIMIT (hosts) mtu $MTU loss $LOSS%" >&2
 }
 
 # JSON counters: per rank link, the tbf qdisc of both ends and the nftables drops.

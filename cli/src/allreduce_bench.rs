@@ -113,6 +113,10 @@ pub struct Args {
     /// Untimed all-reduces before the timed ones (--rank-from-env).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// With --rank-from-env: run fewer timed all-reduces (at least 1) when --iters of them
+    /// would take longer than this many seconds, judged from the warm-up (0: always --iters).
+    #[arg(long, default_value_t = 0.0)]
+    pub time_budget_s: f64,
     /// Worker processes.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,

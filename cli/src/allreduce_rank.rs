@@ -30,19 +30,22 @@ use crate::allreduce_bench::{Args, TransportKind};
 /// How long rank 0 waits for the switch's control endpoint when reading counters.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs one rank and prints its JSON line. A failed all-reduce still prints a line (with
-/// `status` and `error`) before the error is returned, so a launcher always gets one line
-/// per rank.
+/// Runs one rank and prints its JSON line. Any failure (bad configuration, rendezvous, a
+/// failed all-reduce) still prints a line (with `status` and `error`) before the error is
+/// returned, so a launcher always gets one line per rank.
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    reject_parent_only_options(args)?;
-    let cfg = config(args)?;
-    let rank = cfg.rank;
-    match run_inner(args, cfg) {
+    let result = reject_parent_only_options(args)
+        .and_then(|_| config(args))
+        .and_then(|cfg| run_inner(args, cfg));
+    match result {
         Ok(v) => {
             println!("{v}");
             Ok(())
         }
         Err(e) => {
+            let rank = std::env::var("RANK")
+                .ok()
+                .and_then(|r| r.parse::<u64>().ok());
             println!(
                 "{}",
                 json!({"rank": rank, "status": "error", "exact": false, "error": format!("{e:#}")})
@@ -58,7 +61,9 @@ fn reject_parent_only_options(args: &Args) -> anyhow::Result<()> {
         bail!("--loss injects loss inside the agents of the parent mode; with --rank-from-env drop packets in the network (benches/netbench/netns.sh --loss)");
     }
     if args.transport != TransportKind::Udp {
-        bail!("--transport: the Communicator's in-network path is UDP only (SKETCHREDUCE_TRANSPORT)");
+        bail!(
+            "--transport: the Communicator's in-network path is UDP only (SKETCHREDUCE_TRANSPORT)"
+        );
     }
     let d = crate::allreduce_bench::DEFAULTS;
     if args.lanes != d.lanes || args.window != d.window || args.index != d.index {
@@ -67,17 +72,22 @@ fn reject_parent_only_options(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// [`Config::from_env`] with `--algo` / `--switch` / `--timeout-ms` layered on top: a flag
-/// wins over its variable; without either, the algorithm is `innet` (this bench's default,
-/// not the library's) and the timeout is `--timeout-ms`.
+/// [`Config::from_env`] with `--algo` / `--switch` / `--timeout-ms` layered on top.
 fn config(args: &Args) -> anyhow::Result<Config> {
+    config_from(args, |k| std::env::var(k).ok())
+}
+
+/// [`config`] over an arbitrary environment: a flag wins over its variable; without either,
+/// the algorithm is `innet` (this bench's default, not the library's) and the per-message
+/// timeout is `--timeout-ms`.
+fn config_from(args: &Args, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
     let algo = match args.algo {
         Some(a) => Some(a.name().to_string()),
-        None if std::env::var_os("SKETCHREDUCE_ALGO").is_none() => Some("innet".to_string()),
+        None if env("SKETCHREDUCE_ALGO").is_none() => Some("innet".to_string()),
         None => None,
     };
     let switch = args.switch.map(|s| s.to_string());
-    let timeout = std::env::var_os("SKETCHREDUCE_TIMEOUT_SECS")
+    let timeout = env("SKETCHREDUCE_TIMEOUT_SECS")
         .is_none()
         .then(|| (args.timeout_ms as f64 / 1000.0).to_string());
     let get = |k: &str| -> Option<String> {
@@ -87,7 +97,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
             "SKETCHREDUCE_TIMEOUT_SECS" => timeout.clone(),
             _ => None,
         };
-        over.or_else(|| std::env::var(k).ok())
+        over.or_else(|| env(k))
     };
     Config::from_lookup(get).context("job configuration from the environment")
 }
@@ -196,7 +206,10 @@ fn counters_delta(before: &Counters, after: &Counters, job: u16) -> Value {
         })
         .collect();
     let jc = |c: &Counters| c.jobs.iter().find(|(id, _)| *id == job).map(|(_, j)| *j);
-    let (jb, ja) = (jc(before).unwrap_or_default(), jc(after).unwrap_or_default());
+    let (jb, ja) = (
+        jc(before).unwrap_or_default(),
+        jc(after).unwrap_or_default(),
+    );
     json!({
         "packets_in": after.packets_in.saturating_sub(before.packets_in),
         "packets_out": after.packets_out.saturating_sub(before.packets_out),
@@ -207,6 +220,24 @@ fn counters_delta(before: &Counters, after: &Counters, job: u16) -> Value {
         "probes": ja.probes.saturating_sub(jb.probes),
         "drops": drops,
     })
+}
+
+/// How many timed iterations fit `--time-budget-s`, judged from the warm-up: every rank must
+/// run the same number, so the ranks average their warm-up times with an all-reduce (whose
+/// result is bit-identical everywhere) and each computes the same count from it. The ring
+/// carries it so the switch's counters only see the benchmark.
+fn timed_iterations(comm: &Communicator, args: &Args, warm_s: f64) -> anyhow::Result<usize> {
+    if args.time_budget_s <= 0.0 || args.warmup == 0 {
+        return Ok(args.iters);
+    }
+    let mut mean = [(warm_s / args.warmup as f64) as f32];
+    comm.all_reduce_with(
+        &mut mean,
+        ReduceOp::Avg,
+        sketchreduce_collectives::Algo::Ring,
+    )?;
+    let fit = (args.time_budget_s / mean[0].max(1e-6) as f64).floor() as usize;
+    Ok(fit.clamp(1, args.iters.max(1)))
 }
 
 fn run_inner(args: &Args, cfg: Config) -> anyhow::Result<Value> {
@@ -246,19 +277,23 @@ fn run_inner(args: &Args, cfg: Config) -> anyhow::Result<Value> {
         outside_total += o;
         max_err = max_err.max(e);
     };
+    let mut warm_s = 0.0;
     for _ in 0..args.warmup {
         let mut buf = mine.clone();
         comm.barrier()?;
+        let t0 = Instant::now();
         comm.all_reduce(&mut buf, ReduceOp::Sum)?;
+        warm_s += t0.elapsed().as_secs_f64();
         comm.barrier()?;
         check(&buf);
     }
+    let iters = timed_iterations(&comm, args, warm_s)?;
     // Rank 0 speaks for the job at the switch.
     let watched = switch.filter(|_| rank == 0);
     let before = watched.map(switch_counters);
-    let mut times = Vec::with_capacity(args.iters);
-    let mut ops = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
+    let mut times = Vec::with_capacity(iters);
+    let mut ops = Vec::with_capacity(iters);
+    for _ in 0..iters {
         let mut buf = mine.clone();
         comm.barrier()?;
         let t0 = Instant::now();
@@ -307,7 +342,8 @@ fn run_inner(args: &Args, cfg: Config) -> anyhow::Result<Value> {
         "pattern": args.pattern,
         "seed": args.seed,
         "warmup": args.warmup,
-        "iters": args.iters,
+        "iters": iters,
+        "iters_requested": args.iters,
         "times_ms": times.iter().map(|&t| round3(t)).collect::<Vec<_>>(),
         "mean_ms": round3(mean),
         "p50_ms": round3(p50),
@@ -320,4 +356,128 @@ fn run_inner(args: &Args, cfg: Config) -> anyhow::Result<Value> {
         "setup_ms": setup_ms,
         "switch": switch_json,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allreduce_bench::Algo;
+    use clap::Parser;
+    use sketchreduce_codec::LaneWidth;
+    use sketchreduce_collectives::Algo as CAlgo;
+    use sketchreduce_wire::JobCounters;
+    use std::collections::HashMap;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["bench", "--rank-from-env"];
+        v.extend_from_slice(extra);
+        Cli::parse_from(v).args
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = [("RANK", "1"), ("WORLD_SIZE", "2")]
+            .iter()
+            .chain(pairs)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn flags_win_over_the_environment_and_innet_is_the_default() {
+        let sw = [("SKETCHREDUCE_SWITCH", "10.0.0.254:39440")];
+        let c = config_from(&args(&[]), env(&sw)).unwrap();
+        assert_eq!((c.rank, c.world_size, c.algo), (1, 2, CAlgo::Innet));
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        let ring = [sw[0], ("SKETCHREDUCE_ALGO", "ring")];
+        assert_eq!(
+            config_from(&args(&[]), env(&ring)).unwrap().algo,
+            CAlgo::Ring
+        );
+        let a = args(&["--algo", "allgather", "--switch", "10.0.0.1:5"]);
+        let c = config_from(&a, env(&ring)).unwrap();
+        assert_eq!(c.algo, CAlgo::AllGather);
+        assert_eq!(c.switch, Some("10.0.0.1:5".parse().unwrap()));
+        assert_eq!(a.algo, Some(Algo::Allgather));
+        // innet without any switch is a configuration error, not a hang.
+        let e = config_from(&args(&[]), env(&[])).unwrap_err();
+        assert!(format!("{e:#}").contains("switch"), "{e:#}");
+    }
+
+    #[test]
+    fn parent_only_options_are_refused() {
+        for extra in [
+            &["--loss", "0.01"][..],
+            &["--lanes", "64"],
+            &["--window", "8"],
+            &["--index", "bloom"],
+            &["--transport", "quic"],
+        ] {
+            assert!(
+                reject_parent_only_options(&args(extra)).is_err(),
+                "{extra:?}"
+            );
+        }
+        assert!(reject_parent_only_options(&args(&[])).is_ok());
+    }
+
+    #[test]
+    fn check_finds_one_ulp_and_bound_violations() {
+        let grads = vec![
+            vec![1.0f32, -0.5, 0.0, 3.0e-3],
+            vec![0.25f32, 0.5, 0.0, 1.0e-7],
+        ];
+        let r = Reference::new(&grads, LaneWidth::W32).unwrap();
+        let mut out: Vec<f32> = r.bits.iter().map(|&b| f32::from_bits(b)).collect();
+        assert_eq!(r.check(&out).0, 0);
+        assert_eq!(r.check(&out).1, 0);
+        // Independent float64 reference: 1.25, 0, 0, ~3.0001e-3.
+        assert_eq!(out[0], 1.25);
+        assert_eq!(out[1], 0.0);
+        // One ulp off a correctly rounded 1.25 breaks both: the f64 bound is half an ulp here.
+        out[0] = f32::from_bits(out[0].to_bits() + 1);
+        assert_eq!(r.check(&out).0, 1);
+        assert_eq!(r.check(&out).1, 1);
+        out[0] = 1.25;
+        out[3] += 1e-3;
+        let (wrong, outside, err) = r.check(&out);
+        assert_eq!((wrong, outside), (1, 1));
+        assert!(err > 0.9e-3);
+    }
+
+    #[test]
+    fn counters_delta_is_per_job_and_per_reason() {
+        let job = |data_in, dup| JobCounters {
+            data_in,
+            drops: {
+                let mut d = [0; 9];
+                d[DropReason::Duplicate as usize] = dup;
+                d
+            },
+            ..Default::default()
+        };
+        let before = Counters {
+            packets_in: 10,
+            jobs: vec![(1, job(8, 1)), (2, job(100, 50))],
+            ..Default::default()
+        };
+        let mut after = Counters {
+            packets_in: 30,
+            jobs: vec![(1, job(20, 3)), (2, job(100, 50))],
+            ..Default::default()
+        };
+        after.drops[DropReason::UnknownJob as usize] = 4;
+        let d = counters_delta(&before, &after, 1);
+        assert_eq!(d["packets_in"], 20);
+        assert_eq!(d["data_in"], 12);
+        assert_eq!(d["drops"]["duplicate"], 2);
+        assert_eq!(d["drops"]["unknown_job"], 4);
+        assert_eq!(d["drops"]["stale"], 0);
+    }
 }
