@@ -153,7 +153,8 @@ def aggregate(rank_rows, n):
         slow = max(timed, key=lambda r: r["mean_ms"])
         out.update(mean_ms=slow["mean_ms"], p50_ms=max(r["p50_ms"] for r in timed),
                    max_ms=max(r["max_ms"] for r in timed), slowest_rank=slow["rank"],
-                   rank_means_ms=[r["mean_ms"] for r in sorted(timed, key=lambda r: r["rank"])])
+                   rank_means_ms=[r["mean_ms"] for r in sorted(timed, key=lambda r: r["rank"])],
+                   iters_timed=min(len(r.get("times_ms") or []) for r in timed))
     return out
 
 
@@ -233,7 +234,7 @@ def run_sketchreduce(tb, a, algo, n, density, loss, port, logdir):
         if swc.get("results_multicast"):
             cell["unicast_ratio"] = swc["results_unicast"] / swc["results_multicast"]
     cell["phases_ms"] = mean_phases(good)
-    ops = a.iters + a.warmup
+    ops = cell.get("iters_timed", a.iters) + a.warmup
     links = link_delta(s0, s1)
     cell["links"] = links
     # tbf counts every byte of the cell (rendezvous, warm-up, barriers too): per op, roughly.
@@ -322,12 +323,15 @@ def table(rows):
         if exact is None and r.get("f32_bound_ok") is not None:
             exact = "f32 ok" if r["f32_bound_ok"] else "**f32 bad**"
         name = r["system"]
+        status = r["status"]
+        if r.get("iters_timed") is not None and r["iters_timed"] < r.get("iters", 0):
+            status += f" ({r['iters_timed']} of {r['iters']} timed)"
         if r.get("algo_resolved") and r["system"].endswith("auto"):
             name += f" ({'/'.join(r['algo_resolved'])})"
         out.append(f"| {name} | {r['ranks']} | {r['loss_pct']} | {r['density']} | {fmt_ms(r.get('mean_ms'))} | "
                    f"{fmt_ms(r.get('p50_ms'))} | {fmt_ms(r.get('max_ms'))} | {exact if exact is not None else '-'} | "
                    f"{fmt_bytes(r.get('bytes_sent_per_rank'))} | {fmt_bytes(r.get('wire_tx_bytes_per_rank_op'))} | "
-                   f"{pct('duplicate_ratio')} | {pct('unicast_ratio')} | {r['status']} |")
+                   f"{pct('duplicate_ratio')} | {pct('unicast_ratio')} | {status} |")
     return "\n".join(out)
 
 

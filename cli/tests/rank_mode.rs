@@ -3,7 +3,7 @@
 //! `benches/netbench/run`) starts them.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -80,16 +80,18 @@ fn run_ranks(world: usize, algo: &str, job: u16, control: &str) -> Vec<(Value, b
         .collect();
     children
         .into_iter()
-        .map(|c| {
-            let out = c.wait_with_output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            let line = text
-                .lines()
-                .rfind(|l| l.starts_with('{'))
-                .unwrap_or_else(|| panic!("no JSON line from a rank: {text:?}"));
-            (serde_json::from_str(line).unwrap(), out.status.success())
-        })
+        .map(|c| json_line(&c.wait_with_output().unwrap()))
         .collect()
+}
+
+/// A rank's JSON line (its last line starting with `{`) and whether it exited successfully.
+fn json_line(out: &Output) -> (Value, bool) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line from a rank: {text:?}"));
+    (serde_json::from_str(line).unwrap(), out.status.success())
 }
 
 #[test]
@@ -137,13 +139,7 @@ fn failing_rank(args: &[&str], env: &[(&str, &str)]) -> (Value, bool) {
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = c.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rfind(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("no JSON line: {text:?}"));
-    (serde_json::from_str(line).unwrap(), out.status.success())
+    json_line(&c.output().unwrap())
 }
 
 #[test]
