@@ -1,8 +1,8 @@
 """gloo (torch.distributed, CPU) vs sketchreduce all-reduce on the same tensor sizes.
 
 Run through benches/gloo_compare.sh (it prepares the venv). For each worker count and density,
-N gloo processes all-reduce a dense f32 tensor of `dim` elements (gloo has no sparse
-all-reduce: the tensor is dense with the given fraction of nonzeros), and
+N gloo processes all-reduce a dense f32 tensor of `dim` elements (dense with the given fraction
+of nonzeros; gloo's sparse COO all-reduce is measured by benches/netbench/run), and
 `sketchreduce bench allreduce --algo A` runs the same dim/density/workers for each algorithm.
 Everything runs on 127.0.0.1 of this machine, so the bottleneck is the CPU shared by all
 processes, not a network link.

@@ -9,6 +9,9 @@
 //! stdin, run, and print their result line. Another algorithm (e.g. `ring`/`allgather` from the
 //! collectives crate) plugs in as one more arm in [`make_worker`] implementing
 //! [`BenchWorker`].
+//!
+//! With `--rank-from-env` the process is instead *one rank* of a job started by a launcher
+//! (see [`crate::allreduce_rank`]), which is how `benches/netbench/run` uses it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -35,14 +38,18 @@ pub enum Algo {
     Ring,
     /// Sparse all-gather of (index, value) pairs over TCP (sketchreduce-collectives).
     Allgather,
+    /// Per tensor from its density (sketchreduce-collectives' `Algo::Auto`).
+    Auto,
 }
 
 impl Algo {
-    fn name(self) -> &'static str {
+    /// Name on the command line and in `SKETCHREDUCE_ALGO`.
+    pub fn name(self) -> &'static str {
         match self {
             Algo::Innet => "innet",
             Algo::Ring => "ring",
             Algo::Allgather => "allgather",
+            Algo::Auto => "auto",
         }
     }
 }
@@ -74,9 +81,42 @@ pub enum Role {
     Worker,
 }
 
+/// Defaults of the options that only the parent mode honours (the `Communicator` of the
+/// `--rank-from-env` mode picks its own).
+pub struct ParentDefaults {
+    /// `--lanes`.
+    pub lanes: u16,
+    /// `--window`.
+    pub window: u32,
+    /// `--index`.
+    pub index: &'static str,
+}
+
+/// See [`ParentDefaults`].
+pub const DEFAULTS: ParentDefaults = ParentDefaults {
+    lanes: 256,
+    window: 128,
+    index: "auto",
+};
+
 /// Arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
+    /// Run as one rank of a job started by a launcher: RANK, WORLD_SIZE, MASTER_ADDR,
+    /// MASTER_PORT and SKETCHREDUCE_* from the environment, the real Communicator, an external
+    /// switch (SKETCHREDUCE_SWITCH or --switch); prints one JSON line for this rank.
+    #[arg(long)]
+    pub rank_from_env: bool,
+    /// Switch control endpoint (`IP:PORT`) for --rank-from-env; overrides SKETCHREDUCE_SWITCH.
+    #[arg(long)]
+    pub switch: Option<SocketAddr>,
+    /// Untimed all-reduces before the timed ones (--rank-from-env).
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// With --rank-from-env: run fewer timed all-reduces (at least 1) when --iters of them
+    /// would take longer than this many seconds, judged from the warm-up (0: always --iters).
+    #[arg(long, default_value_t = 0.0)]
+    pub time_budget_s: f64,
     /// Worker processes.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -92,9 +132,10 @@ pub struct Args {
     /// Sparsity pattern: random or rows:W.
     #[arg(long, default_value = "random")]
     pub pattern: String,
-    /// Aggregation algorithm.
-    #[arg(long, value_enum, default_value_t = Algo::Innet)]
-    pub algo: Algo,
+    /// Aggregation algorithm [default: innet; with --rank-from-env: SKETCHREDUCE_ALGO, then
+    /// innet].
+    #[arg(long, value_enum)]
+    pub algo: Option<Algo>,
     /// Transport.
     #[arg(long, value_enum, default_value_t = TransportKind::Udp)]
     pub transport: TransportKind,
@@ -108,18 +149,18 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Index layout of the sketch codec: auto (fewest bytes), bitmap (fastest decode), bloom.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = DEFAULTS.index)]
     pub index: String,
     /// Lanes per packet.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULTS.lanes)]
     pub lanes: u16,
     /// Slots in flight per worker.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = DEFAULTS.window)]
     pub window: u32,
     /// A chunk without a result for this long fails the run (milliseconds).
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
-    /// Print one JSON line.
+    /// Print one JSON line (always on with --rank-from-env).
     #[arg(long)]
     pub json: bool,
 
@@ -139,9 +180,19 @@ pub struct Args {
     pub bind: std::net::IpAddr,
 }
 
+impl Args {
+    /// The algorithm of the parent mode (`--algo`, default innet).
+    fn algo(&self) -> Algo {
+        self.algo.unwrap_or(Algo::Innet)
+    }
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=32).contains(&args.workers), "--workers must be 1..=32");
+    anyhow::ensure!(
+        args.rank_from_env || (1..=32).contains(&args.workers),
+        "--workers must be 1..=32"
+    );
     anyhow::ensure!(
         (0.0..=1.0).contains(&args.density),
         "--density must be in [0, 1]"
@@ -160,6 +211,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     args.pattern
         .parse::<Pattern>()
         .map_err(|e| anyhow::anyhow!(e))?;
+    if args.rank_from_env {
+        return crate::allreduce_rank::run(&args);
+    }
     match args.role {
         Role::Parent => parent(args),
         Role::Worker => worker(args),
@@ -218,7 +272,7 @@ fn parent(args: Args) -> anyhow::Result<()> {
             .args(["--density", &args.density.to_string()])
             .args(["--overlap", &args.overlap.to_string()])
             .args(["--pattern", &args.pattern])
-            .args(["--algo", args.algo.name()])
+            .args(["--algo", args.algo().name()])
             .args(["--transport", args.transport.name()])
             .args(["--loss", &args.loss.to_string()])
             .args(["--iters", &args.iters.to_string()])
@@ -346,7 +400,7 @@ fn report(
     let out = json!({
         "status": status,
         "exact": exact,
-        "algo": args.algo.name(),
+        "algo": args.algo().name(),
         "index": args.index,
         "transport": args.transport.name(),
         "workers": args.workers,
@@ -375,7 +429,7 @@ fn report(
     } else {
         println!(
             "all-reduce {} over {} with {} workers, dim {}, density {}, loss {}: status {}, exact {}",
-            args.algo.name(),
+            args.algo().name(),
             args.transport.name(),
             args.workers,
             args.dim,
@@ -479,7 +533,7 @@ fn make_worker(
     transport: Box<dyn Transport>,
     job: &JobSpec,
 ) -> anyhow::Result<Box<dyn BenchWorker>> {
-    match args.algo {
+    match args.algo() {
         Algo::Innet => {
             let mut agg = AggConfig::with_timeout(Duration::from_millis(args.timeout_ms));
             agg.window = args.window;
@@ -500,20 +554,16 @@ fn make_worker(
             let agent = Agent::new(transport, job, args.rank as u8, cfg)?;
             Ok(Box::new(InnetWorker { agent }))
         }
-        Algo::Ring | Algo::Allgather => {
+        algo @ (Algo::Ring | Algo::Allgather | Algo::Auto) => {
             use sketchreduce_collectives as sc;
             let master = job.workers[0].addr;
             let mut cfg = sc::Config::new(args.rank, job.workers.len(), master)
                 .with_timeout(Duration::from_millis(args.timeout_ms.max(1000)));
-            cfg.algo = if args.algo == Algo::Ring {
-                sc::Algo::Ring
-            } else {
-                sc::Algo::AllGather
-            };
+            cfg.algo = cfg_algo(algo);
             let comm = sc::Communicator::new(cfg)?;
             Ok(Box::new(CollectiveWorker {
                 comm,
-                algo: cfg_algo(args.algo),
+                algo: cfg_algo(algo),
             }))
         }
     }
@@ -524,6 +574,7 @@ fn cfg_algo(a: Algo) -> sketchreduce_collectives::Algo {
         Algo::Ring => sketchreduce_collectives::Algo::Ring,
         Algo::Allgather => sketchreduce_collectives::Algo::AllGather,
         Algo::Innet => sketchreduce_collectives::Algo::Innet,
+        Algo::Auto => sketchreduce_collectives::Algo::Auto,
     }
 }
 

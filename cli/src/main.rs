@@ -3,6 +3,7 @@
 //! Every subcommand lives in its own module; this file only parses arguments and dispatches.
 
 mod allreduce_bench;
+mod allreduce_rank;
 mod codec_bench;
 mod demo;
 mod p4_cmd;
@@ -39,7 +40,8 @@ enum BenchCommand {
     Codec(codec_bench::Args),
     /// Push rounds through a real switch-emu over loopback UDP; compare with a UDP echo server.
     Switch(switch_bench::Args),
-    /// End-to-end all-reduce through the switch with real worker processes.
+    /// End-to-end all-reduce through the switch with real worker processes, or one rank of a
+    /// launcher-started job (--rank-from-env).
     Allreduce(allreduce_bench::Args),
 }
 
