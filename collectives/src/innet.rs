@@ -169,11 +169,8 @@ impl AgentPath {
             ));
         }
         let ie = |e: sketchreduce_agent::AgentError| CollectiveError::Innet(e.to_string());
-        let ip = if switch.ip().is_loopback() {
-            std::net::IpAddr::from([127, 0, 0, 1])
-        } else {
-            std::net::IpAddr::from([0, 0, 0, 0])
-        };
+        // Bind to the address the switch sees: it sends results to the registered address.
+        let ip = transport::local_ip_towards(switch).map_err(ie)?;
         let sock = transport::bind_udp(std::net::SocketAddr::new(ip, 0)).map_err(ie)?;
         let local = sock
             .local_addr()

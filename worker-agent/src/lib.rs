@@ -29,7 +29,7 @@ pub use innet::{
     Agreed, InnetConfig, InnetCore, InnetStats, ModeChoice, PayloadMode, Phases, Reduced,
 };
 pub use quic::QuicTransport;
-pub use transport::{bind_udp, drive, Interrupt, Lossy, Transport, UdpTransport};
+pub use transport::{bind_udp, drive, local_ip_towards, Interrupt, Lossy, Transport, UdpTransport};
 
 /// A sans-I/O protocol endpoint: what the transports (and the simulated network) drive.
 pub trait Endpoint {

@@ -209,6 +209,22 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, AgentError> {
     Ok(s.into())
 }
 
+/// The local IP address the kernel would use to reach `dst` (a UDP `connect` picks the
+/// route without sending anything). An agent binds to it so that the address it registers is
+/// the one its datagrams really come from (binding `0.0.0.0` would register an address the
+/// switch cannot send results to).
+pub fn local_ip_towards(dst: SocketAddr) -> Result<std::net::IpAddr, AgentError> {
+    let any: SocketAddr = match dst {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let probe = UdpSocket::bind(any)?;
+    probe
+        .connect(dst)
+        .map_err(|e| AgentError::Transport(format!("no route to the switch {dst}: {e}")))?;
+    Ok(probe.local_addr()?.ip())
+}
+
 /// What woke [`wait_fd`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
