@@ -23,7 +23,8 @@ use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
 use sketchreduce_codec::{max_exponent, FixedPoint};
 use sketchreduce_collectives::{Communicator, Config, OpInfo, ReduceOp};
 use sketchreduce_switch::total_drops;
-use sketchreduce_wire::{ControlRequest, ControlResponse, Counters, DropReason};
+use sketchreduce_wire::control::{Request, Response};
+use sketchreduce_wire::{Counters, DropReason};
 
 use crate::allreduce_bench::{Args, TransportKind};
 
@@ -184,9 +185,13 @@ fn ms(d: Duration) -> f64 {
 
 /// The switch's counters now (through the control endpoint's public helper).
 fn switch_counters(addr: SocketAddr) -> anyhow::Result<Counters> {
-    match sketchreduce_wire::control::call(addr, &ControlRequest::Counters, CONTROL_TIMEOUT)? {
-        ControlResponse::Counters(c) => Ok(c),
-        ControlResponse::Error(e) => bail!("switch refused the counters request: {e}"),
+    let secret = sketchreduce_control::Secret::from_env()?.map(std::sync::Arc::new);
+    match sketchreduce_control::client::call(addr, secret, &Request::Counters {}, CONTROL_TIMEOUT)?
+    {
+        Response::Counters(c) => Ok(c),
+        Response::Error { kind, message } => {
+            bail!("switch refused the counters request: {kind:?}: {message}")
+        }
         other => bail!("unexpected answer to a counters request: {other:?}"),
     }
 }
@@ -456,7 +461,7 @@ mod tests {
         let job = |data_in, dup| JobCounters {
             data_in,
             drops: {
-                let mut d = [0; 9];
+                let mut d = [0; DropReason::ALL.len()];
                 d[DropReason::Duplicate as usize] = dup;
                 d
             },

@@ -605,7 +605,8 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
     }
     let mut all = Vec::with_capacity(jobs.jobs.len());
     for (i, job) in jobs.jobs.iter().enumerate() {
-        job.validate(opts.pool_slots)?;
+        job.validate(opts.pool_slots, opts.lanes)?;
+        job.check_epoch()?;
         if job.lanes != opts.lanes {
             return Err(ConfigError::LanesMismatch {
                 job: job.id,
@@ -674,7 +675,7 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
             names::JOBS_TABLE,
             names::SET_JOB,
             job.id,
-            job.token,
+            job.epoch,
             job.workers.len(),
             job.lanes,
             job.slot_base,

@@ -634,7 +634,7 @@ fn cli(ns: &str, input: &str) -> Result<String, String> {
 fn e2e_jobs() -> JobFile {
     let job = |id: u16, slot_base: u32, udp: u16| sketchreduce_wire::JobSpec {
         id,
-        token: 0x5eed_0000 + id as u32,
+        epoch: 0x5eed_0000 + id as u32,
         lanes: DEFAULT_LANES,
         slot_base,
         slot_count: 4,
@@ -669,7 +669,7 @@ fn run_workers(job: &sketchreduce_wire::JobSpec, chunks: u32, window: u32) -> Re
             .env("SRP4_RANK", rank.to_string())
             .env("SRP4_WORKERS", job.workers.len().to_string())
             .env("SRP4_JOB", job.id.to_string())
-            .env("SRP4_TOKEN", job.token.to_string())
+            .env("SRP4_EPOCH", job.epoch.to_string())
             .env("SRP4_SLOT_BASE", job.slot_base.to_string())
             .env("SRP4_WINDOW", window.to_string())
             .env("SRP4_CHUNKS", chunks.to_string())
@@ -795,7 +795,7 @@ fn e2e_worker_process() {
     let rank = env_u32("SRP4_RANK");
     let workers = env_u32("SRP4_WORKERS");
     let job = env_u32("SRP4_JOB") as u16;
-    let token = env_u32("SRP4_TOKEN");
+    let epoch = env_u32("SRP4_EPOCH");
     let base = env_u32("SRP4_SLOT_BASE");
     let window = env_u32("SRP4_WINDOW");
     let chunks = env_u32("SRP4_CHUNKS");
@@ -820,10 +820,11 @@ fn e2e_worker_process() {
             rank: rank as u8,
             job,
             lanes: if kind == Kind::Data { lanes as u16 } else { 0 },
-            token,
+            epoch,
             slot,
             set: (round & 1) as u8,
             count: 0,
+            flags: 0,
             round,
             offset: k,
             bitmap: 0,
@@ -833,7 +834,7 @@ fn e2e_worker_process() {
         let h = header(Kind::Data, k);
         let vals: Vec<u32> = (0..lanes).map(|i| contribution(rank, k, i)).collect();
         let mut buf = vec![0u8; h.packet_len()];
-        let n = build(&h, &vals, &mut buf);
+        let n = build(&h, &vals, &mut buf).expect("lane count");
         let port = sketchreduce_wire::DEFAULT_DATA_PORT + (h.slot % 16) as u16;
         // An nftables drop in the output hook fails the send with EPERM: that is a loss.
         let _ = sock.send_to(&buf[..n], SocketAddr::new(switch_ip, port));
@@ -867,7 +868,7 @@ fn e2e_worker_process() {
         match sock.recv_from(&mut buf) {
             Ok((n, _from)) => {
                 let p = Packet::new_checked(&buf[..n]).expect("well-formed reply");
-                let h = p.header();
+                let h = Header::parse(&p).expect("valid reply header");
                 assert_eq!(h.kind, Kind::Result, "unexpected reply {h:?}");
                 let k = h.offset;
                 if k >= chunks || done[k as usize] {
@@ -910,7 +911,7 @@ fn e2e_worker_process() {
         let last = ((chunks - 1) / window) * window;
         let h = header(Kind::Probe, last);
         let mut pb = vec![0u8; h.packet_len()];
-        let n = build(&h, &[], &mut pb);
+        let n = build(&h, &[], &mut pb).expect("probe");
         let port = sketchreduce_wire::DEFAULT_DATA_PORT + (h.slot % 16) as u16;
         let mut ok = false;
         for _ in 0..50 {
@@ -919,7 +920,7 @@ fn e2e_worker_process() {
             while t.elapsed() < Duration::from_millis(100) {
                 if let Ok((m, _)) = sock.recv_from(&mut buf) {
                     let p = Packet::new_checked(&buf[..m]).expect("well-formed reply");
-                    let s = p.header();
+                    let s = Header::parse(&p).expect("valid reply header");
                     if s.kind == Kind::Status {
                         assert_eq!(s.round, h.round);
                         assert_eq!(s.count as u32, workers);

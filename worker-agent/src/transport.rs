@@ -11,10 +11,11 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sketchreduce_wire::control;
-use sketchreduce_wire::{ControlRequest, ControlResponse};
+use sketchreduce_control::Secret;
+use sketchreduce_wire::control::{Request, Response};
 
 use crate::error::AgentError;
 use crate::sim::SplitMix64;
@@ -33,8 +34,8 @@ pub trait Transport {
     }
     /// Waits at most `timeout` for one datagram; `Ok(None)` on timeout.
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, AgentError>;
-    /// One request to the switch's control endpoint.
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError>;
+    /// One request to the switch's control endpoint (refusals are `Ok(Response::Error)`).
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError>;
     /// The local address results are sent to (what the job spec must name for this rank).
     fn local_addr(&self) -> SocketAddr;
     /// Short name ("udp", "quic", ...).
@@ -76,7 +77,7 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, AgentError> {
         (**self).recv(buf, timeout)
     }
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError> {
         (**self).control(req)
     }
     fn local_addr(&self) -> SocketAddr {
@@ -144,6 +145,13 @@ pub fn drive<E: Endpoint, T: Transport + ?Sized>(
     }
 }
 
+/// The control secret from the environment, if any.
+pub(crate) fn env_secret() -> Result<Option<Arc<Secret>>, AgentError> {
+    Secret::from_env()
+        .map(|s| s.map(Arc::new))
+        .map_err(|e| AgentError::Config(e.to_string()))
+}
+
 /// Receive buffers per `recvmmsg` (each may hold many datagrams coalesced by GRO).
 pub const BATCH: usize = 32;
 /// Bytes of one receive buffer: the largest GRO-coalesced read the kernel delivers.
@@ -171,6 +179,7 @@ pub struct UdpTransport {
     state: quinn_udp::UdpSocketState,
     local: SocketAddr,
     control: SocketAddr,
+    secret: Option<Arc<Secret>>,
     data_ip: std::net::IpAddr,
     data_port: u16,
     data_ports: u16,
@@ -280,27 +289,32 @@ fn wait_fd(
 }
 
 impl UdpTransport {
-    /// Wraps a bound socket and asks the switch's control endpoint for its data ports.
+    /// Wraps a bound socket and asks the switch's control endpoint for its data ports. The
+    /// control secret comes from the environment (`SKETCHREDUCE_SECRET_FILE` or
+    /// `SKETCHREDUCE_SECRET`).
     pub fn new(sock: UdpSocket, control: SocketAddr) -> Result<Self, AgentError> {
-        let (data_port, data_ports) =
-            match control::call(control, &ControlRequest::Info, CONTROL_TIMEOUT) {
-                Ok(ControlResponse::Info {
-                    data_port,
-                    data_ports,
-                    ..
-                }) => (data_port, data_ports.max(1)),
-                Ok(other) => {
-                    return Err(AgentError::Refused(format!(
-                        "unexpected answer to Info from {control}: {other:?}"
-                    )))
-                }
-                Err(e) => {
-                    return Err(AgentError::Transport(format!(
-                        "switch control endpoint {control}: {e}"
-                    )))
-                }
-            };
-        Self::with_ports(sock, control, control.ip(), data_port, data_ports)
+        let secret = env_secret()?;
+        let (data_port, data_ports) = match sketchreduce_control::client::call(
+            control,
+            secret.clone(),
+            &Request::Info {},
+            CONTROL_TIMEOUT,
+        ) {
+            Ok(Response::Info(i)) => (i.data_port, i.data_ports.max(1)),
+            Ok(other) => {
+                return Err(AgentError::Refused(format!(
+                    "unexpected answer to Info from {control}: {other:?}"
+                )))
+            }
+            Err(e) => {
+                return Err(AgentError::Transport(format!(
+                    "switch control endpoint {control}: {e}"
+                )))
+            }
+        };
+        let mut t = Self::with_ports(sock, control, control.ip(), data_port, data_ports)?;
+        t.secret = secret;
+        Ok(t)
     }
 
     /// Wraps a bound socket with known data ports (no control round trip).
@@ -313,11 +327,13 @@ impl UdpTransport {
     ) -> Result<Self, AgentError> {
         let local = sock.local_addr()?;
         let state = quinn_udp::UdpSocketState::new((&sock).into())?;
+        let secret = env_secret()?;
         Ok(UdpTransport {
             sock,
             state,
             local,
             control,
+            secret,
             data_ip,
             data_port,
             data_ports: data_ports.max(1),
@@ -509,10 +525,11 @@ impl Transport for UdpTransport {
         Ok(Some(n))
     }
 
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
-        control::call(self.control, req, CONTROL_TIMEOUT).map_err(|e| {
-            AgentError::Transport(format!("switch control endpoint {}: {e}", self.control))
-        })
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError> {
+        sketchreduce_control::client::call(self.control, self.secret.clone(), req, CONTROL_TIMEOUT)
+            .map_err(|e| {
+                AgentError::Transport(format!("switch control endpoint {}: {e}", self.control))
+            })
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -586,7 +603,7 @@ impl<T: Transport> Transport for Lossy<T> {
             }
         }
     }
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError> {
         self.inner.control(req)
     }
     fn local_addr(&self) -> SocketAddr {

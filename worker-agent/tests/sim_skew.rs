@@ -14,7 +14,7 @@ const GBIT: f64 = 125e6;
 fn job(n: usize) -> JobSpec {
     JobSpec {
         id: 9,
-        token: 0x5eed,
+        epoch: 0x5eed,
         lanes: 256,
         slot_base: 0,
         slot_count: 128,
@@ -53,7 +53,7 @@ fn run_cfg(
     let mut spec = job(n);
     spec.slot_count = window;
     let mut core = SwitchCore::new(1024);
-    core.register(spec.clone()).unwrap();
+    core.create(spec.clone()).unwrap();
     let core = std::cell::RefCell::new(core);
     let cfg = SimConfig {
         loss,
