@@ -207,13 +207,21 @@ impl AgentPath {
         let watched = ring.watch_fds();
         let peers: Vec<usize> = watched.iter().map(|w| w.1).collect();
         let fds: Vec<std::os::fd::RawFd> = watched.iter().map(|w| w.0).collect();
-        let check_fds = fds.clone();
+        let (check_fds, check_peers) = (fds.clone(), peers.clone());
         sketchreduce_agent::Transport::set_interrupt(
             agent.transport_mut(),
             Some(sketchreduce_agent::Interrupt {
                 fds,
                 check: Box::new(move |i| {
-                    check_fds.get(i).and_then(|&fd| crate::net::peek_abort(fd))
+                    let (fd, peer) = (*check_fds.get(i)?, *check_peers.get(i)?);
+                    match crate::net::peek_abort(fd)? {
+                        crate::net::Peeked::Closed => {
+                            Some(sketchreduce_agent::InterruptEvent::Closed { rank: peer as u8 })
+                        }
+                        crate::net::Peeked::Abort(r) => {
+                            Some(sketchreduce_agent::InterruptEvent::Abort(r))
+                        }
+                    }
                 }),
             }),
         );
@@ -237,19 +245,20 @@ impl InnetPath for AgentPath {
             .all_reduce_agreed(req.key, req.dim, req.indices, req.values, req.agreed)
             .map_err(|e| match e {
                 sketchreduce_agent::AgentError::Interrupted { watch, reason } => {
-                    let peer = self.peers.get(watch).copied().unwrap_or(usize::MAX);
-                    match reason.strip_prefix("aborted: ") {
-                        Some(r) => CollectiveError::Aborted {
-                            rank: self.rank,
-                            peer,
-                            reason: r.to_string(),
-                        },
-                        None => CollectiveError::PeerLost {
-                            rank: self.rank,
-                            peer,
-                            during: "in-network all-reduce".into(),
-                            reason,
-                        },
+                    CollectiveError::Aborted {
+                        rank: self.rank,
+                        peer: self.peers.get(watch).copied().unwrap_or(usize::MAX),
+                        reason,
+                    }
+                }
+                sketchreduce_agent::AgentError::PeerGone { rank, detail, .. } => {
+                    CollectiveError::PeerLost {
+                        rank: self.rank,
+                        peer: rank as usize,
+                        during: "in-network all-reduce".into(),
+                        reason: format!(
+                            "rank {rank} exited while its contribution was missing: {detail}"
+                        ),
                     }
                 }
                 e => CollectiveError::Innet(e.to_string()),

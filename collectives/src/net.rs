@@ -47,10 +47,19 @@ pub(crate) fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()>
     Ok(())
 }
 
+/// What a ring connection said while this rank was busy elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Peeked {
+    /// The peer closed it (its process exited) or it broke.
+    Closed,
+    /// The peer sent an abort with this reason.
+    Abort(String),
+}
+
 /// Looks, without consuming anything, at what a ring connection has to say while this rank
-/// is busy elsewhere: `Some(reason)` if the peer closed it or sent an abort, `None` if it is
-/// ordinary data (a neighbour already in the next operation) or nothing.
-pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<String> {
+/// is busy elsewhere; `None` if it is ordinary data (a neighbour already in the next
+/// operation) or nothing.
+pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<Peeked> {
     let mut buf = [0u8; 4096];
     // SAFETY: `buf` is a valid writable buffer of its length; MSG_PEEK leaves the data queued.
     let n = unsafe {
@@ -62,13 +71,13 @@ pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<String> {
         )
     };
     if n == 0 {
-        return Some("peer closed the connection (process exited?)".into());
+        return Some(Peeked::Closed);
     }
     if n < 0 {
         let e = io::Error::last_os_error();
         return match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
-            _ => Some(e.to_string()),
+            _ => Some(Peeked::Closed),
         };
     }
     let b = &buf[..n as usize];
@@ -83,7 +92,7 @@ pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<String> {
                 String::from_utf8_lossy(&r[..len.min(r.len())]).into_owned()
             })
             .unwrap_or_default();
-        return Some(format!("aborted: {reason}"));
+        return Some(Peeked::Abort(reason));
     }
     None
 }

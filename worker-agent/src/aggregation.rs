@@ -229,6 +229,8 @@ pub struct Aggregation {
     total_chunks: u32,
     next_chunk: u32,
     done_chunks: u32,
+    /// Ranks whose workers exited (see [`Aggregation::peer_gone`]); kept across operations.
+    gone: u32,
     /// One bit per chunk of the operation: its RESULT arrived.
     done_bits: Vec<u64>,
     /// Every chunk below this one is complete.
@@ -289,6 +291,7 @@ impl Aggregation {
             total_chunks: 0,
             next_chunk: 0,
             done_chunks: 0,
+            gone: 0,
             done_bits: Vec::new(),
             frontier: 0,
             running: false,
@@ -514,6 +517,26 @@ impl Aggregation {
             return;
         }
         let bit = 1u32 << self.rank;
+        let current = round_cmp(h.round, st.round) == core::cmp::Ordering::Equal;
+        let have = if current { h.bitmap } else { 0 };
+        let missing_gone = self.gone & !have & self.full_bitmap;
+        if missing_gone != 0 && (!current || (h.count as usize) < self.world) {
+            let rank = missing_gone.trailing_zeros() as u8;
+            self.fail(AgentError::PeerGone {
+                job: self.job,
+                rank,
+                detail: format!(
+                    "slot {} round {} (chunk {}) holds {}/{} contributions (bitmap {:#x})",
+                    h.slot,
+                    st.round,
+                    st.chunk,
+                    if current { h.count } else { 0 },
+                    self.world,
+                    have
+                ),
+            });
+            return;
+        }
         let s = &mut self.slots[w];
         s.status = Some((h.round, h.count, h.bitmap));
         s.probe_sent = None;
@@ -647,6 +670,30 @@ impl Aggregation {
             self.running = false;
             self.queue.clear();
             self.stats.operations += 1;
+        }
+    }
+
+    /// Rank `rank`'s worker exited. The operation fails with [`AgentError::PeerGone`] as soon
+    /// as a STATUS shows a slot still missing its contribution; every open slot is probed
+    /// now, and later slots when their timers expire (probe before resend), so a rank that
+    /// left after contributing everything it had to is no error.
+    pub fn peer_gone(&mut self, _now: Instant, rank: u8) {
+        if rank as usize >= self.world || self.gone & (1 << rank) != 0 {
+            return;
+        }
+        tracing::debug!(
+            job = self.job,
+            rank,
+            "a rank's worker exited; probing open slots"
+        );
+        self.gone |= 1 << rank;
+        if !self.running {
+            return;
+        }
+        for w in 0..self.window {
+            if self.slots[w].busy && self.slots[w].first_sent.is_some() {
+                self.queue_probe(w);
+            }
         }
     }
 

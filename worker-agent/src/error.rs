@@ -68,6 +68,24 @@ pub enum AgentError {
         /// What the interrupt's check reported.
         reason: String,
     },
+    /// The transport saw a rank's worker exit ([`crate::transport::InterruptEvent::Closed`]);
+    /// the driver turns this into [`crate::Endpoint::peer_gone`], it never reaches callers.
+    #[error("rank {rank} closed its connection")]
+    PeerClosed {
+        /// The rank.
+        rank: u8,
+    },
+    /// A rank whose contribution an operation still needs has exited (its connections
+    /// closed), so the operation cannot complete.
+    #[error("job {job}: rank {rank} exited while this operation still needed its contribution ({detail})")]
+    PeerGone {
+        /// Job id.
+        job: u16,
+        /// The rank that exited.
+        rank: u8,
+        /// Where its contribution is missing.
+        detail: String,
+    },
     /// No RDMA device is present (feature `rdma`).
     #[error("no RDMA device found (ibv_get_device_list returned 0 devices); load rxe or use --transport udp")]
     NoRdmaDevice,
@@ -86,6 +104,8 @@ impl AgentError {
             AgentError::Transport(_) => "transport",
             AgentError::Refused(_) => "refused",
             AgentError::Interrupted { .. } => "interrupted",
+            AgentError::PeerClosed { .. } => "peer_closed",
+            AgentError::PeerGone { .. } => "peer_gone",
             AgentError::NoRdmaDevice => "no_rdma_device",
         }
     }

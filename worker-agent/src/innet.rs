@@ -977,4 +977,8 @@ impl Endpoint for InnetCore {
     fn poll_timeout(&self) -> Option<Instant> {
         InnetCore::poll_timeout(self)
     }
+    fn peer_gone(&mut self, now: Instant, rank: u8) {
+        self.agg.peer_gone(now, rank);
+        self.advance(now);
+    }
 }

@@ -29,7 +29,9 @@ pub use innet::{
     Agreed, InnetConfig, InnetCore, InnetStats, ModeChoice, PayloadMode, Phases, Reduced,
 };
 pub use quic::QuicTransport;
-pub use transport::{bind_udp, drive, local_ip_towards, Interrupt, Lossy, Transport, UdpTransport};
+pub use transport::{
+    bind_udp, drive, local_ip_towards, Interrupt, InterruptEvent, Lossy, Transport, UdpTransport,
+};
 
 /// A sans-I/O protocol endpoint: what the transports (and the simulated network) drive.
 pub trait Endpoint {
@@ -39,6 +41,9 @@ pub trait Endpoint {
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit>;
     /// The next instant a timer fires, if any.
     fn poll_timeout(&self) -> Option<Instant>;
+    /// Rank `rank`'s worker exited (seen outside the data path, e.g. its TCP connection to a
+    /// neighbour closed). Endpoints that need its contributions check whether they still do.
+    fn peer_gone(&mut self, _now: Instant, _rank: u8) {}
 }
 
 impl Endpoint for Aggregation {
@@ -50,5 +55,8 @@ impl Endpoint for Aggregation {
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Aggregation::poll_timeout(self)
+    }
+    fn peer_gone(&mut self, now: Instant, rank: u8) {
+        Aggregation::peer_gone(self, now, rank)
     }
 }

@@ -48,17 +48,31 @@ pub trait Transport {
     fn rearm_interrupt(&mut self) {}
 }
 
-/// File descriptors outside the aggregation whose activity can end it, e.g. the
+/// File descriptors outside the aggregation whose activity matters to it, e.g. the
 /// collectives' TCP connections to neighbouring ranks: when one becomes readable or hangs
-/// up, `check(i)` (for `fds[i]`) decides. `Some(reason)` fails the operation at once with
-/// [`AgentError::Interrupted`] (a rank died or aborted), instead of waiting for the worker
-/// timeout; `None` means the activity is harmless (e.g. a neighbour already sending the next
-/// operation's data) and the descriptor is ignored until [`Transport::rearm_interrupt`].
+/// up, `check(i)` (for `fds[i]`) classifies it (see [`InterruptEvent`]); `None` means the
+/// activity is harmless (a neighbour already sending the next operation's data) and the
+/// descriptor is ignored until [`Transport::rearm_interrupt`].
 pub struct Interrupt {
     /// Descriptors to watch.
     pub fds: Vec<std::os::fd::RawFd>,
     /// Classifies activity on `fds[i]`.
-    pub check: Box<dyn FnMut(usize) -> Option<String> + Send>,
+    pub check: Box<dyn FnMut(usize) -> Option<InterruptEvent> + Send>,
+}
+
+/// What activity on a watched descriptor means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterruptEvent {
+    /// The worker of this rank closed its connection: it exited. That is only an error if
+    /// the operation still needs its contribution, which the agent checks with PROBEs
+    /// ([`crate::Endpoint::peer_gone`]); a rank that finished its last operation and left
+    /// early is fine.
+    Closed {
+        /// The rank that left.
+        rank: u8,
+    },
+    /// Another rank failed and says why: fail the operation at once.
+    Abort(String),
 }
 
 impl std::fmt::Debug for Interrupt {
@@ -131,7 +145,14 @@ pub fn drive<E: Endpoint, T: Transport + ?Sized>(
                 Duration::from_millis(10)
             }
         };
-        if let Some(n) = t.recv(&mut inb, timeout)? {
+        let got = match t.recv(&mut inb, timeout) {
+            Err(AgentError::PeerClosed { rank }) => {
+                ep.peer_gone(Instant::now(), rank);
+                continue;
+            }
+            other => other?,
+        };
+        if let Some(n) = got {
             let now = Instant::now();
             ep.handle_datagram(now, &inb[..n]);
             // Drain what is already there before transmitting again.
@@ -372,12 +393,17 @@ impl UdpTransport {
         let Some(i) = int.fds.iter().position(|&f| f == fd) else {
             return Ok(());
         };
-        match (int.check)(i) {
-            Some(reason) => Err(AgentError::Interrupted { watch: i, reason }),
-            None => {
-                self.armed[i] = false;
-                Ok(())
+        let ev = (int.check)(i);
+        if !matches!(ev, Some(InterruptEvent::Abort(_))) {
+            // A closed connection stays readable: look at it once per operation.
+            self.armed[i] = false;
+        }
+        match ev {
+            Some(InterruptEvent::Abort(reason)) => {
+                Err(AgentError::Interrupted { watch: i, reason })
             }
+            Some(InterruptEvent::Closed { rank }) => Err(AgentError::PeerClosed { rank }),
+            None => Ok(()),
         }
     }
 

@@ -201,3 +201,66 @@ fn unreachable_switch_is_reported() {
     assert!(msg.contains("unreachable"), "{msg}");
     assert!(net.now() - net.epoch() <= timeout + Duration::from_millis(150));
 }
+
+/// Runs one ADD operation on 3 agents over a lossy network; rank 2's worker exits (is
+/// killed, and the others are told) either after it completed or before it sent anything.
+fn exit_case(after_completion: bool) -> (Vec<AggState>, std::time::Duration) {
+    let n = 3;
+    let spec = job(n, 32, 16);
+    let mut core = SwitchCore::new(64);
+    core.create(spec.clone()).unwrap();
+    let mut net = SimNet::new(
+        SimConfig {
+            loss: 0.2,
+            seed: 11,
+            ..Default::default()
+        },
+        n,
+        |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
+    );
+    let timeout = Duration::from_secs(20);
+    let mut agents: Vec<Aggregation> = (0..n)
+        .map(|r| Aggregation::new(&spec, r as u8, AggConfig::with_timeout(timeout)).unwrap())
+        .collect();
+    if !after_completion {
+        net.kill(2);
+    }
+    for (r, a) in agents.iter_mut().enumerate() {
+        if after_completion || r != 2 {
+            a.start(vec![Stream::new(Op::Add, vec![1; 2000])]).unwrap();
+        }
+    }
+    if after_completion {
+        // Until rank 2 has every result; the others may still miss some (20 % loss).
+        assert!(net.run(&mut agents, |ag| ag[2].is_done()));
+        net.kill(2);
+    }
+    let t0 = net.now();
+    for a in agents.iter_mut().take(2) {
+        a.peer_gone(t0, 2);
+    }
+    assert!(net.run(&mut agents, |ag| ag[..2].iter().all(|a| a.is_done())));
+    (
+        agents.iter().take(2).map(|a| a.state()).collect(),
+        net.now() - t0,
+    )
+}
+
+#[test]
+fn a_rank_leaving_after_its_last_contribution_is_no_error() {
+    let (states, _) = exit_case(true);
+    assert!(states.iter().all(|s| *s == AggState::Idle), "{states:?}");
+}
+
+#[test]
+fn a_rank_gone_before_contributing_fails_the_others_fast() {
+    let (states, took) = exit_case(false);
+    for s in states {
+        match s {
+            AggState::Failed(AgentError::PeerGone { rank: 2, .. }) => {}
+            other => panic!("expected PeerGone for rank 2, got {other:?}"),
+        }
+    }
+    // A probe round trip or two, far below the 20 s worker timeout.
+    assert!(took < Duration::from_secs(1), "{took:?}");
+}
