@@ -94,6 +94,46 @@ pub fn report_ip_options(sock: &UdpSocket) -> io::Result<bool> {
     }
 }
 
+/// `setsockopt` names of UDP segmentation offload (Linux ≥ 4.18 / 5.0; not in `libc` for
+/// every target).
+#[cfg(target_os = "linux")]
+const UDP_SEGMENT: libc::c_int = 103;
+#[cfg(target_os = "linux")]
+const UDP_GRO: libc::c_int = 104;
+/// Most datagrams the kernel accepts in one GSO send (`UDP_MAX_SEGMENTS`).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest GSO payload (one IPv4 datagram's limit, minus headers).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Bytes of one receive buffer with GRO: a coalesced read holds up to 64 KiB of datagrams.
+const GRO_BUF_LEN: usize = 65_536;
+
+/// Asks the kernel to coalesce consecutive datagrams of one flow into one read (`UDP_GRO`);
+/// [`RecvBatch`] splits them again. Returns whether the kernel accepted (older kernels do
+/// not; everything still works, one datagram per read).
+pub fn enable_gro(sock: &UdpSocket) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: plain setsockopt with an int option value on a valid fd.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_GRO,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        r == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = sock;
+        false
+    }
+}
+
 /// Sets large buffers on an existing socket.
 pub fn set_socket_buffers(sock: &UdpSocket, bytes: usize) {
     let s = socket2::SockRef::from(sock);
@@ -172,18 +212,23 @@ mod sys {
     }
 }
 
-/// Control-message space per datagram, in u64 words (alignment of `cmsghdr`): enough for
-/// `IP_OPTIONS` with the longest IPv4 options (40 bytes), `CMSG_SPACE(40)` = 56 bytes.
+/// Control-message space per read, in u64 words (alignment of `cmsghdr`): `IP_OPTIONS` with
+/// the longest IPv4 options (40 bytes, `CMSG_SPACE(40)` = 56 bytes) plus `UDP_GRO`'s segment
+/// size (`CMSG_SPACE(4)` = 24 bytes).
 #[cfg(target_os = "linux")]
-const CTRL_WORDS: usize = 8;
+const CTRL_WORDS: usize = 12;
 
-/// Receives up to `capacity` datagrams per call.
+/// Receives up to `capacity` reads per call; with [`enable_gro`] on the socket each read may
+/// hold many datagrams of one sender, which are presented one by one ([`RecvBatch::get`]).
 pub struct RecvBatch {
     bufs: Vec<u8>,
+    /// Per read: bytes, source, IPv4 options seen, GRO segment size (0: one datagram).
     lens: Vec<usize>,
     addrs: Vec<SocketAddr>,
     ip_options: Vec<bool>,
-    n: usize,
+    seg_size: Vec<usize>,
+    /// Datagrams of the last receive: (read, offset, length).
+    dgrams: Vec<(u32, u32, u32)>,
     #[cfg(target_os = "linux")]
     raw: RawRecv,
 }
@@ -202,15 +247,16 @@ struct RawRecv {
 unsafe impl Send for RawRecv {}
 
 impl RecvBatch {
-    /// A batch of `capacity` buffers of [`BUF_LEN`] bytes.
+    /// A batch of `capacity` read buffers, each large enough for a GRO-coalesced read.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         RecvBatch {
-            bufs: vec![0; capacity * BUF_LEN],
+            bufs: vec![0; capacity * GRO_BUF_LEN],
             lens: vec![0; capacity],
             addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); capacity],
             ip_options: vec![false; capacity],
-            n: 0,
+            seg_size: vec![0; capacity],
+            dgrams: Vec::with_capacity(capacity * 8),
             #[cfg(target_os = "linux")]
             raw: RawRecv {
                 // SAFETY: zeroed iovec/mmsghdr/sockaddr_storage are valid (null pointers,
@@ -223,13 +269,13 @@ impl RecvBatch {
         }
     }
 
-    /// Capacity in datagrams.
+    /// Capacity in reads.
     pub fn capacity(&self) -> usize {
         self.lens.len()
     }
 
-    /// Receives at least one datagram (blocking according to the socket's timeout), and as
-    /// many more as are queued, up to the capacity. Returns how many.
+    /// Receives at least one read (blocking according to the socket's timeout), and as many
+    /// more as are queued, up to the capacity. Returns how many datagrams they hold.
     #[cfg(target_os = "linux")]
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
@@ -237,8 +283,8 @@ impl RecvBatch {
         let r = &mut self.raw;
         for i in 0..cap {
             r.iov[i] = libc::iovec {
-                iov_base: self.bufs[i * BUF_LEN..].as_mut_ptr() as *mut libc::c_void,
-                iov_len: BUF_LEN,
+                iov_base: self.bufs[i * GRO_BUF_LEN..].as_mut_ptr() as *mut libc::c_void,
+                iov_len: GRO_BUF_LEN,
             };
             let h = &mut r.hdrs[i].msg_hdr;
             h.msg_name = &mut r.names[i] as *mut _ as *mut libc::c_void;
@@ -250,6 +296,7 @@ impl RecvBatch {
             h.msg_flags = 0;
             r.hdrs[i].msg_len = 0;
         }
+        self.dgrams.clear();
         // SAFETY: every header points into buffers owned by `self` that outlive the call.
         let n = unsafe {
             libc::recvmmsg(
@@ -261,24 +308,24 @@ impl RecvBatch {
             )
         };
         if n < 0 {
-            self.n = 0;
             return Err(io::Error::last_os_error());
         }
         let n = n as usize;
         for i in 0..n {
-            // A datagram larger than the buffer was truncated: present it as empty, which
-            // every consumer rejects (malformed), instead of as a plausible prefix.
+            // A read larger than the buffer was truncated: present it as one empty datagram,
+            // which every consumer rejects (malformed), instead of as a plausible prefix.
             let truncated = r.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             self.lens[i] = if truncated {
                 0
             } else {
-                (r.hdrs[i].msg_len as usize).min(BUF_LEN)
+                (r.hdrs[i].msg_len as usize).min(GRO_BUF_LEN)
             };
             self.addrs[i] = sys::from_sockaddr(&r.names[i]);
-            // IP_RECVOPTS is the only control message asked for: an options message (or a
-            // truncated control area) means the IPv4 header had options.
+            // IP_RECVOPTS: an options message (or a truncated control area) means the IPv4
+            // header had options. UDP_GRO: the size of the coalesced datagrams.
             let h = &r.hdrs[i].msg_hdr;
             let mut opts = h.msg_flags & libc::MSG_CTRUNC != 0;
+            let mut seg = 0usize;
             // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within them.
             unsafe {
                 let mut c = libc::CMSG_FIRSTHDR(h);
@@ -290,23 +337,45 @@ impl RecvBatch {
                     {
                         opts = true;
                     }
+                    if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                        let v = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                        seg = v.max(0) as usize;
+                    }
                     c = libc::CMSG_NXTHDR(h, c);
                 }
             }
             self.ip_options[i] = opts;
+            self.seg_size[i] = seg;
+            let len = self.lens[i];
+            let step = if seg == 0 { len.max(1) } else { seg };
+            if step > BUF_LEN {
+                // Longer than the largest packet the switch handles: one empty (malformed)
+                // datagram, as a truncated read would be without GRO's large buffers.
+                self.dgrams.push((i as u32, 0, 0));
+                continue;
+            }
+            let mut off = 0;
+            loop {
+                let l = step.min(len - off);
+                self.dgrams.push((i as u32, off as u32, l as u32));
+                off += step;
+                if off >= len {
+                    break;
+                }
+            }
         }
-        self.n = n;
-        Ok(n)
+        Ok(self.dgrams.len())
     }
 
-    /// Portable fallback: one `recv_from`, then non-blocking drains.
+    /// Portable fallback: one `recv_from`.
     #[cfg(not(target_os = "linux"))]
     pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        let (len, from) = sock.recv_from(&mut self.bufs[..BUF_LEN])?;
+        let (len, from) = sock.recv_from(&mut self.bufs[..GRO_BUF_LEN])?;
         self.lens[0] = len;
         self.addrs[0] = from;
         self.ip_options[0] = false;
-        self.n = 1;
+        self.dgrams.clear();
+        self.dgrams.push((0, 0, len as u32));
         Ok(1)
     }
 
@@ -314,39 +383,45 @@ impl RecvBatch {
     /// on sockets set up with [`report_ip_options`]).
     #[inline]
     pub fn has_ip_options(&self, i: usize) -> bool {
-        self.ip_options[i]
+        self.ip_options[self.dgrams[i].0 as usize]
     }
 
     /// Datagrams in the last receive.
     pub fn len(&self) -> usize {
-        self.n
+        self.dgrams.len()
     }
 
     /// Whether the last receive got nothing.
     pub fn is_empty(&self) -> bool {
-        self.n == 0
+        self.dgrams.is_empty()
     }
 
     /// Datagram `i` of the last receive: (source, bytes).
     #[inline]
     pub fn get(&self, i: usize) -> (SocketAddr, &[u8]) {
+        let (r, off, len) = self.dgrams[i];
+        let start = r as usize * GRO_BUF_LEN + off as usize;
         (
-            self.addrs[i],
-            &self.bufs[i * BUF_LEN..i * BUF_LEN + self.lens[i]],
+            self.addrs[r as usize],
+            &self.bufs[start..start + len as usize],
         )
     }
 
     /// Datagram `i` of the last receive, mutable (for in-place echo).
     #[inline]
     pub fn get_mut(&mut self, i: usize) -> (SocketAddr, &mut [u8]) {
+        let (r, off, len) = self.dgrams[i];
+        let start = r as usize * GRO_BUF_LEN + off as usize;
         (
-            self.addrs[i],
-            &mut self.bufs[i * BUF_LEN..i * BUF_LEN + self.lens[i]],
+            self.addrs[r as usize],
+            &mut self.bufs[start..start + len as usize],
         )
     }
 }
 
-/// Queues up to `capacity` datagrams and sends them with one `sendmmsg`.
+/// Queues up to `capacity` datagrams and sends them with `sendmmsg`; consecutive datagrams of
+/// one length to one destination go as one GSO message (`UDP_SEGMENT`) when the kernel
+/// supports it, so a batch of RESULTs to each worker costs one trip through the stack.
 pub struct SendBatch {
     bufs: Vec<u8>,
     lens: Vec<usize>,
@@ -359,6 +434,8 @@ pub struct SendBatch {
     pub group_by_destination: bool,
     /// Datagrams the kernel refused (counted, not retried).
     pub errors: u64,
+    /// Coalesce datagrams with UDP GSO (switched off for good after the kernel refuses it).
+    pub gso: bool,
     #[cfg(target_os = "linux")]
     raw: RawSend,
 }
@@ -368,6 +445,8 @@ struct RawSend {
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     names: Vec<libc::sockaddr_storage>,
+    /// One `UDP_SEGMENT` control message per header (`CMSG_SPACE(2)` ≤ 24 bytes).
+    ctrl: Vec<u64>,
 }
 
 // SAFETY: as for RawRecv.
@@ -388,12 +467,14 @@ impl SendBatch {
             n: 0,
             group_by_destination: true,
             errors: 0,
+            gso: cfg!(target_os = "linux"),
             #[cfg(target_os = "linux")]
             raw: RawSend {
                 // SAFETY: as in RecvBatch::new.
                 iov: vec![unsafe { std::mem::zeroed() }; capacity],
                 hdrs: vec![unsafe { std::mem::zeroed() }; capacity],
                 names: vec![unsafe { std::mem::zeroed() }; capacity],
+                ctrl: vec![0; capacity * 3],
             },
         }
     }
@@ -464,32 +545,69 @@ impl SendBatch {
             order.sort_unstable_by_key(|&i| (dsts[i as usize], i));
         }
         let r = &mut self.raw;
-        for (i, &src) in order.iter().enumerate() {
-            let src = src as usize;
-            r.iov[i] = libc::iovec {
-                iov_base: self.bufs[src * BUF_LEN..].as_mut_ptr() as *mut libc::c_void,
-                iov_len: self.lens[src],
-            };
-            let namelen = sys::to_sockaddr(&self.dsts[src], &mut r.names[i]);
-            let h = &mut r.hdrs[i].msg_hdr;
-            h.msg_name = &mut r.names[i] as *mut _ as *mut libc::c_void;
+        // One header per run of equal (destination, length) datagrams (one datagram each
+        // without GSO); the iovecs of a run are consecutive, the kernel cuts the run at
+        // every `len` bytes.
+        let mut msgs = 0usize;
+        let mut k = 0usize;
+        while k < n {
+            let first = order[k] as usize;
+            let (dst, len) = (self.dsts[first], self.lens[first]);
+            let mut run = 1;
+            if self.gso && len > 0 {
+                while k + run < n
+                    && run < GSO_MAX_SEGMENTS
+                    && (run + 1) * len <= GSO_MAX_BYTES
+                    && self.dsts[order[k + run] as usize] == dst
+                    && self.lens[order[k + run] as usize] == len
+                {
+                    run += 1;
+                }
+            }
+            for j in 0..run {
+                let src = order[k + j] as usize;
+                r.iov[k + j] = libc::iovec {
+                    iov_base: self.bufs[src * BUF_LEN..].as_mut_ptr() as *mut libc::c_void,
+                    iov_len: self.lens[src],
+                };
+            }
+            let namelen = sys::to_sockaddr(&dst, &mut r.names[msgs]);
+            let h = &mut r.hdrs[msgs].msg_hdr;
+            h.msg_name = &mut r.names[msgs] as *mut _ as *mut libc::c_void;
             h.msg_namelen = namelen;
-            h.msg_iov = &mut r.iov[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_iov = &mut r.iov[k];
+            h.msg_iovlen = run as _;
             h.msg_flags = 0;
+            if run > 1 {
+                let ctrl = r.ctrl[msgs * 3..].as_mut_ptr() as *mut libc::c_void;
+                h.msg_control = ctrl;
+                // SAFETY: CMSG_SPACE(2) = 24 bytes fit the 3 words reserved per header.
+                unsafe {
+                    h.msg_controllen = libc::CMSG_SPACE(2) as _;
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, len as u16);
+                }
+            } else {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            r.hdrs[msgs].msg_len = run as u32;
+            msgs += 1;
+            k += run;
         }
         let fd = sock.as_raw_fd();
         let mut done = 0;
         let mut sent = 0;
-        while done < n {
-            // SAFETY: headers [done, n) point into buffers owned by `self`.
+        while done < msgs {
+            // SAFETY: headers [done, msgs) point into buffers owned by `self`.
             let k = unsafe {
                 libc::sendmmsg(
                     fd,
                     r.hdrs[done..].as_mut_ptr(),
-                    (n - done) as libc::c_uint,
+                    (msgs - done) as libc::c_uint,
                     0,
                 )
             };
@@ -502,12 +620,39 @@ impl SendBatch {
                     std::thread::yield_now();
                     continue;
                 }
-                // The first remaining datagram failed (e.g. unreachable address): skip it.
-                self.errors += 1;
+                let h = &mut r.hdrs[done].msg_hdr;
+                if h.msg_iovlen > 1 && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    // The device or kernel refuses GSO: send this run (and all later ones)
+                    // one datagram at a time.
+                    tracing::debug!(error = %e, "UDP GSO refused; sending datagrams singly");
+                    self.gso = false;
+                    let iov = h.msg_iov;
+                    let count = h.msg_iovlen as usize;
+                    let (name, namelen) = (h.msg_name, h.msg_namelen);
+                    for j in 0..count {
+                        let mut single: libc::msghdr = unsafe { std::mem::zeroed() };
+                        single.msg_name = name;
+                        single.msg_namelen = namelen;
+                        // SAFETY: `iov` points at `count` iovecs of this run.
+                        single.msg_iov = unsafe { iov.add(j) };
+                        single.msg_iovlen = 1;
+                        // SAFETY: a valid msghdr pointing into live buffers.
+                        if unsafe { libc::sendmsg(fd, &single, 0) } < 0 {
+                            self.errors += 1;
+                        } else {
+                            sent += 1;
+                        }
+                    }
+                } else {
+                    // The first remaining message failed (e.g. unreachable address): skip it.
+                    self.errors += r.hdrs[done].msg_len as u64;
+                }
                 done += 1;
             } else {
+                for m in &r.hdrs[done..done + k as usize] {
+                    sent += m.msg_hdr.msg_iovlen as usize;
+                }
                 done += k as usize;
-                sent += k as usize;
             }
         }
         self.n = 0;
@@ -535,6 +680,56 @@ impl SendBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// GSO on the sending side, GRO on the receiving side: datagrams of different lengths
+    /// and destinations come out one by one, in order per destination, with their bytes.
+    #[test]
+    fn gso_and_gro_keep_datagram_boundaries() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 22).unwrap();
+        let b = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 22).unwrap();
+        let c = bind_udp("127.0.0.1:0".parse().unwrap(), 1 << 22).unwrap();
+        for s in [&b, &c] {
+            enable_gro(s);
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+        let mut sb = SendBatch::new(512);
+        // 150 datagrams of 1,000 bytes to b (more than one GSO message), then a short one,
+        // interleaved with 20 datagrams of 300 bytes to c.
+        for k in 0..150u32 {
+            let mut d = vec![(k % 251) as u8; 1000];
+            d[..4].copy_from_slice(&k.to_be_bytes());
+            sb.push(&a, b.local_addr().unwrap(), &d);
+            if k % 8 == 0 {
+                sb.push(&a, c.local_addr().unwrap(), &[k as u8; 300]);
+            }
+        }
+        sb.push(&a, b.local_addr().unwrap(), &[7; 17]);
+        assert_eq!(sb.flush(&a), 150 + 19 + 1);
+        let mut rb = RecvBatch::new(8);
+        let mut got_b = Vec::new();
+        while got_b.len() < 151 {
+            let n = rb.recv(&b).unwrap();
+            for i in 0..n {
+                let (from, d) = rb.get(i);
+                assert_eq!(from, a.local_addr().unwrap());
+                got_b.push(d.to_vec());
+            }
+        }
+        for (k, d) in got_b[..150].iter().enumerate() {
+            assert_eq!(d.len(), 1000, "datagram {k}");
+            assert_eq!(u32::from_be_bytes([d[0], d[1], d[2], d[3]]), k as u32);
+            assert!(d[4..].iter().all(|&x| x == (k % 251) as u8));
+        }
+        assert_eq!(got_b[150], vec![7; 17]);
+        let mut got_c = 0;
+        while got_c < 19 {
+            let n = rb.recv(&c).unwrap();
+            for i in 0..n {
+                assert_eq!(rb.get(i).1.len(), 300);
+                got_c += 1;
+            }
+        }
+    }
 
     #[test]
     fn batch_roundtrip() {

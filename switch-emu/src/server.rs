@@ -411,6 +411,10 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
     for s in &socks {
         mmsg::set_recv_timeout(s, Some(Duration::from_millis(50))).map_err(io("SO_RCVTIMEO"))?;
         mmsg::report_ip_options(s).map_err(io("IP_RECVOPTS"))?;
+        // Datagrams of one worker arrive coalesced (UDP GRO) when the kernel can: one read
+        // per burst instead of one per datagram.
+        let gro = mmsg::enable_gro(s);
+        tracing::debug!(gro, "UDP GRO on the data socket");
     }
     let control_addr = cfg.control.unwrap_or_else(|| {
         let port = if cfg.listen.port() == 0 {
@@ -513,7 +517,9 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
 fn data_loop(sh: &Shared, t: usize, batch: usize) {
     let sock = &sh.socks[t];
     let mut rb = RecvBatch::new(batch);
-    let mut sb = SendBatch::new(batch);
+    // One read may hold dozens of datagrams (GRO), each completion a RESULT per worker: room
+    // for a whole read's worth of results, sent as one GSO message per worker.
+    let mut sb = SendBatch::new(batch * 16);
     while !sh.shutdown.load(Ordering::Relaxed) {
         let n = match rb.recv(sock) {
             Ok(n) => n,
