@@ -28,9 +28,14 @@
 
 mod comm;
 mod config;
+#[cfg(feature = "tch")]
+mod ddp;
 mod error;
 pub mod innet;
+mod lanes;
+mod meta;
 mod net;
+mod ops;
 mod reduce;
 mod sparse;
 #[cfg(feature = "tch")]
@@ -38,12 +43,15 @@ pub mod tensor;
 
 pub use comm::{Communicator, Pending, Stats};
 pub use config::{
-    auto_crossover, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER, AUTO_CROSSOVER_ROWS,
-    AUTO_ROW_BLOCK, DEFAULT_TIMEOUT,
+    auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER,
+    AUTO_CROSSOVER_ROWS, AUTO_ROW_BLOCK, DEFAULT_RENDEZVOUS_TIMEOUT, DEFAULT_TIMEOUT, MAX_TIMEOUT,
 };
+#[cfg(feature = "tch")]
+pub use ddp::{broadcast_variables, DdpReport, DistributedDataParallel, DEFAULT_BUCKET_BYTES};
 pub use error::{CollectiveError, Result};
-pub use reduce::{finish, reference_all_reduce, OpInfo, Payload, ReduceOp};
+pub use lanes::chunk_range;
+pub use reduce::{finish, reference_all_reduce, Collective, OpInfo, Payload, ReduceOp};
 pub use sketchreduce_codec::LaneWidth;
 pub use sparse::SparseVec;
 #[cfg(feature = "tch")]
-pub use tensor::{DdpReport, DistributedDataParallel};
+pub use tensor::{tensor_bytes, PendingTensor};

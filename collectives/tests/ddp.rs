@@ -102,6 +102,7 @@ fn run_ddp(bucket_bytes: usize, algo: Algo) -> Vec<(Vec<Option<Vec<f32>>>, DdpRe
                     let (ids, x, y) = batch(r);
                     loss(&m, &ids, &x, &y).backward();
                     let ddp = DistributedDataParallel::new(comm, &vs)
+                        .unwrap()
                         .with_bucket_bytes(bucket_bytes)
                         .with_algo(algo);
                     let report = ddp.sync_gradients().unwrap();
@@ -165,6 +166,11 @@ fn ddp_equals_exact_fixed_point_average_and_concatenated_batch() {
             assert_eq!(report.buckets, 1);
             assert_eq!(report.sparse_tensors, 1);
             assert_eq!(report.without_grad, vec!["unused".to_string()], "rank {r}");
+            assert_eq!(report.unused, vec!["unused".to_string()], "rank {r}");
+            assert!(
+                g[nparams - 1].is_none(),
+                "a parameter no rank used keeps no gradient"
+            );
             let mut off = 0;
             for &p in &dense_rev {
                 let got = g[p].as_ref().unwrap();
@@ -185,7 +191,8 @@ fn ddp_equals_exact_fixed_point_average_and_concatenated_batch() {
 
     // One bucket per parameter: expected per parameter.
     for (r, (g, report)) in run_ddp(4, Algo::Ring).into_iter().enumerate() {
-        assert_eq!(report.buckets, dense_rev.len());
+        // Every parameter keeps its slot, the unused one too (zeros from every rank).
+        assert_eq!(report.buckets, dense_rev.len() + 1);
         for &p in &dense_rev {
             let want = reference_all_reduce(
                 &(0..W)

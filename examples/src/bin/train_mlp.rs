@@ -57,7 +57,7 @@ fn main() -> Result<()> {
         .add(nn::linear(&p / "l3", a.hidden, 1, Default::default()));
     // Teacher: a fixed random linear map (same on every rank), data per rank and iteration.
     let teacher = Tensor::randn([a.features, 1], (Kind::Float, Device::Cpu));
-    let ddp = DistributedDataParallel::new(comm.clone(), &vs)
+    let ddp = DistributedDataParallel::new(comm.clone(), &vs)?
         .with_bucket_bytes((a.common.bucket_mb * (1 << 20) as f64) as usize);
     let pb = progress(a.common.iters, algo.name());
     let mut meter = Meter::default();

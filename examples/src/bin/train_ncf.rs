@@ -132,7 +132,7 @@ fn main() -> Result<()> {
     tch::manual_seed(a.common.seed as i64); // identical initial parameters on every rank
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Ncf::new(&vs.root(), &a);
-    let ddp = DistributedDataParallel::new(comm.clone(), &vs)
+    let ddp = DistributedDataParallel::new(comm.clone(), &vs)?
         .with_bucket_bytes((a.common.bucket_mb * (1 << 20) as f64) as usize);
     let mut adam = match a.optim.as_str() {
         "adam" => Some(Adam::new(a.lr)),
