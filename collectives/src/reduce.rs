@@ -774,3 +774,68 @@ impl Engine {
         Ok((indices, sums))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// One rank alone: the "switch" sum is the rank's own quantized values. Records the
+    /// tensor ids it is handed (pure plumbing: which id reaches the in-network path).
+    struct Recorder(Arc<Mutex<Vec<u64>>>);
+
+    impl InnetPath for Recorder {
+        fn all_reduce(
+            &mut self,
+            tensor_id: u64,
+            fp: &FixedPoint,
+            values: &[f32],
+            sums: &mut Vec<i64>,
+        ) -> Result<()> {
+            self.0.lock().unwrap().push(tensor_id);
+            sums.clear();
+            sums.extend(values.iter().map(|&v| fp.to_fixed(v)));
+            Ok(())
+        }
+        fn bytes(&self) -> (u64, u64) {
+            (0, 0)
+        }
+    }
+
+    #[test]
+    fn innet_tensor_id_is_the_stable_key_or_the_shape() {
+        let master = "127.0.0.1:1".parse().unwrap();
+        let cfg = Config::new(0, 1, master);
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let mut e = Engine {
+            ring: crate::net::connect(&cfg).unwrap(),
+            cfg,
+            innet: Some(Box::new(Recorder(ids.clone()))),
+            seq: 0,
+            refused: false,
+        };
+        let mut run = |key: Option<u64>, len: usize| {
+            let req = OpRequest {
+                key,
+                ..OpRequest::all_reduce(Payload::Dense(vec![0.5; len]), ReduceOp::Sum, Algo::Innet)
+            };
+            let r = e.execute(req).unwrap();
+            assert_eq!(r.info.algo, Algo::Innet);
+        };
+        // Two steps of two keyed buckets, then unkeyed operations of two shapes.
+        for _ in 0..2 {
+            run(Some(1), 10);
+            run(Some(2), 10);
+        }
+        run(None, 10);
+        run(None, 10);
+        run(None, 11);
+        let ids = ids.lock().unwrap().clone();
+        assert_eq!(ids[0], ids[2], "same key, same id across steps");
+        assert_eq!(ids[1], ids[3]);
+        assert_ne!(ids[0], ids[1], "different keys, different ids");
+        assert_eq!(ids[4], ids[5], "unkeyed: one id per shape, not per call");
+        assert_ne!(ids[4], ids[6]);
+        assert!(!ids[..4].contains(&ids[4]), "a key never aliases a shape");
+    }
+}

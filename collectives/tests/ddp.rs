@@ -312,3 +312,76 @@ fn sparse_tensor_all_reduce_keeps_coo() {
         assert_eq!(d, vec![1.0, 2.0, 3.0]);
     }
 }
+
+#[test]
+fn tensor_broadcast_all_gather_reduce_scatter() {
+    let master = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out: Vec<_> = std::thread::scope(|s| {
+        (0..2)
+            .map(|r| {
+                s.spawn(move || {
+                    let comm = Communicator::new(Config::new(r, 2, master)).unwrap();
+                    // Broadcast of f64 and i64 tensors from rank 1, exact.
+                    let mut d = Tensor::from_slice(&[0.1f64 + r as f64, 1.0 / 3.0]).view([2, 1]);
+                    comm.broadcast_tensor_(&mut d, 1).unwrap();
+                    let mut i = Tensor::from_slice(&[r as i64 * 1_000_000_007, -1]);
+                    comm.broadcast_tensor_(&mut i, 1).unwrap();
+                    // Shapes that differ are refused on both ranks, naming rank 1.
+                    let shape: &[i64] = if r == 0 { &[2, 2] } else { &[4] };
+                    let mut bad = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+                    let e = comm.broadcast_tensor_(&mut bad, 0).unwrap_err();
+                    // All-gather of u8 tensors.
+                    let g = comm
+                        .all_gather_tensor(&Tensor::from_slice(&[r as u8, 200]))
+                        .unwrap();
+                    // Reduce-scatter along dim 0: [4, 3] → [2, 3].
+                    let x = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([4, 3])
+                        * (r as f64 + 1.0);
+                    let (rs, _) = comm.reduce_scatter_tensor(&x, ReduceOp::Sum).unwrap();
+                    let odd = comm
+                        .reduce_scatter_tensor(
+                            &Tensor::ones([3], (Kind::Float, Device::Cpu)),
+                            ReduceOp::Sum,
+                        )
+                        .unwrap_err();
+                    (
+                        Vec::<f64>::try_from(&d.view(-1)).unwrap(),
+                        Vec::<i64>::try_from(&i).unwrap(),
+                        e,
+                        g.iter()
+                            .map(|t| Vec::<u8>::try_from(t).unwrap())
+                            .collect::<Vec<_>>(),
+                        rs.size(),
+                        Vec::<f32>::try_from(&rs.view(-1)).unwrap(),
+                        odd,
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect()
+    });
+    for (r, (d, i, e, g, rs_size, rs, odd)) in out.into_iter().enumerate() {
+        assert_eq!(d, vec![1.1, 1.0 / 3.0], "rank {r}");
+        assert_eq!(i, vec![1_000_000_007, -1]);
+        assert!(
+            matches!(e, CollectiveError::LayoutMismatch { rank: 1, .. }),
+            "rank {r}: {e}"
+        );
+        assert_eq!(g, vec![vec![0, 200], vec![1, 200]]);
+        assert_eq!(rs_size, vec![2, 3]);
+        let want: Vec<f32> = (0..6).map(|k| 3.0 * (6 * r + k) as f32).collect();
+        assert_eq!(
+            rs,
+            want,
+            "rank {r}: rows {}..{} of the sum",
+            2 * r,
+            2 * r + 2
+        );
+        assert!(odd.to_string().contains("divisible"), "{odd}");
+    }
+}

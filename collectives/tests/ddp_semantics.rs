@@ -119,8 +119,8 @@ fn different_initial_parameters_become_rank_0s() {
         let w = p.var("w", &[2, 3], nn::Init::Const(0.1 + r));
         let d = p.var("d", &[2], nn::Init::Const(0.0));
         tch::no_grad(|| {
-            let _ = d
-                .shallow_clone()
+            // An f64 parameter.
+            d.shallow_clone()
                 .set_data(&Tensor::from_slice(&[1.0f64 / 3.0 + r, -r]));
         });
         let mut count = p.zeros_no_train("count", &[3]).to_kind(Kind::Int64);
@@ -312,7 +312,7 @@ fn sse(m: &TwoHeads, x: &Tensor, y: &Tensor, types: &[i64]) -> Tensor {
         }
         let idx = Tensor::from_slice(&idx);
         let out = tch::nn::Module::forward(head, &h.index_select(0, &idx)).view([-1]);
-        total = total + (out - y.index_select(0, &idx)).square().sum(Kind::Float);
+        total += (out - y.index_select(0, &idx)).square().sum(Kind::Float);
     }
     total
 }
