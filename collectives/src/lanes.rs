@@ -55,6 +55,32 @@ fn check_len(got: usize, want: usize, ring: &Ring, during: &str) -> Result<()> {
     Ok(())
 }
 
+/// `world − 1` ring steps: at step s this rank sends chunk `send(s)` to the next rank and
+/// applies the chunk `recv(s)` received from the previous one with `apply(own, received)`.
+fn ring_steps<L: WireLane>(
+    ring: &mut Ring,
+    x: &mut [L],
+    during: &str,
+    chunks: impl Fn(usize) -> (usize, usize),
+    apply: impl Fn(&mut L, L),
+) -> Result<()> {
+    let n = ring.world;
+    let d = x.len();
+    let (mut out, mut input) = (Vec::new(), Vec::new());
+    for s in 0..n.saturating_sub(1) {
+        let (send, recv) = chunks(s);
+        out.clear();
+        L::put(&x[chunk_range(d, n, send)], &mut out);
+        ring.send_recv(&out, &mut input, &format!("{during} step {s}"))?;
+        let dst = &mut x[chunk_range(d, n, recv)];
+        check_len(input.len(), dst.len() * L::BYTES, ring, during)?;
+        for (o, c) in dst.iter_mut().zip(input.chunks_exact(L::BYTES)) {
+            apply(o, L::get(c));
+        }
+    }
+    Ok(())
+}
+
 /// Ring reduce-scatter in place: afterwards this rank's chunk ([`chunk_range`] of its rank)
 /// holds `combine` over every rank's values; other chunks hold partial results.
 pub(crate) fn ring_reduce_scatter<L: WireLane>(
@@ -62,57 +88,28 @@ pub(crate) fn ring_reduce_scatter<L: WireLane>(
     x: &mut [L],
     combine: impl Fn(L, L) -> L,
 ) -> Result<()> {
-    let n = ring.world;
-    if n == 1 {
-        return Ok(());
-    }
-    let r = ring.rank;
-    let d = x.len();
-    let (mut out, mut input) = (Vec::new(), Vec::new());
+    let (n, r) = (ring.world, ring.rank);
     // Step s sends chunk r−s−1 and receives chunk r−s−2 (mod n), so the last chunk received
     // and completed is r.
-    for s in 0..n - 1 {
-        let send = (r + 2 * n - s - 1) % n;
-        let recv = (r + 2 * n - s - 2) % n;
-        out.clear();
-        L::put(&x[chunk_range(d, n, send)], &mut out);
-        ring.send_recv(&out, &mut input, &format!("ring reduce-scatter step {s}"))?;
-        let dst = &mut x[chunk_range(d, n, recv)];
-        check_len(
-            input.len(),
-            dst.len() * L::BYTES,
-            ring,
-            "ring reduce-scatter",
-        )?;
-        for (o, c) in dst.iter_mut().zip(input.chunks_exact(L::BYTES)) {
-            *o = combine(*o, L::get(c));
-        }
-    }
-    Ok(())
+    ring_steps(
+        ring,
+        x,
+        "ring reduce-scatter",
+        |s| ((r + 2 * n - s - 1) % n, (r + 2 * n - s - 2) % n),
+        |o, v| *o = combine(*o, v),
+    )
 }
 
 /// Ring all-gather of chunks in place: each rank contributes its own chunk.
 pub(crate) fn ring_all_gather_chunks<L: WireLane>(ring: &mut Ring, x: &mut [L]) -> Result<()> {
-    let n = ring.world;
-    if n == 1 {
-        return Ok(());
-    }
-    let r = ring.rank;
-    let d = x.len();
-    let (mut out, mut input) = (Vec::new(), Vec::new());
-    for s in 0..n - 1 {
-        let send = (r + n - s) % n;
-        let recv = (r + 2 * n - s - 1) % n;
-        out.clear();
-        L::put(&x[chunk_range(d, n, send)], &mut out);
-        ring.send_recv(&out, &mut input, &format!("ring all-gather step {s}"))?;
-        let dst = &mut x[chunk_range(d, n, recv)];
-        check_len(input.len(), dst.len() * L::BYTES, ring, "ring all-gather")?;
-        for (o, c) in dst.iter_mut().zip(input.chunks_exact(L::BYTES)) {
-            *o = L::get(c);
-        }
-    }
-    Ok(())
+    let (n, r) = (ring.world, ring.rank);
+    ring_steps(
+        ring,
+        x,
+        "ring all-gather",
+        |s| ((r + n - s) % n, (r + 2 * n - s - 1) % n),
+        |o, v| *o = v,
+    )
 }
 
 /// Dense ring all-reduce (reduce-scatter then all-gather) of lanes, in place.

@@ -28,15 +28,7 @@ impl Engine {
                 Payload::Dense(Vec::new())
             }
         };
-        let (me, len, _, _) = self.float_meta(&req, &payload);
-        let agreed = self.agree(
-            me,
-            Rules {
-                same_len: true,
-                check_what: req.check.1,
-                world: n,
-            },
-        )?;
+        let (agreed, len, _, _) = self.agree_floats(&req, &payload)?;
         let Payload::Dense(v) = payload else {
             unreachable!("made dense above")
         };

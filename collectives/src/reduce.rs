@@ -338,12 +338,24 @@ impl Engine {
         }
     }
 
-    /// Header of a float operation: shape, exponent (or the first non-finite element).
-    pub(crate) fn float_meta(
-        &self,
+    /// Header exchange of a float operation (every rank with the same length); returns the
+    /// verdict and this rank's (length, block, sparse).
+    pub(crate) fn agree_floats(
+        &mut self,
         req: &OpRequest,
         payload: &Payload,
-    ) -> (Meta, usize, usize, bool) {
+    ) -> Result<(Agreed, usize, usize, bool)> {
+        let (me, len, block, sparse) = self.float_meta(req, payload);
+        let rules = Rules {
+            same_len: true,
+            check_what: req.check.1,
+            world: self.cfg.world_size,
+        };
+        Ok((self.agree(me, rules)?, len, block, sparse))
+    }
+
+    /// Header of a float operation: shape, exponent (or the first non-finite element).
+    fn float_meta(&self, req: &OpRequest, payload: &Payload) -> (Meta, usize, usize, bool) {
         let mut problem = req.problem.clone();
         let (values, len, block, nnz, sparse): (&[f32], usize, usize, usize, bool) = match payload {
             Payload::Dense(v) => (
@@ -418,15 +430,7 @@ impl Engine {
             }
         };
         let (op, algo, raw) = (req.op, req.algo, req.raw);
-        let (me, len, block, sparse) = self.float_meta(&req, &payload);
-        let agreed = self.agree(
-            me,
-            Rules {
-                same_len: true,
-                check_what: req.check.1,
-                world: n,
-            },
-        )?;
+        let (agreed, len, block, sparse) = self.agree_floats(&req, &payload)?;
         let e = agreed.exponent;
         let elems = (len * block).max(1) as f64;
         let density = agreed.total_nnz as f64 / elems;
