@@ -206,6 +206,16 @@ pub fn broadcast_variables(
     }
     req.data = crate::reduce::Data::Bytes(blob);
     let (blob, info) = comm.submit(req, crate::comm::as_bytes).wait()?;
+    let want: usize = vars
+        .iter()
+        .map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes())
+        .sum();
+    if blob.len() != want {
+        return Err(CollectiveError::Mismatch(format!(
+            "broadcast of the variables from rank {src}: {} bytes, {want} expected",
+            blob.len()
+        )));
+    }
     let mut off = 0;
     for (_, t) in &vars {
         let n = t.numel() * t.kind().elt_size_in_bytes();
