@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
 use sketchreduce_codec::{max_exponent, FixedPoint};
-use sketchreduce_collectives::{Communicator, Config, OpInfo, ReduceOp};
+use sketchreduce_collectives::{Communicator, Config, OpInfo, OpPhases, ReduceOp};
 use sketchreduce_switch::total_drops;
 use sketchreduce_wire::control::{Request, Response};
 use sketchreduce_wire::{Counters, DropReason};
@@ -162,20 +162,43 @@ impl Reference {
 /// field (e.g. a per-phase breakdown) fails to compile here until it is added to the output.
 pub fn op_info_json(info: &OpInfo) -> Value {
     let OpInfo {
+        collective,
         algo,
         bytes_sent,
         bytes_recv,
         elapsed,
         aggregate_density,
         exponent,
+        phases,
     } = *info;
+    let OpPhases {
+        agree,
+        scan,
+        encode,
+        aggregate,
+        decode,
+        recovery,
+        convert,
+        innet_mode,
+    } = phases;
     json!({
+        "collective": format!("{collective:?}"),
         "algo": algo.name(),
         "bytes_sent": bytes_sent,
         "bytes_recv": bytes_recv,
         "elapsed_ms": ms(elapsed),
         "aggregate_density": aggregate_density,
         "exponent": exponent,
+        "phases_ms": {
+            "agree": ms(agree),
+            "scan": ms(scan),
+            "encode": ms(encode),
+            "aggregate": ms(aggregate),
+            "decode": ms(decode),
+            "recovery": ms(recovery),
+            "convert": ms(convert),
+        },
+        "innet_mode": innet_mode,
     })
 }
 

@@ -5,7 +5,7 @@ use crate::config::{Algo, Config};
 use crate::error::{CollectiveError, Result};
 use crate::innet::InnetPath;
 use crate::net;
-use crate::reduce::{Engine, OpInfo, Payload, ReduceOp};
+use crate::reduce::{Collective, Engine, OpInfo, OpRequest, OpResult, Output, Payload, ReduceOp};
 use crate::sparse::SparseVec;
 use sketchreduce_codec::FixedPoint;
 use std::sync::mpsc;
@@ -24,57 +24,82 @@ pub struct Stats {
     pub bytes_recv: u64,
     /// Total wall time inside operations (on the communicator thread).
     pub busy: Duration,
-    /// Operations per algorithm: innet, ring, allgather.
+    /// All-reduces per algorithm: innet, ring, allgather.
     pub by_algo: [u64; 3],
+    /// Operations per collective: all-reduce, reduce-scatter, broadcast, all-gather.
+    pub by_collective: [u64; 4],
 }
 
-enum Request {
-    Reduce {
-        payload: Payload,
-        op: ReduceOp,
-        algo: Algo,
-        raw: bool,
-        reply: mpsc::Sender<Result<(Payload, OpInfo)>>,
-    },
+struct Request {
+    req: OpRequest,
+    reply: mpsc::Sender<Result<OpResult>>,
 }
 
 /// An operation in flight; [`Pending::wait`] blocks until it is done.
 #[must_use = "an operation's result is only observed through wait()"]
 pub struct Pending<T> {
-    rx: mpsc::Receiver<Result<(Payload, OpInfo)>>,
-    map: fn(Payload) -> Result<T>,
+    rx: mpsc::Receiver<Result<OpResult>>,
+    map: fn(Output) -> Result<T>,
 }
 
 impl<T> Pending<T> {
     /// Blocks until the operation completes (or fails: never longer than the configured
     /// timeout per message exchanged).
     pub fn wait(self) -> Result<(T, OpInfo)> {
-        let (p, info) = self.rx.recv().map_err(|_| CollectiveError::Closed)??;
-        Ok(((self.map)(p)?, info))
+        let (t, info, _) = self.wait_used()?;
+        Ok((t, info))
+    }
+
+    /// [`Self::wait`], plus the OR over ranks of the operation's "used" bits.
+    pub(crate) fn wait_used(self) -> Result<(T, OpInfo, Vec<u8>)> {
+        let r = self.rx.recv().map_err(|_| CollectiveError::Closed)??;
+        Ok(((self.map)(r.out)?, r.info, r.used))
     }
 }
 
-fn as_dense(p: Payload) -> Result<Vec<f32>> {
-    match p {
-        Payload::Dense(v) => Ok(v),
-        Payload::Sparse(s) => Ok(s.to_dense()),
-        Payload::Sums(..) => Err(CollectiveError::Innet("unexpected integer sums".into())),
+fn unexpected(what: &str) -> CollectiveError {
+    CollectiveError::Innet(format!("unexpected result kind ({what})"))
+}
+
+pub(crate) fn as_dense(o: Output) -> Result<Vec<f32>> {
+    match o {
+        Output::Reduced(Payload::Dense(v)) => Ok(v),
+        Output::Reduced(Payload::Sparse(s)) => Ok(s.to_dense()),
+        _ => Err(unexpected("expected floats")),
     }
 }
 
-fn as_sums(p: Payload) -> Result<(Vec<i64>, FixedPoint)> {
-    match p {
-        Payload::Sums(s, fp) => Ok((s, fp)),
-        _ => Err(CollectiveError::Innet("expected integer sums".into())),
+fn as_sums(o: Output) -> Result<(Vec<i64>, FixedPoint)> {
+    match o {
+        Output::Reduced(Payload::Sums(s, fp)) => Ok((s, fp)),
+        _ => Err(unexpected("expected integer sums")),
     }
 }
 
-fn as_sparse(p: Payload) -> Result<SparseVec> {
-    match p {
-        Payload::Sparse(s) => Ok(s),
-        Payload::Dense(v) => SparseVec::from_dense(&v, 1),
-        Payload::Sums(..) => Err(CollectiveError::Innet("unexpected integer sums".into())),
+pub(crate) fn as_sparse(o: Output) -> Result<SparseVec> {
+    match o {
+        Output::Reduced(Payload::Sparse(s)) => Ok(s),
+        Output::Reduced(Payload::Dense(v)) => SparseVec::from_dense(&v, 1),
+        _ => Err(unexpected("expected a sparse vector")),
     }
+}
+
+pub(crate) fn as_bytes(o: Output) -> Result<Vec<u8>> {
+    match o {
+        Output::Bytes(b) => Ok(b),
+        _ => Err(unexpected("expected bytes")),
+    }
+}
+
+pub(crate) fn as_gathered(o: Output) -> Result<Vec<Vec<u8>>> {
+    match o {
+        Output::Gathered(b) => Ok(b),
+        _ => Err(unexpected("expected gathered bytes")),
+    }
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// One rank's handle on a job. Operations are executed in the order they are started, on a
@@ -111,6 +136,7 @@ impl Communicator {
             ring,
             innet,
             seq: 0,
+            refused: false,
         };
         let stats = Arc::new(Mutex::new(Stats::default()));
         let st = stats.clone();
@@ -119,37 +145,35 @@ impl Communicator {
             .name(format!("sketchreduce-comm-{}", cfg.rank))
             .spawn(move || {
                 let mut poisoned: Option<CollectiveError> = None;
-                for req in rx {
-                    let Request::Reduce {
-                        payload,
-                        op,
-                        algo,
-                        raw,
-                        reply,
-                    } = req;
+                for Request { req, reply } in rx {
                     let res = match &poisoned {
                         Some(e) => Err(CollectiveError::Poisoned(e.to_string())),
-                        None => engine.run(payload, op, algo, raw),
+                        None => engine.execute(req),
                     };
                     match &res {
-                        Ok((_, info)) => {
-                            let mut s = st.lock().unwrap();
+                        Ok(r) => {
+                            let info = &r.info;
+                            let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
                             s.operations += 1;
                             s.bytes_sent += info.bytes_sent;
                             s.bytes_recv += info.bytes_recv;
                             s.busy += info.elapsed;
-                            let i = match info.algo {
-                                Algo::Innet => 0,
-                                Algo::Ring => 1,
-                                _ => 2,
-                            };
-                            s.by_algo[i] += 1;
+                            s.by_collective[info.collective as usize] += 1;
+                            if info.collective == Collective::AllReduce {
+                                let i = match info.algo {
+                                    Algo::Innet => 0,
+                                    Algo::Ring => 1,
+                                    _ => 2,
+                                };
+                                s.by_algo[i] += 1;
+                            }
                         }
                         Err(e) if poisoned.is_none() => {
-                            // Non-finite input is seen by every rank after the header
-                            // exchange and leaves the ring consistent; anything else may have
+                            // A refusal every rank agreed on after the header exchange (non-
+                            // finite input, shapes or layouts that differ, a rank that cannot
+                            // take part) leaves the ring consistent; anything else may have
                             // left some rank waiting or bytes in flight: abort the job.
-                            if !matches!(e, CollectiveError::NonFinite { .. }) {
+                            if !engine.refused {
                                 engine.ring.abort(&e.to_string());
                                 poisoned = Some(e.clone());
                             }
@@ -190,77 +214,104 @@ impl Communicator {
 
     /// Cumulative counters.
     pub fn stats(&self) -> Stats {
-        *self.stats.lock().unwrap()
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn submit<T>(
-        &self,
-        payload: Payload,
-        op: ReduceOp,
-        algo: Option<Algo>,
-        map: fn(Payload) -> Result<T>,
-    ) -> Pending<T> {
-        self.submit_raw(payload, op, algo, false, map)
-    }
-
-    fn submit_raw<T>(
-        &self,
-        payload: Payload,
-        op: ReduceOp,
-        algo: Option<Algo>,
-        raw: bool,
-        map: fn(Payload) -> Result<T>,
-    ) -> Pending<T> {
+    /// Queues an operation on the communicator thread.
+    pub(crate) fn submit<T>(&self, req: OpRequest, map: fn(Output) -> Result<T>) -> Pending<T> {
         let (reply, rx) = mpsc::channel();
-        let req = Request::Reduce {
-            payload,
-            op,
-            algo: algo.unwrap_or(self.cfg.algo),
-            raw,
-            reply,
-        };
         if let Some(tx) = &self.tx {
-            if let Err(mpsc::SendError(Request::Reduce { reply, .. })) = tx.send(req) {
+            if let Err(mpsc::SendError(Request { reply, .. })) = tx.send(Request { req, reply }) {
                 let _ = reply.send(Err(CollectiveError::Closed));
             }
         }
         Pending { rx, map }
     }
 
+    fn reduce_req(
+        &self,
+        payload: Payload,
+        op: ReduceOp,
+        algo: Option<Algo>,
+        key: Option<u64>,
+    ) -> OpRequest {
+        OpRequest {
+            key,
+            ..OpRequest::all_reduce(payload, op, algo.unwrap_or(self.cfg.algo))
+        }
+    }
+
     /// Starts an all-reduce of a dense buffer with the configured algorithm.
     pub fn start(&self, buf: Vec<f32>, op: ReduceOp) -> Pending<Vec<f32>> {
-        self.submit(Payload::Dense(buf), op, None, as_dense)
+        self.submit(
+            self.reduce_req(Payload::Dense(buf), op, None, None),
+            as_dense,
+        )
     }
 
     /// Starts an all-reduce of a dense buffer with a given algorithm (every rank must pass the
     /// same one).
     pub fn start_with(&self, buf: Vec<f32>, op: ReduceOp, algo: Algo) -> Pending<Vec<f32>> {
-        self.submit(Payload::Dense(buf), op, Some(algo), as_dense)
+        self.submit(
+            self.reduce_req(Payload::Dense(buf), op, Some(algo), None),
+            as_dense,
+        )
+    }
+
+    /// Starts an all-reduce of a dense buffer under a stable `key` that names the tensor
+    /// across steps (every rank must pass the same key; a gradient bucket keeps its key from
+    /// one step to the next). The in-network path sizes its sketch from the previous result
+    /// of the same key; without a key, operations of the same shape share one history.
+    /// `algo: None` uses the configured algorithm.
+    pub fn start_keyed(
+        &self,
+        buf: Vec<f32>,
+        op: ReduceOp,
+        algo: Option<Algo>,
+        key: u64,
+    ) -> Pending<Vec<f32>> {
+        self.submit(
+            self.reduce_req(Payload::Dense(buf), op, algo, Some(key)),
+            as_dense,
+        )
     }
 
     /// Starts an all-reduce of a sparse vector. The result's support is the union of the
-    /// ranks' supports (sparse algorithms) or the positions with a nonzero sum (ring, innet):
-    /// both describe the same dense vector.
+    /// ranks' supports (sparse algorithms) or the positions with a nonzero result (ring,
+    /// innet): both describe the same dense vector.
     pub fn start_sparse(
         &self,
         v: SparseVec,
         op: ReduceOp,
         algo: Option<Algo>,
     ) -> Pending<SparseVec> {
-        self.submit(Payload::Sparse(v), op, algo, as_sparse)
+        self.submit(
+            self.reduce_req(Payload::Sparse(v), op, algo, None),
+            as_sparse,
+        )
+    }
+
+    /// [`Self::start_sparse`] under a stable key (see [`Self::start_keyed`]).
+    pub fn start_sparse_keyed(
+        &self,
+        v: SparseVec,
+        op: ReduceOp,
+        algo: Option<Algo>,
+        key: u64,
+    ) -> Pending<SparseVec> {
+        self.submit(
+            self.reduce_req(Payload::Sparse(v), op, algo, Some(key)),
+            as_sparse,
+        )
     }
 
     /// Starts an all-reduce of a dense buffer that returns the exact integer sums (sign-extended
     /// lanes) and the agreed [`FixedPoint`] instead of floats — for benchmarks and checks
     /// against an integer reference. Sparse-path algorithms return zeros off the union.
     pub fn start_fixed(&self, buf: Vec<f32>, algo: Algo) -> Pending<(Vec<i64>, FixedPoint)> {
-        self.submit_raw(
-            Payload::Dense(buf),
-            ReduceOp::Sum,
-            Some(algo),
-            true,
-            as_sums,
-        )
+        let mut req = self.reduce_req(Payload::Dense(buf), ReduceOp::Sum, Some(algo), None);
+        req.raw = true;
+        self.submit(req, as_sums)
     }
 
     /// Blocking all-reduce in place with the configured algorithm.
@@ -275,12 +326,78 @@ impl Communicator {
         Ok(info)
     }
 
+    /// Blocking all-reduce in place under a stable key (see [`Self::start_keyed`]).
+    pub fn all_reduce_keyed(&self, buf: &mut [f32], op: ReduceOp, key: u64) -> Result<OpInfo> {
+        let (out, info) = self.start_keyed(buf.to_vec(), op, None, key).wait()?;
+        buf.copy_from_slice(&out);
+        Ok(info)
+    }
+
     /// Blocking all-reduce of a sparse vector.
     pub fn all_reduce_sparse(&self, v: SparseVec, op: ReduceOp) -> Result<(SparseVec, OpInfo)> {
         self.start_sparse(v, op, None).wait()
     }
 
-    /// Blocks until every rank got here (an all-reduce of an empty buffer).
+    /// Starts a reduce-scatter: every rank passes a buffer of the same length, and rank r gets
+    /// the reduction of its chunk [`crate::chunk_range`]`(len, world, r)` — bit-identical to
+    /// that slice of an all-reduce of the same buffers. Runs on the ring.
+    pub fn start_reduce_scatter(&self, buf: Vec<f32>, op: ReduceOp) -> Pending<Vec<f32>> {
+        let req = OpRequest {
+            collective: Collective::ReduceScatter,
+            ..OpRequest::all_reduce(Payload::Dense(buf), op, Algo::Ring)
+        };
+        self.submit(req, as_dense)
+    }
+
+    /// Blocking [`Self::start_reduce_scatter`]; returns this rank's chunk.
+    pub fn reduce_scatter(&self, buf: &[f32], op: ReduceOp) -> Result<(Vec<f32>, OpInfo)> {
+        self.start_reduce_scatter(buf.to_vec(), op).wait()
+    }
+
+    /// Starts a broadcast of raw bytes from rank `src`: every rank passes a buffer of the
+    /// same length (only `src`'s content is used) and gets `src`'s bytes, exactly.
+    pub fn start_broadcast(&self, buf: Vec<u8>, src: usize) -> Pending<Vec<u8>> {
+        self.submit(OpRequest::bytes(Collective::Broadcast, buf, src), as_bytes)
+    }
+
+    /// Blocking broadcast in place from rank `src` (like `torch.distributed.broadcast`).
+    pub fn broadcast(&self, buf: &mut [u8], src: usize) -> Result<OpInfo> {
+        let (out, info) = self.start_broadcast(buf.to_vec(), src).wait()?;
+        buf.copy_from_slice(&out);
+        Ok(info)
+    }
+
+    /// Starts an all-gather of raw bytes: every rank gets every rank's bytes, in rank order.
+    /// The lengths may differ between ranks (like `all_gather_object`).
+    pub fn start_all_gather(&self, buf: Vec<u8>) -> Pending<Vec<Vec<u8>>> {
+        self.submit(OpRequest::bytes(Collective::AllGather, buf, 0), as_gathered)
+    }
+
+    /// Blocking all-gather of raw bytes (lengths may differ between ranks).
+    pub fn all_gather_bytes(&self, buf: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        self.start_all_gather(buf).wait().map(|(b, _)| b)
+    }
+
+    /// Blocking all-gather of `f32` buffers, exact: every rank must pass the same length (like
+    /// `torch.distributed.all_gather`); `out[r]` is rank r's buffer.
+    pub fn all_gather(&self, buf: &[f32]) -> Result<Vec<Vec<f32>>> {
+        let req = OpRequest {
+            equal_len: true,
+            ..OpRequest::bytes(Collective::AllGather, f32_bytes(buf), 0)
+        };
+        let (blobs, _) = self.submit(req, as_gathered).wait()?;
+        Ok(blobs
+            .into_iter()
+            .map(|b| {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Blocks until every rank got here (an all-reduce of an empty buffer; fails after the
+    /// per-operation timeout like any operation).
     pub fn barrier(&self) -> Result<()> {
         self.start_with(Vec::new(), ReduceOp::Sum, Algo::Ring)
             .wait()

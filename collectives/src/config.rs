@@ -68,8 +68,43 @@ pub fn auto_crossover(block: usize, world_size: usize) -> f64 {
     }
 }
 
-/// Default per-operation timeout for waiting on a peer.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default per-operation timeout, 30 minutes as torch.distributed's (gloo) default: an
+/// operation (barrier included) fails once a peer has sent nothing for this long.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Default rendezvous timeout: how long rank 0 waits for every rank to check in, and others
+/// retry reaching rank 0. Shorter than torch's (which uses the 30-minute operation timeout
+/// there too) so a missing rank is reported within a minute; set
+/// `SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS=1800` for torch's behaviour.
+pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest accepted timeout (one year): larger values are configuration mistakes, and
+/// deadlines computed from them must not overflow.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a timeout in seconds: a finite, positive number up to [`MAX_TIMEOUT`]
+/// (`nan`, `inf`, negative, zero or garbage are configuration errors naming `name`).
+pub fn parse_timeout_secs(name: &str, v: &str) -> Result<Duration> {
+    let bad = |why: &str| CollectiveError::Config(format!("{name}={v:?}: {why}"));
+    let secs: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| bad("not a number of seconds"))?;
+    if !secs.is_finite() {
+        return Err(bad("must be a finite number of seconds"));
+    }
+    if secs <= 0.0 {
+        return Err(bad("must be positive"));
+    }
+    let d = Duration::try_from_secs_f64(secs).map_err(|_| bad("out of range"))?;
+    if d.is_zero() {
+        return Err(bad("must be positive (rounds to zero)"));
+    }
+    if d > MAX_TIMEOUT {
+        return Err(bad("more than a year"));
+    }
+    Ok(d)
+}
 
 /// Which all-reduce algorithm to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +131,21 @@ impl Algo {
             Algo::AllGather => "allgather",
             Algo::Auto => "auto",
         }
+    }
+
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Algo::Innet => 0,
+            Algo::Ring => 1,
+            Algo::AllGather => 2,
+            Algo::Auto => 3,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        [Algo::Innet, Algo::Ring, Algo::AllGather, Algo::Auto]
+            .into_iter()
+            .find(|a| a.code() == c)
     }
 }
 
@@ -201,9 +251,12 @@ pub struct Config {
     pub auto_innet: bool,
     /// Job id used with the switch.
     pub job_id: u16,
-    /// How long to wait for a peer before failing (per message).
+    /// Per-operation timeout: an operation fails once a peer has sent nothing for this long
+    /// (the in-network path: once a chunk has gone unanswered this long). Default
+    /// [`DEFAULT_TIMEOUT`] (30 min, as torch.distributed). Env: `SKETCHREDUCE_TIMEOUT_SECS`.
     pub timeout: Duration,
     /// How long rank 0 waits for everyone at the rendezvous (and others retry connecting).
+    /// Default [`DEFAULT_RENDEZVOUS_TIMEOUT`]. Env: `SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS`.
     pub rendezvous_timeout: Duration,
 }
 
@@ -224,8 +277,14 @@ impl Config {
             auto_innet: false,
             job_id: 1,
             timeout: DEFAULT_TIMEOUT,
-            rendezvous_timeout: Duration::from_secs(60),
+            rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
         }
+    }
+
+    /// Builder: rendezvous timeout.
+    pub fn with_rendezvous_timeout(mut self, timeout: Duration) -> Self {
+        self.rendezvous_timeout = timeout;
+        self
     }
 
     /// Builder: algorithm.
@@ -255,8 +314,10 @@ impl Config {
     /// Reads `RANK`, `WORLD_SIZE`, `MASTER_ADDR` (default 127.0.0.1), `MASTER_PORT` (default
     /// 29500) like torch.distributed, plus optional `SKETCHREDUCE_ALGO`,
     /// `SKETCHREDUCE_SWITCH` (host:port of the switch control endpoint),
-    /// `SKETCHREDUCE_TRANSPORT`, `SKETCHREDUCE_LANE` (32|64), `SKETCHREDUCE_TIMEOUT_SECS`,
-    /// `SKETCHREDUCE_JOB`.
+    /// `SKETCHREDUCE_TRANSPORT`, `SKETCHREDUCE_LANE` (32|64), `SKETCHREDUCE_TIMEOUT_SECS`
+    /// (per-operation timeout, default 1800), `SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS` (default
+    /// 60), `SKETCHREDUCE_JOB`. Timeouts are seconds (fractions allowed), finite and positive;
+    /// anything else is a [`CollectiveError::Config`].
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
@@ -305,7 +366,10 @@ impl Config {
             };
         }
         if let Some(t) = get("SKETCHREDUCE_TIMEOUT_SECS") {
-            c.timeout = Duration::from_secs_f64(parse("SKETCHREDUCE_TIMEOUT_SECS", &t)?);
+            c.timeout = parse_timeout_secs("SKETCHREDUCE_TIMEOUT_SECS", &t)?;
+        }
+        if let Some(t) = get("SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS") {
+            c.rendezvous_timeout = parse_timeout_secs("SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS", &t)?;
         }
         if let Some(v) = get("SKETCHREDUCE_AUTO_INNET") {
             c.auto_innet = matches!(v.trim(), "1" | "true" | "yes");
@@ -342,8 +406,15 @@ impl Config {
                 "algo innet needs a switch address (SKETCHREDUCE_SWITCH or Config::switch)".into(),
             ));
         }
-        if self.timeout.is_zero() {
-            return Err(CollectiveError::Config("timeout must be positive".into()));
+        for (name, t) in [
+            ("timeout", self.timeout),
+            ("rendezvous timeout", self.rendezvous_timeout),
+        ] {
+            if t.is_zero() || t > MAX_TIMEOUT {
+                return Err(CollectiveError::Config(format!(
+                    "{name} {t:?} must be positive and at most {MAX_TIMEOUT:?}"
+                )));
+            }
         }
         Ok(())
     }
@@ -417,6 +488,53 @@ mod tests {
         );
         let missing = Config::from_lookup(|_| None).unwrap_err();
         assert!(missing.to_string().contains("RANK is not set"));
+    }
+
+    #[test]
+    fn invalid_timeouts_are_config_errors() {
+        for var in [
+            "SKETCHREDUCE_TIMEOUT_SECS",
+            "SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS",
+        ] {
+            for bad in [
+                "nan", "NaN", "inf", "-inf", "-1", "0", "0.0", "-0", "1e-12", "1e300", "abc", "",
+                "10s",
+            ] {
+                let e = Config::from_lookup(|k| match k {
+                    "RANK" => Some("0".into()),
+                    "WORLD_SIZE" => Some("1".into()),
+                    k if k == var => Some(bad.into()),
+                    _ => None,
+                })
+                .unwrap_err();
+                assert!(
+                    matches!(&e, CollectiveError::Config(m) if m.contains(var)),
+                    "{var}={bad:?}: {e}"
+                );
+            }
+        }
+        let c = Config::from_lookup(|k| match k {
+            "RANK" => Some("0".into()),
+            "WORLD_SIZE" => Some("1".into()),
+            "SKETCHREDUCE_TIMEOUT_SECS" => Some(" 2.5 ".into()),
+            "SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS" => Some("7".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.rendezvous_timeout, Duration::from_secs(7));
+        let m: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let d = Config::new(0, 1, m);
+        assert_eq!(
+            d.timeout,
+            Duration::from_secs(1800),
+            "torch.distributed's default"
+        );
+        assert!(d.clone().with_timeout(Duration::ZERO).validate().is_err());
+        assert!(d
+            .with_rendezvous_timeout(MAX_TIMEOUT * 2)
+            .validate()
+            .is_err());
     }
 
     #[test]

@@ -66,14 +66,43 @@ pub enum CollectiveError {
     Mismatch(String),
     /// Some rank's input holds NaN or ±Inf. Every rank gets this error and the communicator
     /// stays usable (nothing was exchanged but the headers).
-    #[error(
-        "rank {rank}'s input has a non-finite value (NaN or ±Inf) at value position {position}"
-    )]
+    #[error("rank {rank}'s input has a non-finite value (NaN or ±Inf) at element {position}")]
     NonFinite {
         /// The rank with the bad value.
         rank: usize,
-        /// Position in its value array.
+        /// Element index in the dense form of its input (for a sparse vector of blocks:
+        /// `block index · block + offset`).
         position: u64,
+    },
+    /// [`CollectiveError::NonFinite`] inside a data-parallel gradient bucket, located: the
+    /// parameter and the element of its gradient. The communicator stays usable.
+    #[error("rank {rank}'s gradient of `{param}` is not finite (NaN or ±Inf) at index {index:?}")]
+    NonFiniteGradient {
+        /// The rank with the bad value.
+        rank: usize,
+        /// The parameter's name in the `VarStore`.
+        param: String,
+        /// The element's coordinates in the gradient (row-major shape of the parameter).
+        index: Vec<i64>,
+    },
+    /// The ranks' layouts differ (DDP parameters: names, shapes, dtypes; a tensor's shape and
+    /// dtype): every rank gets this error, naming the first rank that differs from rank 0.
+    /// The communicator stays usable.
+    #[error("rank {rank}'s layout differs from rank 0's: {detail}")]
+    LayoutMismatch {
+        /// The first rank whose layout differs from rank 0's.
+        rank: usize,
+        /// What differs.
+        detail: String,
+    },
+    /// A rank could not take part in an operation (its input is invalid) and said so in the
+    /// header exchange: every rank gets this error and the communicator stays usable.
+    #[error("rank {rank} cannot take part in the operation: {reason}")]
+    Refused {
+        /// The rank that refused.
+        rank: usize,
+        /// Its reason.
+        reason: String,
     },
     /// Input that cannot be reduced (NaN/Inf, index out of range, unsorted indices, …).
     #[error("invalid input: {0}")]

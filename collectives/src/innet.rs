@@ -5,7 +5,7 @@
 //! ring and the all-gather add, and [`crate::finish`] makes identical floats of them.
 
 use crate::error::Result;
-use crate::reduce::{finish, Payload, ReduceOp};
+use crate::reduce::{finish, OpPhases, Payload, ReduceOp};
 use crate::sparse::SparseVec;
 use sketchreduce_agent::{Agreed, Reduced};
 use sketchreduce_codec::FixedPoint;
@@ -52,15 +52,27 @@ pub(crate) fn run(
     raw: bool,
     nnz_sum: u64,
     max_nnz: u64,
-) -> Result<Payload> {
+) -> Result<(Payload, OpPhases)> {
     let agreed = Agreed {
         fixed: fp,
         nnz_sum,
         max_nnz,
     };
+    let phases = |r: &Reduced, scan: std::time::Duration, t_conv: std::time::Instant| OpPhases {
+        scan: scan + r.phases.scan,
+        encode: r.phases.encode,
+        aggregate: r.phases.aggregate,
+        decode: r.phases.decode,
+        recovery: r.phases.recovery,
+        convert: t_conv.elapsed(),
+        innet_mode: Some(r.mode.name()),
+        ..Default::default()
+    };
+    let t_scan = std::time::Instant::now();
     match payload {
         Payload::Dense(mut v) => {
             let (indices, values) = nonzeros(&v);
+            let scan = t_scan.elapsed();
             let r = path.all_reduce(InnetRequest {
                 key,
                 dim: v.len(),
@@ -68,10 +80,11 @@ pub(crate) fn run(
                 values: &values,
                 agreed,
             })?;
+            let t_conv = std::time::Instant::now();
             if raw {
                 let mut sums = vec![0i64; v.len()];
                 r.for_each_sum(|k, s| sums[k] = s);
-                return Ok(Payload::Sums(sums, fp));
+                return Ok((Payload::Sums(sums, fp), phases(&r, scan, t_conv)));
             }
             // In place: every position this rank had nonzero is a candidate of the result
             // unless it quantized to 0, so clear those first; every other position outside
@@ -80,7 +93,7 @@ pub(crate) fn run(
                 v[i as usize] = 0.0;
             }
             r.for_each_sum(|k, s| v[k] = finish(&fp, s, op, world));
-            Ok(Payload::Dense(v))
+            Ok((Payload::Dense(v), phases(&r, scan, t_conv)))
         }
         Payload::Sparse(s) => {
             let dim = s.len * s.block;
@@ -94,6 +107,7 @@ pub(crate) fn run(
                     }
                 }
             }
+            let scan = t_scan.elapsed();
             let r = path.all_reduce(InnetRequest {
                 key,
                 dim,
@@ -101,9 +115,11 @@ pub(crate) fn run(
                 values: &values,
                 agreed,
             })?;
+            let t_conv = std::time::Instant::now();
             let mut out = vec![0.0f32; dim];
             r.for_each_sum(|k, s| out[k] = finish(&fp, s, op, world));
-            Ok(Payload::Sparse(SparseVec::from_dense(&out, s.block)?))
+            let out = Payload::Sparse(SparseVec::from_dense(&out, s.block)?);
+            Ok((out, phases(&r, scan, t_conv)))
         }
         Payload::Sums(..) => Err(crate::error::CollectiveError::Input(
             "integer sums are an output, not an input".into(),

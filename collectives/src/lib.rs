@@ -13,24 +13,39 @@
 //! # Ok::<(), sketchreduce_collectives::CollectiveError>(())
 //! ```
 //!
-//! # Exactness
+//! # Exactness (sums)
 //! Every operation first agrees on the global max exponent and converts values with the same
 //! [`sketchreduce_codec::FixedPoint`] for `world_size` workers; the integer sums are exact
 //! (wrapping lanes) whatever the algorithm, and [`finish`] converts them back the same way.
 //! Results are therefore bit-identical across `innet`, `ring` and `allgather`
 //! ([`reference_all_reduce`] computes them in one process).
 //!
+//! # Collectives
+//! [`Communicator::all_reduce`] (Sum, Avg, Min, Max), [`Communicator::reduce_scatter`],
+//! [`Communicator::broadcast`] and [`Communicator::all_gather`] (raw bytes, exact for any
+//! dtype), and their tensor forms with the `tch` feature, plus the DDP helper `DistributedDataParallel` (feature `tch`).
+//!
 //! # Failures
-//! A rank that dies makes the others fail with [`CollectiveError::PeerLost`] (connection
-//! closed) or [`CollectiveError::PeerTimeout`] (after [`Config::timeout`]); a rank started with
-//! a different job configuration is refused at the rendezvous with
-//! [`CollectiveError::ConfigMismatch`]. After an error the communicator is poisoned.
+//! Every operation starts with a header exchange, so ranks that disagree (shapes, layouts,
+//! collective), a non-finite input, or a rank whose input is invalid make *every* rank fail
+//! at the same operation with an error naming the rank ([`CollectiveError::Mismatch`],
+//! [`CollectiveError::LayoutMismatch`], [`CollectiveError::NonFinite`],
+//! [`CollectiveError::Refused`]); the communicator stays usable after those. A rank that dies
+//! makes the others fail with [`CollectiveError::PeerLost`] (connection closed) or
+//! [`CollectiveError::PeerTimeout`] (after [`Config::timeout`], 30 min by default); a rank
+//! started with a different job configuration is refused at the rendezvous with
+//! [`CollectiveError::ConfigMismatch`]. After those the communicator is poisoned.
 
 mod comm;
 mod config;
+#[cfg(feature = "tch")]
+mod ddp;
 mod error;
 pub mod innet;
+mod lanes;
+mod meta;
 mod net;
+mod ops;
 mod reduce;
 mod sparse;
 #[cfg(feature = "tch")]
@@ -38,12 +53,15 @@ pub mod tensor;
 
 pub use comm::{Communicator, Pending, Stats};
 pub use config::{
-    auto_crossover, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER, AUTO_CROSSOVER_ROWS,
-    AUTO_ROW_BLOCK, DEFAULT_TIMEOUT,
+    auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER,
+    AUTO_CROSSOVER_ROWS, AUTO_ROW_BLOCK, DEFAULT_RENDEZVOUS_TIMEOUT, DEFAULT_TIMEOUT, MAX_TIMEOUT,
 };
+#[cfg(feature = "tch")]
+pub use ddp::{broadcast_variables, DdpReport, DistributedDataParallel, DEFAULT_BUCKET_BYTES};
 pub use error::{CollectiveError, Result};
-pub use reduce::{finish, reference_all_reduce, OpInfo, Payload, ReduceOp};
+pub use lanes::chunk_range;
+pub use reduce::{finish, reference_all_reduce, Collective, OpInfo, OpPhases, Payload, ReduceOp};
 pub use sketchreduce_codec::LaneWidth;
 pub use sparse::SparseVec;
 #[cfg(feature = "tch")]
-pub use tensor::{DdpReport, DistributedDataParallel};
+pub use tensor::{tensor_bytes, PendingTensor};

@@ -11,6 +11,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 const MAGIC: &str = "SKR1";
+/// How long a rank waits for rank 0 to acknowledge its hello.
+const ACK_TIMEOUT: Duration = Duration::from_secs(4);
 /// Largest frame accepted from the network (guards against garbage length prefixes).
 const MAX_FRAME: u64 = 1 << 36;
 
@@ -328,16 +330,30 @@ pub(crate) fn connect(cfg: &Config) -> Result<Ring> {
             cfg.shared_settings()
         );
         write_frame(&mut s, hello.as_bytes()).map_err(|e| io_err("rendezvous", e))?;
-        // Rank 0 answers once everyone is in (or refuses); allow the whole rendezvous window
-        // plus a margin for rank 0's own deadline.
-        s.set_read_timeout(Some(cfg.rendezvous_timeout + Duration::from_secs(5)))
-            .ok();
+        // Rank 0 acknowledges a hello at once (WAIT): whatever is listening on MASTER_PORT
+        // and stays silent is not rank 0 (the port was taken by another program and rank 0
+        // failed to listen), so fail now instead of after the whole rendezvous window.
+        let ack = ACK_TIMEOUT.min(cfg.rendezvous_timeout);
+        s.set_read_timeout(Some(ack)).ok();
         let mut buf = Vec::new();
         read_frame(&mut s, &mut buf).map_err(|e| CollectiveError::RendezvousTimeout {
             master: master.clone(),
             timeout: cfg.rendezvous_timeout,
-            detail: format!("rank {rank} got no answer from rank 0: {e}"),
+            detail: format!(
+                "rank {rank} reached {master} but no sketchreduce rank 0 answered within {ack:?} ({e}): is MASTER_PORT used by another program (then rank 0 could not listen on it)?"
+            ),
         })?;
+        if buf == b"WAIT" {
+            // Rank 0 answers once everyone is in (or refuses); allow the whole rendezvous
+            // window plus a margin for rank 0's own deadline.
+            s.set_read_timeout(Some(cfg.rendezvous_timeout + Duration::from_secs(5)))
+                .ok();
+            read_frame(&mut s, &mut buf).map_err(|e| CollectiveError::RendezvousTimeout {
+                master: master.clone(),
+                timeout: cfg.rendezvous_timeout,
+                detail: format!("rank {rank} got no answer from rank 0: {e}"),
+            })?;
+        }
         let reply = String::from_utf8_lossy(&buf).to_string();
         let mut parts = reply.split('\t');
         match parts.next() {
@@ -450,7 +466,9 @@ fn serve_rendezvous(
         match listener.accept() {
             Ok((mut s, peer)) => {
                 s.set_nonblocking(false).ok();
-                s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                // A real rank sends its hello right after connecting; keep this short so a
+                // silent client cannot hold up the others' acknowledgements for long.
+                s.set_read_timeout(Some(ACK_TIMEOUT / 2)).ok();
                 let mut buf = Vec::new();
                 if read_frame(&mut s, &mut buf).is_err() {
                     continue; // a port scanner or a dead client: ignore
@@ -494,6 +512,8 @@ fn serve_rendezvous(
                     for mut c in conns.drain(..) {
                         let _ = write_frame(&mut c, reply.as_bytes());
                     }
+                } else if let Some(c) = conns.last_mut() {
+                    let _ = write_frame(c, b"WAIT");
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -1,8 +1,8 @@
 //! The reduction itself, shared by every algorithm:
 //!
-//! 1. every rank reports (operation number, shape, max exponent, nonzeros) to every other
-//!    rank (a tiny ring all-gather); shape or order disagreements and non-finite inputs become
-//!    errors on *every* rank;
+//! 1. every rank reports (operation number, collective, shape, max exponent, nonzeros, …: a
+//!    [`crate::meta::Meta`]) to every other rank (a tiny ring all-gather); disagreements and
+//!    non-finite inputs become errors on *every* rank, naming the rank;
 //! 2. the global exponent `E` is the MAX, and [`FixedPoint::new`]`(E, world, lane)` is the
 //!    conversion — the same one the in-network path uses;
 //! 3. the chosen algorithm sums the integers exactly (wrapping lanes);
@@ -11,28 +11,107 @@
 //!
 //! Since steps 2 and 4 are common and step 3 is exact, all algorithms give bit-identical
 //! results. [`reference_all_reduce`] is the same computation in one process.
+//!
+//! [`ReduceOp::Min`] and [`ReduceOp::Max`] skip the fixed point: the ranks compare the floats
+//! themselves (as order keys), which is exact. They run on the ring and the all-gather only;
+//! the switch can only add, so an `innet` request for them is refused on every rank.
 
 use crate::config::{Algo, Config};
 use crate::error::{CollectiveError, Result};
 use crate::innet::InnetPath;
+use crate::lanes::{from_order_key, order_key, ring_lanes};
+use crate::meta::{verdict, Agreed, Meta, Rules};
 use crate::net::Ring;
 use crate::sparse::SparseVec;
 use sketchreduce_codec::{max_exponent, FixedPoint, LaneWidth};
 use std::time::{Duration, Instant};
 
-/// Sum or average over ranks.
+/// How the ranks' values are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReduceOp {
-    /// Σ over ranks.
+    /// Σ over ranks (exact fixed-point sum, see the crate docs).
     Sum,
     /// Σ over ranks / world size.
     Avg,
+    /// Smallest value over ranks (exact; −0.0 counts as +0.0). Ring and all-gather only.
+    Min,
+    /// Largest value over ranks (exact; −0.0 counts as +0.0). Ring and all-gather only.
+    Max,
 }
 
-/// What one all-reduce did.
+impl ReduceOp {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            ReduceOp::Sum => 0,
+            ReduceOp::Avg => 1,
+            ReduceOp::Min => 2,
+            ReduceOp::Max => 3,
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Min, ReduceOp::Max]
+            .into_iter()
+            .find(|o| o.code() == c)
+    }
+
+    /// Min or Max: compared as floats, not summed in fixed point.
+    pub fn is_order(self) -> bool {
+        matches!(self, ReduceOp::Min | ReduceOp::Max)
+    }
+
+    /// The combine of two order keys (see [`crate::lanes::order_key`]).
+    pub(crate) fn pick(self) -> fn(i32, i32) -> i32 {
+        match self {
+            ReduceOp::Min => std::cmp::min,
+            _ => std::cmp::max,
+        }
+    }
+}
+
+/// Which collective an operation is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Collective {
+    /// Every rank gets the reduction of every rank's vector.
+    AllReduce,
+    /// Rank r gets the reduction of chunk r ([`crate::chunk_range`]).
+    ReduceScatter,
+    /// Every rank gets the source rank's bytes.
+    Broadcast,
+    /// Every rank gets every rank's bytes.
+    AllGather,
+}
+
+impl Collective {
+    /// Name used in errors and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Collective::AllReduce => "all-reduce",
+            Collective::ReduceScatter => "reduce-scatter",
+            Collective::Broadcast => "broadcast",
+            Collective::AllGather => "all-gather",
+        }
+    }
+
+    pub(crate) fn from_code(c: u8) -> Option<Self> {
+        [
+            Collective::AllReduce,
+            Collective::ReduceScatter,
+            Collective::Broadcast,
+            Collective::AllGather,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == c)
+    }
+}
+
+/// What one operation did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OpInfo {
-    /// The algorithm that ran (resolved from [`Algo::Auto`]).
+    /// The collective.
+    pub collective: Collective,
+    /// The algorithm that ran (resolved from [`Algo::Auto`]; [`Algo::Ring`] for broadcast,
+    /// all-gather and reduce-scatter, which run on the ring of TCP connections).
     pub algo: Algo,
     /// Bytes this rank sent to peers (TCP frames, or the agent's datagrams for innet).
     pub bytes_sent: u64,
@@ -42,8 +121,34 @@ pub struct OpInfo {
     pub elapsed: Duration,
     /// Σ over ranks of nonzero values / length: the density [`Algo::Auto`] looks at.
     pub aggregate_density: f64,
-    /// The agreed global exponent.
+    /// The agreed global exponent (sums only).
     pub exponent: u32,
+    /// Where the time went on this rank.
+    pub phases: OpPhases,
+}
+
+/// Where the time of one operation went on this rank (wall time; zero for phases an
+/// algorithm does not have). Also emitted as `tracing` events (debug) per operation, and the
+/// in-network phases as spans by the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OpPhases {
+    /// The per-operation header exchange among ranks (shapes, exponents, nonzero counts).
+    pub agree: Duration,
+    /// Finding this rank's nonzeros (in-network path).
+    pub scan: Duration,
+    /// Quantizing and encoding (sketch or dense lanes) before anything is sent.
+    pub encode: Duration,
+    /// Moving the data: the ring's or all-gather's transfers, or sending through the switch
+    /// and waiting for every aggregated chunk.
+    pub aggregate: Duration,
+    /// Decoding the sketch (in-network).
+    pub decode: Duration,
+    /// The union-rank round after a stalled decode (in-network).
+    pub recovery: Duration,
+    /// Turning the integer sums back into floats (and averaging).
+    pub convert: Duration,
+    /// How the in-network payload travelled ("sketch", "dense", "empty"); `None` otherwise.
+    pub innet_mode: Option<&'static str>,
 }
 
 /// Data handed to a reduction.
@@ -59,19 +164,20 @@ pub enum Payload {
 }
 
 /// Converts an exact integer sum into the result float: the one rounding every algorithm
-/// shares.
+/// shares. ([`ReduceOp::Min`]/[`ReduceOp::Max`] never go through fixed point; they are
+/// converted as `Sum` here.)
 #[inline]
 pub fn finish(fp: &FixedPoint, sum: i64, op: ReduceOp, world: usize) -> f32 {
     let v = fp.to_float(fp.lane().wrap(sum));
     match op {
-        ReduceOp::Sum => v,
         ReduceOp::Avg => v / world as f32,
+        _ => v,
     }
 }
 
 /// The exact result every algorithm must produce, computed in one process from every rank's
-/// dense input (the global exponent, one [`FixedPoint`] for `inputs.len()` workers, integer
-/// sums, [`finish`]).
+/// dense input (sums: the global exponent, one [`FixedPoint`] for `inputs.len()` workers,
+/// integer sums, [`finish`]; min/max: the extreme value, −0.0 as +0.0).
 pub fn reference_all_reduce(
     inputs: &[Vec<f32>],
     lane: LaneWidth,
@@ -88,6 +194,20 @@ pub fn reference_all_reduce(
     for v in inputs {
         e = e.max(max_exponent(v)?);
     }
+    if op.is_order() {
+        let pick = op.pick();
+        return Ok((0..d)
+            .map(|i| {
+                from_order_key(
+                    inputs
+                        .iter()
+                        .map(|v| order_key(v[i]))
+                        .reduce(pick)
+                        .unwrap_or(0),
+                )
+            })
+            .collect());
+    }
     let fp = FixedPoint::new(e, n.max(1) as u32, lane)?;
     let mut sums = vec![0i64; d];
     for v in inputs {
@@ -98,145 +218,106 @@ pub fn reference_all_reduce(
     Ok(sums.into_iter().map(|s| finish(&fp, s, op, n)).collect())
 }
 
-/// An integer lane on the TCP wire.
-pub(crate) trait WireLane: Copy + Default + Send + Sync {
-    const BYTES: usize;
-    fn put(src: &[Self], out: &mut Vec<u8>);
-    fn add_from(dst: &mut [Self], src: &[u8]);
-    fn copy_from(dst: &mut [Self], src: &[u8]);
+pub(crate) fn algo_code(a: Algo) -> u8 {
+    a.code()
 }
 
-macro_rules! wire_lane {
-    ($t:ty, $n:expr) => {
-        impl WireLane for $t {
-            const BYTES: usize = $n;
-            fn put(src: &[Self], out: &mut Vec<u8>) {
-                out.reserve(src.len() * $n);
-                for v in src {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-            }
-            fn add_from(dst: &mut [Self], src: &[u8]) {
-                for (d, c) in dst.iter_mut().zip(src.chunks_exact($n)) {
-                    *d = d.wrapping_add(<$t>::from_le_bytes(c.try_into().unwrap()));
-                }
-            }
-            fn copy_from(dst: &mut [Self], src: &[u8]) {
-                for (d, c) in dst.iter_mut().zip(src.chunks_exact($n)) {
-                    *d = <$t>::from_le_bytes(c.try_into().unwrap());
-                }
+/// The in-network path's tensor id for an operation: the caller's stable key when it gave
+/// one, else one per shape (so the agent's sizing history of a tensor of the same shape
+/// applies, and the history holds one entry per shape instead of one per call). The two
+/// kinds are hashed apart so a key cannot alias a shape.
+pub(crate) fn tensor_id(key: Option<u64>, len: usize, block: usize, sparse: bool) -> u64 {
+    let mut b = Vec::with_capacity(32);
+    match key {
+        Some(k) => {
+            b.extend_from_slice(b"key");
+            b.extend_from_slice(&k.to_le_bytes());
+        }
+        None => {
+            b.extend_from_slice(b"shape");
+            for v in [len as u64, block as u64, sparse as u64] {
+                b.extend_from_slice(&v.to_le_bytes());
             }
         }
-    };
-}
-wire_lane!(i32, 4);
-wire_lane!(i64, 8);
-
-fn chunk(d: usize, n: usize, c: usize) -> std::ops::Range<usize> {
-    (c * d / n)..((c + 1) * d / n)
-}
-
-/// Dense ring all-reduce (reduce-scatter then all-gather) of integer lanes, in place.
-pub(crate) fn ring_lanes<L: WireLane>(ring: &mut Ring, x: &mut [L]) -> Result<()> {
-    let n = ring.world;
-    if n == 1 {
-        return Ok(());
     }
-    let r = ring.rank;
-    let d = x.len();
-    let mut out = Vec::new();
-    let mut input = Vec::new();
-    for s in 0..n - 1 {
-        let send = (r + n - s) % n;
-        let recv = (r + 2 * n - s - 1) % n;
-        out.clear();
-        L::put(&x[chunk(d, n, send)], &mut out);
-        ring.send_recv(&out, &mut input, &format!("ring reduce-scatter step {s}"))?;
-        let dst = &mut x[chunk(d, n, recv)];
-        check_len(
-            input.len(),
-            dst.len() * L::BYTES,
-            ring,
-            "ring reduce-scatter",
-        )?;
-        L::add_from(dst, &input);
-    }
-    for s in 0..n - 1 {
-        let send = (r + 1 + n - s) % n;
-        let recv = (r + n - s) % n;
-        out.clear();
-        L::put(&x[chunk(d, n, send)], &mut out);
-        ring.send_recv(&out, &mut input, &format!("ring all-gather step {s}"))?;
-        let dst = &mut x[chunk(d, n, recv)];
-        check_len(input.len(), dst.len() * L::BYTES, ring, "ring all-gather")?;
-        L::copy_from(dst, &input);
-    }
-    Ok(())
+    crate::config::fnv1a(&b)
 }
 
-fn check_len(got: usize, want: usize, ring: &Ring, during: &str) -> Result<()> {
-    if got != want {
-        return Err(CollectiveError::Mismatch(format!(
-            "rank {}: {during}: rank {} sent {got} bytes, expected {want}",
-            ring.rank,
-            ring.prev_rank()
-        )));
-    }
-    Ok(())
+/// One operation as submitted to the communicator thread.
+pub(crate) struct OpRequest {
+    pub collective: Collective,
+    pub data: Data,
+    pub op: ReduceOp,
+    pub algo: Algo,
+    /// Return the integer sums (all-reduce `Sum` of a dense buffer only).
+    pub raw: bool,
+    /// Broadcast source rank.
+    pub src: usize,
+    /// Stable key (see [`tensor_id`]).
+    pub key: Option<u64>,
+    /// Hash every rank must agree on (0: none), and what it covers.
+    pub check: (u64, &'static str),
+    /// Bits OR-combined over ranks, returned in [`OpResult::used`].
+    pub used: Vec<u8>,
+    /// An all-gather whose ranks must all send the same length.
+    pub equal_len: bool,
+    /// Why this rank cannot take part (it still joins the header exchange).
+    pub problem: Option<String>,
 }
 
-/// Per-rank metadata exchanged before every operation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Meta {
-    seq: u64,
-    len: u64,
-    block: u64,
-    /// `u32::MAX`: non-finite input at `bad`.
-    exponent: u32,
-    algo: u8,
-    sparse: u8,
-    nnz: u64,
-    bad: u64,
-}
-
-const META_BYTES: usize = 8 * 5 + 4 + 2;
-
-impl Meta {
-    fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(META_BYTES);
-        for v in [self.seq, self.len, self.block, self.nnz, self.bad] {
-            b.extend_from_slice(&v.to_le_bytes());
+impl OpRequest {
+    /// An all-reduce of `payload` with defaults for everything else.
+    pub fn all_reduce(payload: Payload, op: ReduceOp, algo: Algo) -> Self {
+        OpRequest {
+            collective: Collective::AllReduce,
+            data: Data::Reduce(payload),
+            op,
+            algo,
+            raw: false,
+            src: 0,
+            key: None,
+            check: (0, ""),
+            used: Vec::new(),
+            equal_len: false,
+            problem: None,
         }
-        b.extend_from_slice(&self.exponent.to_le_bytes());
-        b.push(self.algo);
-        b.push(self.sparse);
-        b
     }
-    fn decode(b: &[u8]) -> Option<Meta> {
-        if b.len() != META_BYTES {
-            return None;
+
+    /// A collective on raw bytes (broadcast, all-gather).
+    pub fn bytes(collective: Collective, bytes: Vec<u8>, src: usize) -> Self {
+        OpRequest {
+            collective,
+            data: Data::Bytes(bytes),
+            src,
+            ..OpRequest::all_reduce(Payload::Dense(Vec::new()), ReduceOp::Sum, Algo::Ring)
         }
-        let u = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-        Some(Meta {
-            seq: u(0),
-            len: u(1),
-            block: u(2),
-            nnz: u(3),
-            bad: u(4),
-            exponent: u32::from_le_bytes(b[40..44].try_into().unwrap()),
-            algo: b[44],
-            sparse: b[45],
-        })
     }
 }
 
-fn algo_code(a: Algo) -> u8 {
-    match a {
-        Algo::Innet => 0,
-        Algo::Ring => 1,
-        Algo::AllGather => 2,
-        Algo::Auto => 3,
-    }
+/// Input of an operation.
+pub(crate) enum Data {
+    /// Floats to reduce.
+    Reduce(Payload),
+    /// Raw bytes to broadcast or gather.
+    Bytes(Vec<u8>),
+}
+
+/// Output of an operation.
+pub(crate) enum Output {
+    /// A reduction's result.
+    Reduced(Payload),
+    /// A broadcast's bytes.
+    Bytes(Vec<u8>),
+    /// Every rank's bytes.
+    Gathered(Vec<Vec<u8>>),
+}
+
+/// What the communicator thread hands back.
+pub(crate) struct OpResult {
+    pub out: Output,
+    pub info: OpInfo,
+    /// OR over ranks of [`OpRequest::used`].
+    pub used: Vec<u8>,
 }
 
 /// State one rank keeps across operations.
@@ -245,63 +326,18 @@ pub(crate) struct Engine {
     pub ring: Ring,
     pub innet: Option<Box<dyn InnetPath>>,
     pub seq: u64,
+    /// The last error was a refusal every rank agreed on (the ring is still consistent).
+    pub refused: bool,
 }
 
 impl Engine {
-    /// Runs one all-reduce of `payload` on this rank.
-    pub fn run(
-        &mut self,
-        payload: Payload,
-        op: ReduceOp,
-        algo: Algo,
-        raw: bool,
-    ) -> Result<(Payload, OpInfo)> {
-        let t0 = Instant::now();
-        let (sent0, recv0) = (self.ring.bytes_sent, self.ring.bytes_recv);
+    /// Sends this rank's header to every rank and draws the common verdict.
+    pub(crate) fn agree(&mut self, me: Meta, rules: Rules) -> Result<Agreed> {
         let n = self.cfg.world_size;
-        let lane = self.cfg.codec.lane;
-        self.seq += 1;
-
-        let (values, len, block, nnz, sparse): (&[f32], usize, usize, usize, bool) = match &payload
-        {
-            Payload::Dense(v) => (
-                v,
-                v.len(),
-                1,
-                v.iter().filter(|&&x| x != 0.0).count(),
-                false,
-            ),
-            Payload::Sparse(s) => {
-                s.validate()?;
-                (&s.values, s.len, s.block, s.nnz(), true)
-            }
-            Payload::Sums(..) => {
-                return Err(CollectiveError::Input(
-                    "integer sums are an output, not an input".into(),
-                ))
-            }
-        };
-        let (exponent, bad) = match max_exponent(values) {
-            Ok(e) => (e, 0),
-            Err(sketchreduce_codec::CodecError::NonFinite { position }) => {
-                (u32::MAX, position as u64)
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let me = Meta {
-            seq: self.seq,
-            len: len as u64,
-            block: block as u64,
-            exponent,
-            algo: algo_code(algo),
-            sparse: sparse as u8,
-            nnz: nnz as u64,
-            bad,
-        };
         let metas = if n > 1 {
             let blobs = self
                 .ring
-                .all_gather(me.encode(), "exchange of shapes and exponents")?;
+                .all_gather(me.encode(), "exchange of operation headers")?;
             let mut m = Vec::with_capacity(n);
             for (r, b) in blobs.iter().enumerate() {
                 m.push(Meta::decode(b).ok_or_else(|| {
@@ -312,34 +348,135 @@ impl Engine {
         } else {
             vec![me]
         };
-        for (r, m) in metas.iter().enumerate() {
-            if m.seq != me.seq
-                || m.len != me.len
-                || m.block != me.block
-                || m.algo != me.algo
-                || m.sparse != me.sparse
-            {
-                return Err(CollectiveError::Mismatch(format!(
-                    "rank {r} is at operation #{} with {} blocks of {} ({}, algo code {}) while rank {} is at #{} with {} blocks of {} ({}, algo code {})",
-                    m.seq, m.len, m.block, if m.sparse == 1 { "sparse" } else { "dense" }, m.algo,
-                    self.cfg.rank, me.seq, me.len, me.block, if sparse { "sparse" } else { "dense" }, me.algo
-                )));
+        verdict(&metas, rules).map_err(|r| {
+            self.refused = !r.out_of_step;
+            r.error
+        })
+    }
+
+    /// Runs one operation on this rank.
+    pub fn execute(&mut self, req: OpRequest) -> Result<OpResult> {
+        self.refused = false;
+        match req.collective {
+            Collective::AllReduce => self.run(req),
+            Collective::ReduceScatter => self.reduce_scatter(req),
+            Collective::Broadcast | Collective::AllGather => self.bytes_op(req),
+        }
+    }
+
+    /// Header exchange of a float operation (every rank with the same length); returns the
+    /// verdict and this rank's (length, block, sparse).
+    pub(crate) fn agree_floats(
+        &mut self,
+        req: &OpRequest,
+        payload: &Payload,
+    ) -> Result<(Agreed, usize, usize, bool)> {
+        let (me, len, block, sparse) = self.float_meta(req, payload);
+        let rules = Rules {
+            same_len: true,
+            check_what: req.check.1,
+            world: self.cfg.world_size,
+        };
+        Ok((self.agree(me, rules)?, len, block, sparse))
+    }
+
+    /// Header of a float operation: shape, exponent (or the first non-finite element).
+    fn float_meta(&self, req: &OpRequest, payload: &Payload) -> (Meta, usize, usize, bool) {
+        let mut problem = req.problem.clone();
+        let (values, len, block, nnz, sparse): (&[f32], usize, usize, usize, bool) = match payload {
+            Payload::Dense(v) => (
+                v,
+                v.len(),
+                1,
+                v.iter().filter(|&&x| x != 0.0).count(),
+                false,
+            ),
+            Payload::Sparse(s) => {
+                if let Err(e) = s.validate() {
+                    problem.get_or_insert(e.to_string());
+                }
+                (&s.values, s.len, s.block, s.nnz(), true)
             }
-        }
-        if let Some((r, m)) = metas
-            .iter()
-            .enumerate()
-            .find(|(_, m)| m.exponent == u32::MAX)
-        {
-            return Err(CollectiveError::NonFinite {
-                rank: r,
-                position: m.bad,
-            });
-        }
-        let e = metas.iter().map(|m| m.exponent).max().unwrap_or(0);
-        let total_nnz: u64 = metas.iter().map(|m| m.nnz).sum();
+            Payload::Sums(..) => {
+                problem.get_or_insert("integer sums are an output, not an input".into());
+                (&[], 0, 1, 0, false)
+            }
+        };
+        let (exponent, bad) = match max_exponent(values) {
+            Ok(e) => (e, 0),
+            Err(sketchreduce_codec::CodecError::NonFinite { position }) => {
+                // Name the element of the dense form, which every rank can locate.
+                let bad = match payload {
+                    Payload::Sparse(s) if s.block > 0 => {
+                        let blk = s.indices.get(position / s.block).copied().unwrap_or(0);
+                        blk * s.block as u64 + (position % s.block) as u64
+                    }
+                    _ => position as u64,
+                };
+                (u32::MAX, bad)
+            }
+            Err(e) => {
+                problem.get_or_insert(e.to_string());
+                (0, 0)
+            }
+        };
+        let me = Meta {
+            seq: self.seq,
+            collective: req.collective as u8,
+            op: req.op.code(),
+            algo: algo_code(req.algo),
+            sparse: sparse as u8,
+            len: len as u64,
+            block: block as u64,
+            nnz: nnz as u64,
+            exponent,
+            bad,
+            key: req.key,
+            check: req.check.0,
+            used: req.used.clone(),
+            problem,
+            ..Meta::default()
+        };
+        (me, len, block, sparse)
+    }
+
+    /// Runs one all-reduce on this rank.
+    fn run(&mut self, mut req: OpRequest) -> Result<OpResult> {
+        let t0 = Instant::now();
+        let (sent0, recv0) = (self.ring.bytes_sent, self.ring.bytes_recv);
+        let n = self.cfg.world_size;
+        let lane = self.cfg.codec.lane;
+        self.seq += 1;
+        let payload = match std::mem::replace(&mut req.data, Data::Bytes(Vec::new())) {
+            Data::Reduce(p) => p,
+            Data::Bytes(_) => {
+                req.problem
+                    .get_or_insert("an all-reduce needs floats".into());
+                Payload::Dense(Vec::new())
+            }
+        };
+        let (op, algo, raw) = (req.op, req.algo, req.raw);
+        let t_agree = Instant::now();
+        let (agreed, len, block, sparse) = self.agree_floats(&req, &payload)?;
+        let mut phases = OpPhases {
+            agree: t_agree.elapsed(),
+            ..Default::default()
+        };
+        let t_data = Instant::now();
+        let e = agreed.exponent;
         let elems = (len * block).max(1) as f64;
-        let density = total_nnz as f64 / elems;
+        let density = agreed.total_nnz as f64 / elems;
+        if op.is_order() && (algo == Algo::Innet || raw) {
+            self.refused = true;
+            return Err(CollectiveError::Input(format!(
+                "{op:?} is not supported {}: the switch can only add (use ring, allgather or auto)",
+                if raw {
+                    "with integer sums"
+                } else {
+                    "in-network"
+                }
+            )));
+        }
         let crossover = if block >= crate::config::AUTO_ROW_BLOCK {
             self.cfg.crossover_rows
         } else {
@@ -347,13 +484,43 @@ impl Engine {
         };
         let resolved = match algo {
             Algo::Auto if density > crossover => Algo::Ring,
-            Algo::Auto if self.cfg.auto_innet && self.innet.is_some() => Algo::Innet,
+            Algo::Auto if self.cfg.auto_innet && self.innet.is_some() && !op.is_order() => {
+                Algo::Innet
+            }
             Algo::Auto => Algo::AllGather,
             a => a,
         };
+        let tensor_id = tensor_id(req.key, len, block, sparse);
         let fp = FixedPoint::new(e, n as u32, lane)?;
         let mut innet_bytes = (0, 0);
         let out = match (resolved, payload) {
+            (Algo::Ring, Payload::Dense(mut v)) if op.is_order() => {
+                self.ring_order(op, &mut v)?;
+                Payload::Dense(v)
+            }
+            (Algo::Ring, Payload::Sparse(s)) if op.is_order() => {
+                let mut d = s.to_dense();
+                self.ring_order(op, &mut d)?;
+                Payload::Sparse(SparseVec::from_dense(&d, s.block)?)
+            }
+            (Algo::AllGather, Payload::Dense(mut v)) if op.is_order() => {
+                let s = SparseVec::from_dense(&v, 1)?;
+                let (idx, keys) = self.all_gather_order(op, &s)?;
+                v.iter_mut().for_each(|x| *x = 0.0);
+                for (&i, &k) in idx.iter().zip(&keys) {
+                    v[i as usize] = from_order_key(k as i32);
+                }
+                Payload::Dense(v)
+            }
+            (Algo::AllGather, Payload::Sparse(s)) if op.is_order() => {
+                let (indices, keys) = self.all_gather_order(op, &s)?;
+                Payload::Sparse(SparseVec {
+                    len: s.len,
+                    block: s.block,
+                    indices,
+                    values: keys.iter().map(|&k| from_order_key(k as i32)).collect(),
+                })
+            }
             (Algo::Ring, Payload::Dense(mut v)) => {
                 let sums = self.ring_sums(&fp, &v)?;
                 if raw {
@@ -407,26 +574,56 @@ impl Engine {
                     )
                 })?;
                 let before = path.bytes();
-                let max_nnz = metas.iter().map(|m| m.nnz).max().unwrap_or(0);
-                let out =
-                    crate::innet::run(path, self.seq, fp, payload, op, n, raw, total_nnz, max_nnz)?;
+                let (out, p) = crate::innet::run(
+                    path,
+                    tensor_id,
+                    fp,
+                    payload,
+                    op,
+                    n,
+                    raw,
+                    agreed.total_nnz,
+                    agreed.max_nnz,
+                )?;
+                phases = OpPhases {
+                    agree: phases.agree,
+                    ..p
+                };
                 let after = path.bytes();
                 innet_bytes = (after.0 - before.0, after.1 - before.1);
                 out
             }
             (Algo::Auto, _) | (_, Payload::Sums(..)) => unreachable!("resolved or rejected above"),
         };
-        Ok((
-            out,
-            OpInfo {
+        if resolved != Algo::Innet {
+            // Ring and all-gather interleave conversion with the transfers: one phase.
+            phases.aggregate = t_data.elapsed();
+        }
+        tracing::debug!(
+            algo = resolved.name(),
+            agree_us = phases.agree.as_micros() as u64,
+            scan_us = phases.scan.as_micros() as u64,
+            encode_us = phases.encode.as_micros() as u64,
+            aggregate_us = phases.aggregate.as_micros() as u64,
+            decode_us = phases.decode.as_micros() as u64,
+            recovery_us = phases.recovery.as_micros() as u64,
+            convert_us = phases.convert.as_micros() as u64,
+            "all-reduce phases"
+        );
+        Ok(OpResult {
+            out: Output::Reduced(out),
+            info: OpInfo {
+                collective: Collective::AllReduce,
                 algo: resolved,
                 bytes_sent: self.ring.bytes_sent - sent0 + innet_bytes.0,
                 bytes_recv: self.ring.bytes_recv - recv0 + innet_bytes.1,
                 elapsed: t0.elapsed(),
                 aggregate_density: density,
                 exponent: e,
+                phases,
             },
-        ))
+            used: agreed.used,
+        })
     }
 
     /// Quantizes `v` and ring-all-reduces the lanes; returns the sign-extended sums.
@@ -434,21 +631,61 @@ impl Engine {
         match fp.lane() {
             LaneWidth::W32 => {
                 let mut lanes: Vec<i32> = v.iter().map(|&x| fp.to_fixed(x) as i32).collect();
-                ring_lanes(&mut self.ring, &mut lanes)?;
+                ring_lanes(&mut self.ring, &mut lanes, i32::wrapping_add)?;
                 Ok(lanes.into_iter().map(i64::from).collect())
             }
             LaneWidth::W64 => {
                 let mut lanes: Vec<i64> = v.iter().map(|&x| fp.to_fixed(x)).collect();
-                ring_lanes(&mut self.ring, &mut lanes)?;
+                ring_lanes(&mut self.ring, &mut lanes, i64::wrapping_add)?;
                 Ok(lanes)
             }
         }
     }
 
+    /// Ring min/max of `v` in place, on order keys.
+    fn ring_order(&mut self, op: ReduceOp, v: &mut [f32]) -> Result<()> {
+        let mut keys: Vec<i32> = v.iter().map(|&x| order_key(x)).collect();
+        ring_lanes(&mut self.ring, &mut keys, op.pick())?;
+        v.iter_mut()
+            .zip(keys)
+            .for_each(|(o, k)| *o = from_order_key(k));
+        Ok(())
+    }
+
     /// All-gather of (block index, fixed-point block) pairs; returns the union of indices and
     /// the integer sums per value (`block` per index).
     fn all_gather_pairs(&mut self, fp: &FixedPoint, s: &SparseVec) -> Result<(Vec<u64>, Vec<i64>)> {
-        let lane = fp.lane();
+        let (lane, n) = (fp.lane(), self.cfg.world_size);
+        self.gather_merge(s, lane, |v| fp.to_fixed(v), i64::wrapping_add, None, n)
+    }
+
+    /// All-gather of (block index, order-key block) pairs merged with min/max; a rank
+    /// without an index contributes zeros there. Returns the union and the keys.
+    fn all_gather_order(&mut self, op: ReduceOp, s: &SparseVec) -> Result<(Vec<u64>, Vec<i64>)> {
+        let pick = op.pick();
+        let n = self.cfg.world_size;
+        self.gather_merge(
+            s,
+            LaneWidth::W32,
+            |v| order_key(v) as i64,
+            move |a, b| pick(a as i32, b as i32) as i64,
+            Some(order_key(0.0) as i64),
+            n,
+        )
+    }
+
+    /// All-gather of (block index, lane block) pairs, merged by index with `combine` (the
+    /// first value of an index starts its accumulator). With `absent: Some(z)`, an index
+    /// that fewer than `world` ranks sent is also combined with `z` (the lane of a zero).
+    fn gather_merge(
+        &mut self,
+        s: &SparseVec,
+        lane: LaneWidth,
+        enc: impl Fn(f32) -> i64,
+        combine: impl Fn(i64, i64) -> i64,
+        absent: Option<i64>,
+        world: usize,
+    ) -> Result<(Vec<u64>, Vec<i64>)> {
         let wide_index = s.len > u32::MAX as usize;
         let mut blob = Vec::with_capacity(8 + s.indices.len() * 8 + s.values.len() * lane.bytes());
         blob.extend_from_slice(&(s.indices.len() as u64).to_le_bytes());
@@ -460,7 +697,7 @@ impl Engine {
             }
         }
         for &v in &s.values {
-            let q = fp.to_fixed(v);
+            let q = enc(v);
             match lane {
                 LaneWidth::W32 => blob.extend_from_slice(&(q as i32).to_le_bytes()),
                 LaneWidth::W64 => blob.extend_from_slice(&q.to_le_bytes()),
@@ -471,7 +708,7 @@ impl Engine {
         } else {
             vec![blob]
         };
-        // Parse every rank's pairs, then merge by index (wrapping sums are order-free).
+        // Parse every rank's pairs, then merge by index (the combine is order-free).
         let ib = if wide_index { 8 } else { 4 };
         let vb = lane.bytes();
         let b = s.block;
@@ -507,13 +744,20 @@ impl Engine {
                 LaneWidth::W64 => i64::from_le_bytes(p[k * 8..k * 8 + 8].try_into().unwrap()),
             }
         };
+        let fill_absent = |acc: &mut [i64], count: u32| {
+            if let Some(z) = absent {
+                if (count as usize) < world {
+                    acc.iter_mut().for_each(|a| *a = combine(*a, z));
+                }
+            }
+        };
         let total: usize = parts.iter().map(|p| p.2).sum();
         let mut indices = Vec::new();
         let mut sums: Vec<i64> = Vec::new();
         if total.saturating_mul(16) >= s.len {
             // Many pairs relative to the length: accumulate into a dense table, O(len + pairs).
             let mut acc = vec![0i64; s.len * b];
-            let mut seen = vec![false; s.len];
+            let mut seen = vec![0u32; s.len];
             for (r, (ip, vp, k)) in parts.iter().enumerate() {
                 for j in 0..*k {
                     let i = read_idx(ip, j) as usize;
@@ -523,15 +767,20 @@ impl Engine {
                             s.len
                         )));
                     }
-                    seen[i] = true;
+                    let first = seen[i] == 0;
+                    seen[i] += 1;
                     for c in 0..b {
-                        acc[i * b + c] = acc[i * b + c].wrapping_add(read_val(vp, j * b + c));
+                        let v = read_val(vp, j * b + c);
+                        let a = &mut acc[i * b + c];
+                        *a = if first { v } else { combine(*a, v) };
                     }
                 }
             }
-            for (i, _) in seen.iter().enumerate().filter(|(_, &x)| x) {
+            for (i, &cnt) in seen.iter().enumerate().filter(|(_, &x)| x > 0) {
                 indices.push(i as u64);
+                let at = sums.len();
                 sums.extend_from_slice(&acc[i * b..(i + 1) * b]);
+                fill_absent(&mut sums[at..], cnt);
             }
             return Ok((indices, sums));
         }
@@ -550,18 +799,102 @@ impl Engine {
         }
         keys.sort_unstable_by_key(|k| k.0);
         let mut last = u64::MAX;
+        let mut count = 0u32;
         for (i, r, j) in keys {
-            if i != last {
-                indices.push(i);
-                sums.extend(std::iter::repeat_n(0i64, b));
-                last = i;
-            }
-            let base = sums.len() - b;
             let vp = parts[r as usize].1;
+            if i != last {
+                if last != u64::MAX {
+                    let at = sums.len() - b;
+                    fill_absent(&mut sums[at..], count);
+                }
+                indices.push(i);
+                sums.extend((0..b).map(|c| read_val(vp, j as usize * b + c)));
+                last = i;
+                count = 1;
+                continue;
+            }
+            count += 1;
+            let base = sums.len() - b;
             for c in 0..b {
-                sums[base + c] = sums[base + c].wrapping_add(read_val(vp, j as usize * b + c));
+                sums[base + c] = combine(sums[base + c], read_val(vp, j as usize * b + c));
             }
         }
+        if last != u64::MAX {
+            let at = sums.len() - b;
+            fill_absent(&mut sums[at..], count);
+        }
         Ok((indices, sums))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// One rank alone: the "switch" sum is the rank's own quantized values. Records the
+    /// tensor ids it is handed (pure plumbing: which id reaches the in-network path).
+    struct Recorder(Arc<Mutex<Vec<u64>>>);
+
+    impl InnetPath for Recorder {
+        fn all_reduce(
+            &mut self,
+            req: crate::innet::InnetRequest<'_>,
+        ) -> Result<sketchreduce_agent::Reduced> {
+            self.0.lock().unwrap().push(req.key);
+            let fp = req.agreed.fixed;
+            Ok(sketchreduce_agent::Reduced {
+                tensor_id: req.key,
+                dim: req.dim,
+                fixed: Some(fp),
+                mode: sketchreduce_agent::PayloadMode::Sketch,
+                keys: req.indices.to_vec(),
+                sums: req.values.iter().map(|&v| fp.to_fixed(v)).collect(),
+                lanes: Vec::new(),
+                decode_retries: 0,
+                cells: 0,
+                phases: Default::default(),
+            })
+        }
+        fn bytes(&self) -> (u64, u64) {
+            (0, 0)
+        }
+    }
+
+    #[test]
+    fn innet_tensor_id_is_the_stable_key_or_the_shape() {
+        let master = "127.0.0.1:1".parse().unwrap();
+        let cfg = Config::new(0, 1, master);
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let mut e = Engine {
+            ring: crate::net::connect(&cfg).unwrap(),
+            cfg,
+            innet: Some(Box::new(Recorder(ids.clone()))),
+            seq: 0,
+            refused: false,
+        };
+        let mut run = |key: Option<u64>, len: usize| {
+            let req = OpRequest {
+                key,
+                ..OpRequest::all_reduce(Payload::Dense(vec![0.5; len]), ReduceOp::Sum, Algo::Innet)
+            };
+            let r = e.execute(req).unwrap();
+            assert_eq!(r.info.algo, Algo::Innet);
+        };
+        // Two steps of two keyed buckets, then unkeyed operations of two shapes.
+        for _ in 0..2 {
+            run(Some(1), 10);
+            run(Some(2), 10);
+        }
+        run(None, 10);
+        run(None, 10);
+        run(None, 11);
+        let ids = ids.lock().unwrap().clone();
+        assert_eq!(ids[0], ids[2], "same key, same id across steps");
+        assert_eq!(ids[1], ids[3]);
+        assert_ne!(ids[0], ids[1], "different keys, different ids");
+        assert_eq!(ids[4], ids[5], "unkeyed: one id per shape, not per call");
+        assert_ne!(ids[4], ids[6]);
+        assert!(!ids[..4].contains(&ids[4]), "a key never aliases a shape");
     }
 }

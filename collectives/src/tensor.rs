@@ -1,6 +1,8 @@
-//! tch integration (feature `tch`): all-reduce of `tch::Tensor`s and a DDP-shaped helper.
+//! tch integration (feature `tch`): collectives on `tch::Tensor`s. The DDP-shaped helper is
+//! in [`crate::DistributedDataParallel`].
 //!
-//! Dense tensors must be CPU `f32`. Sparse COO tensors (e.g. the gradient of an
+//! Reductions take CPU `f32` tensors; broadcast and all-gather move raw bytes, so they are
+//! exact for any dtype and device (data goes through host memory). Sparse COO tensors (e.g. the gradient of an
 //! `nn::embedding` with `sparse: true`) are reduced without densifying: their sparse
 //! dimensions are linearised into block indices, each block holding the dense trailing
 //! dimensions (a whole embedding row), and sent as (index, block) pairs — or densified only if
@@ -9,17 +11,15 @@
 use crate::comm::{Communicator, Pending};
 use crate::config::Algo;
 use crate::error::{CollectiveError, Result};
-use crate::reduce::{OpInfo, ReduceOp};
+use crate::reduce::{Collective, OpInfo, OpRequest, ReduceOp};
 use crate::sparse::SparseVec;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
-fn terr(e: tch::TchError) -> CollectiveError {
+pub(crate) fn terr(e: tch::TchError) -> CollectiveError {
     CollectiveError::Tch(e.to_string())
 }
 
-fn check_cpu_f32(t: &Tensor, what: &str) -> Result<()> {
+pub(crate) fn check_cpu_f32(t: &Tensor, what: &str) -> Result<()> {
     if t.device() != Device::Cpu || t.kind() != Kind::Float {
         return Err(CollectiveError::Input(format!(
             "{what}: only CPU f32 tensors are supported, got {:?} {:?}",
@@ -38,7 +38,7 @@ pub fn tensor_to_vec(t: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// Shape of a sparse COO tensor as a [`SparseVec`]: (block count, block width).
-fn sparse_to_vec(t: &Tensor) -> Result<(SparseVec, Vec<i64>, i64)> {
+pub(crate) fn sparse_to_vec(t: &Tensor) -> Result<(SparseVec, Vec<i64>, i64)> {
     let t = t.f_coalesce().map_err(terr)?;
     let values = t.f_values().map_err(terr)?;
     check_cpu_f32(&values, "sparse tensor values")?;
@@ -63,7 +63,7 @@ fn sparse_to_vec(t: &Tensor) -> Result<(SparseVec, Vec<i64>, i64)> {
     Ok((sv, size, sparse_dim))
 }
 
-fn vec_to_sparse(s: &SparseVec, size: &[i64], sparse_dim: i64) -> Result<Tensor> {
+pub(crate) fn vec_to_sparse(s: &SparseVec, size: &[i64], sparse_dim: i64) -> Result<Tensor> {
     let nnz = s.indices.len() as i64;
     let lin: Vec<i64> = s.indices.iter().map(|&i| i as i64).collect();
     let mut rows: Vec<Tensor> = Vec::new();
@@ -91,6 +91,27 @@ fn vec_to_sparse(s: &SparseVec, size: &[i64], sparse_dim: i64) -> Result<Tensor>
     )
     .map_err(terr)
 }
+
+/// The raw bytes of a dense tensor of any dtype (row-major, native byte order), via the host.
+pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    if t.is_sparse() {
+        return Err(CollectiveError::Input(
+            "raw bytes of a sparse tensor: convert it with to_dense first".into(),
+        ));
+    }
+    let t = t.f_to(Device::Cpu).map_err(terr)?.contiguous();
+    let n = t.numel();
+    let mut b = vec![0u8; n * t.kind().elt_size_in_bytes()];
+    t.f_copy_data_u8(&mut b, n).map_err(terr)?;
+    Ok(b)
+}
+
+/// Hash of a tensor's shape and dtype, which every rank of a tensor collective must agree on.
+pub(crate) fn shape_hash(size: &[i64], kind: Kind) -> u64 {
+    crate::config::fnv1a(format!("{size:?} {kind:?}").as_bytes())
+}
+
+const SHAPE_WHAT: &str = "tensor shape and dtype";
 
 /// A tensor all-reduce in flight.
 pub struct PendingTensor {
@@ -127,16 +148,42 @@ impl Communicator {
         op: ReduceOp,
         algo: Option<Algo>,
     ) -> Result<PendingTensor> {
+        self.start_tensor_inner(t, op, algo, None)
+    }
+
+    /// [`Self::start_tensor`] under a stable key (see [`Communicator::start_keyed`]).
+    pub fn start_tensor_keyed(
+        &self,
+        t: &Tensor,
+        op: ReduceOp,
+        algo: Option<Algo>,
+        key: u64,
+    ) -> Result<PendingTensor> {
+        self.start_tensor_inner(t, op, algo, Some(key))
+    }
+
+    fn start_tensor_inner(
+        &self,
+        t: &Tensor,
+        op: ReduceOp,
+        algo: Option<Algo>,
+        key: Option<u64>,
+    ) -> Result<PendingTensor> {
         if t.is_sparse() {
             let (sv, size, sd) = sparse_to_vec(t)?;
+            let p = match key {
+                Some(k) => self.start_sparse_keyed(sv, op, algo, k),
+                None => self.start_sparse(sv, op, algo),
+            };
             Ok(PendingTensor {
-                inner: PendingKind::Sparse(self.start_sparse(sv, op, algo), size, sd),
+                inner: PendingKind::Sparse(p, size, sd),
             })
         } else {
             let v = tensor_to_vec(t)?;
-            let p = match algo {
-                Some(a) => self.start_with(v, op, a),
-                None => self.start(v, op),
+            let p = match (key, algo) {
+                (Some(k), a) => self.start_keyed(v, op, a, k),
+                (None, Some(a)) => self.start_with(v, op, a),
+                (None, None) => self.start(v, op),
             };
             Ok(PendingTensor {
                 inner: PendingKind::Dense(p, t.size()),
@@ -161,166 +208,70 @@ impl Communicator {
         tch::no_grad(|| t.f_copy_(&r)).map_err(terr)?;
         Ok(info)
     }
-}
 
-/// Default gradient bucket size, as in PyTorch DDP.
-pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
-
-/// What one [`DistributedDataParallel::sync_gradients`] did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DdpReport {
-    /// Dense buckets all-reduced.
-    pub buckets: usize,
-    /// Sparse gradients all-reduced (one operation each, not bucketed).
-    pub sparse_tensors: usize,
-    /// Parameters whose `grad()` was undefined after backward (skipped, like
-    /// `find_unused_parameters`), by name.
-    pub without_grad: Vec<String>,
-    /// Bytes sent by this rank.
-    pub bytes_sent: u64,
-    /// Wall time from the first submission to the last result.
-    pub comm_time: Duration,
-    /// Algorithm of each operation, in order (dense buckets and sparse tensors).
-    pub algos: Vec<Algo>,
-}
-
-/// Data-parallel gradient averaging over a `VarStore`, shaped like PyTorch DDP: call
-/// [`Self::sync_gradients`] after `backward()` and before the optimizer step.
-///
-/// Dense gradients are packed into buckets of about [`Self::bucket_bytes`] in *reverse
-/// registration order* (the order backward produces them), each bucket is all-reduced as one
-/// tensor while the next one is being packed, and the averages are written back into the
-/// `.grad` tensors. Sparse gradients are all-reduced one by one on the sparse path. Every
-/// rank must have the same model (same registration order and shapes).
-///
-/// libtorch offers no gradient hooks through tch, so communication overlaps with packing and
-/// with the other buckets, not with backward itself.
-pub struct DistributedDataParallel {
-    comm: Arc<Communicator>,
-    vars: Vec<(String, Tensor)>,
-    /// Target bucket size in bytes (a bucket closes once it reaches it).
-    pub bucket_bytes: usize,
-    /// Algorithm for every operation (`None`: the communicator's).
-    pub algo: Option<Algo>,
-}
-
-impl DistributedDataParallel {
-    /// Wraps the trainable variables of `vs` (in registration order).
-    pub fn new(comm: Arc<Communicator>, vs: &tch::nn::VarStore) -> Self {
-        let names: std::collections::HashMap<usize, String> = vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (t.data_ptr() as usize, n))
-            .collect();
-        let vars = vs
-            .trainable_variables()
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let name = names
-                    .get(&(t.data_ptr() as usize))
-                    .cloned()
-                    .unwrap_or_else(|| format!("param{i}"));
-                (name, t)
-            })
-            .collect();
-        DistributedDataParallel {
-            comm,
-            vars,
-            bucket_bytes: DEFAULT_BUCKET_BYTES,
-            algo: None,
+    /// Broadcast in place from rank `src` (like `torch.distributed.broadcast`): exact for any
+    /// dtype (raw bytes). Every rank must pass a dense tensor of the same shape and dtype,
+    /// else every rank gets [`CollectiveError::LayoutMismatch`] naming the first rank that
+    /// differs from rank 0.
+    pub fn broadcast_tensor_(&self, t: &mut Tensor, src: usize) -> Result<OpInfo> {
+        let (size, kind) = (t.size(), t.kind());
+        let mut req = OpRequest::bytes(Collective::Broadcast, Vec::new(), src);
+        req.check = (shape_hash(&size, kind), SHAPE_WHAT);
+        match tensor_bytes(t) {
+            Ok(b) => req.data = crate::reduce::Data::Bytes(b),
+            Err(e) => req.problem = Some(e.to_string()),
         }
+        let (b, info) = self.submit(req, crate::comm::as_bytes).wait()?;
+        let src_t = Tensor::f_from_data_size(&b, &size, kind).map_err(terr)?;
+        tch::no_grad(|| t.f_copy_(&src_t)).map_err(terr)?;
+        Ok(info)
     }
 
-    /// Builder: bucket size in bytes.
-    pub fn with_bucket_bytes(mut self, bytes: usize) -> Self {
-        self.bucket_bytes = bytes.max(4);
-        self
+    /// All-gather of a dense tensor (like `torch.distributed.all_gather`): `out[r]` is rank
+    /// r's tensor, exact for any dtype. Every rank must pass the same shape and dtype.
+    pub fn all_gather_tensor(&self, t: &Tensor) -> Result<Vec<Tensor>> {
+        let (size, kind) = (t.size(), t.kind());
+        let mut req = OpRequest::bytes(Collective::AllGather, Vec::new(), 0);
+        req.equal_len = true;
+        req.check = (shape_hash(&size, kind), SHAPE_WHAT);
+        match tensor_bytes(t) {
+            Ok(b) => req.data = crate::reduce::Data::Bytes(b),
+            Err(e) => req.problem = Some(e.to_string()),
+        }
+        let (blobs, _) = self.submit(req, crate::comm::as_gathered).wait()?;
+        blobs
+            .iter()
+            .map(|b| Tensor::f_from_data_size(b, &size, kind).map_err(terr))
+            .collect()
     }
 
-    /// Builder: algorithm.
-    pub fn with_algo(mut self, algo: Algo) -> Self {
-        self.algo = Some(algo);
-        self
-    }
-
-    /// The communicator.
-    pub fn communicator(&self) -> &Arc<Communicator> {
-        &self.comm
-    }
-
-    /// The wrapped parameters (name, tensor), in registration order.
-    pub fn parameters(&self) -> &[(String, Tensor)] {
-        &self.vars
-    }
-
-    /// Averages every gradient over all ranks, in place. See the type docs.
-    pub fn sync_gradients(&self) -> Result<DdpReport> {
-        let t0 = Instant::now();
-        let mut report = DdpReport::default();
-        let mut pending_dense: Vec<(Pending<Vec<f32>>, Vec<Tensor>)> = Vec::new();
-        let mut pending_sparse: Vec<(PendingTensor, Tensor)> = Vec::new();
-        let mut bucket: Vec<f32> = Vec::new();
-        let mut members: Vec<Tensor> = Vec::new();
-        let start_bucket =
-            |bucket: &mut Vec<f32>,
-             members: &mut Vec<Tensor>,
-             pd: &mut Vec<(Pending<Vec<f32>>, Vec<Tensor>)>| {
-                if members.is_empty() {
-                    return;
-                }
-                let v = std::mem::take(bucket);
-                let p = match self.algo {
-                    Some(a) => self.comm.start_with(v, ReduceOp::Avg, a),
-                    None => self.comm.start(v, ReduceOp::Avg),
-                };
-                pd.push((p, std::mem::take(members)));
-            };
-        for (name, var) in self.vars.iter().rev() {
-            let g = var.grad();
-            if !g.defined() {
-                report.without_grad.push(name.clone());
-                continue;
-            }
-            if g.is_sparse() {
-                pending_sparse.push((self.comm.start_tensor(&g, ReduceOp::Avg, self.algo)?, g));
-                continue;
-            }
-            check_cpu_f32(&g, name)?;
-            let n = g.numel();
-            let start = bucket.len();
-            bucket.resize(start + n, 0.0);
-            g.contiguous()
-                .view(-1)
-                .f_copy_data(&mut bucket[start..], n)
-                .map_err(terr)?;
-            members.push(g);
-            if bucket.len() * 4 >= self.bucket_bytes {
-                start_bucket(&mut bucket, &mut members, &mut pending_dense);
+    /// Reduce-scatter of a dense CPU f32 tensor along dim 0 (like
+    /// `torch.distributed.reduce_scatter_tensor`): every rank passes `[world·k, …]` and rank r
+    /// gets rows `r·k .. (r+1)·k` of the reduction, shape `[k, …]`.
+    pub fn reduce_scatter_tensor(&self, t: &Tensor, op: ReduceOp) -> Result<(Tensor, OpInfo)> {
+        let n = self.world_size() as i64;
+        let size = t.size();
+        let mut req = OpRequest {
+            collective: Collective::ReduceScatter,
+            check: (shape_hash(&size, t.kind()), SHAPE_WHAT),
+            ..OpRequest::all_reduce(crate::reduce::Payload::Dense(Vec::new()), op, Algo::Ring)
+        };
+        let rows = size.first().copied().unwrap_or(0);
+        if size.is_empty() || rows % n != 0 {
+            req.problem = Some(format!(
+                "reduce-scatter needs dim 0 divisible by the world size {n}, got shape {size:?}"
+            ));
+        } else {
+            match tensor_to_vec(t) {
+                Ok(v) => req.data = crate::reduce::Data::Reduce(crate::reduce::Payload::Dense(v)),
+                Err(e) => req.problem = Some(e.to_string()),
             }
         }
-        start_bucket(&mut bucket, &mut members, &mut pending_dense);
-        for (p, members) in pending_dense {
-            let (v, info) = p.wait()?;
-            report.buckets += 1;
-            report.bytes_sent += info.bytes_sent;
-            report.algos.push(info.algo);
-            let mut off = 0;
-            for mut g in members {
-                let n = g.numel();
-                let src = Tensor::from_slice(&v[off..off + n]).view(g.size().as_slice());
-                tch::no_grad(|| g.f_copy_(&src)).map_err(terr)?;
-                off += n;
-            }
+        let (v, info) = self.submit(req, crate::comm::as_dense).wait()?;
+        let mut out = size.clone();
+        if let Some(d0) = out.first_mut() {
+            *d0 /= n;
         }
-        for (p, mut g) in pending_sparse {
-            let (r, info) = p.wait()?;
-            report.sparse_tensors += 1;
-            report.bytes_sent += info.bytes_sent;
-            report.algos.push(info.algo);
-            tch::no_grad(|| g.f_copy_(&r)).map_err(terr)?;
-        }
-        report.comm_time = t0.elapsed();
-        Ok(report)
+        Ok((Tensor::from_slice(&v).view(out.as_slice()), info))
     }
 }

@@ -102,6 +102,7 @@ fn run_ddp(bucket_bytes: usize, algo: Algo) -> Vec<(Vec<Option<Vec<f32>>>, DdpRe
                     let (ids, x, y) = batch(r);
                     loss(&m, &ids, &x, &y).backward();
                     let ddp = DistributedDataParallel::new(comm, &vs)
+                        .unwrap()
                         .with_bucket_bytes(bucket_bytes)
                         .with_algo(algo);
                     let report = ddp.sync_gradients().unwrap();
@@ -165,6 +166,11 @@ fn ddp_equals_exact_fixed_point_average_and_concatenated_batch() {
             assert_eq!(report.buckets, 1);
             assert_eq!(report.sparse_tensors, 1);
             assert_eq!(report.without_grad, vec!["unused".to_string()], "rank {r}");
+            assert_eq!(report.unused, vec!["unused".to_string()], "rank {r}");
+            assert!(
+                g[nparams - 1].is_none(),
+                "a parameter no rank used keeps no gradient"
+            );
             let mut off = 0;
             for &p in &dense_rev {
                 let got = g[p].as_ref().unwrap();
@@ -185,7 +191,8 @@ fn ddp_equals_exact_fixed_point_average_and_concatenated_batch() {
 
     // One bucket per parameter: expected per parameter.
     for (r, (g, report)) in run_ddp(4, Algo::Ring).into_iter().enumerate() {
-        assert_eq!(report.buckets, dense_rev.len());
+        // Every parameter keeps its slot, the unused one too (zeros from every rank).
+        assert_eq!(report.buckets, dense_rev.len() + 1);
         for &p in &dense_rev {
             let want = reference_all_reduce(
                 &(0..W)
@@ -253,48 +260,52 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-#[test]
-fn sparse_tensor_all_reduce_keeps_coo() {
+/// Runs `f` on 2 ranks (threads) and returns their results.
+fn on_two_ranks<T: Send>(f: impl Fn(Communicator) -> T + Sync) -> Vec<T> {
     let master = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let out: Vec<_> = std::thread::scope(|s| {
-        (0..2)
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
             .map(|r| {
-                s.spawn(move || {
-                    let comm = Communicator::new(Config::new(r, 2, master)).unwrap();
-                    let idx = Tensor::from_slice(&[r as i64, 9]).view([1, 2]);
-                    let vals = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
-                    let t = Tensor::sparse_coo_tensor_indices_size(
-                        &idx,
-                        &vals,
-                        [10, 2],
-                        (Kind::Float, Device::Cpu),
-                        false,
-                    );
-                    let (o, info) = comm.all_reduce_tensor(&t, ReduceOp::Sum).unwrap();
-                    assert!(o.is_sparse());
-                    assert_eq!(info.algo, Algo::Ring, "default algo");
-                    let mut d = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-                    comm.all_reduce_tensor_(&mut d, ReduceOp::Avg).unwrap();
-                    let (o2, info2) = comm
-                        .start_tensor(&t, ReduceOp::Sum, Some(Algo::AllGather))
-                        .unwrap()
-                        .wait()
-                        .unwrap();
-                    assert_eq!(info2.algo, Algo::AllGather);
-                    assert_eq!(o2.indices().size(), vec![1, 3]);
-                    (
-                        Vec::<f32>::try_from(&o.to_dense(None, false).view(-1)).unwrap(),
-                        Vec::<f32>::try_from(&d).unwrap(),
-                    )
-                })
+                let f = &f;
+                s.spawn(move || f(Communicator::new(Config::new(r, 2, master)).unwrap()))
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect()
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn sparse_tensor_all_reduce_keeps_coo() {
+    let out = on_two_ranks(|comm| {
+        let r = comm.rank();
+        let idx = Tensor::from_slice(&[r as i64, 9]).view([1, 2]);
+        let vals = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+        let t = Tensor::sparse_coo_tensor_indices_size(
+            &idx,
+            &vals,
+            [10, 2],
+            (Kind::Float, Device::Cpu),
+            false,
+        );
+        let (o, info) = comm.all_reduce_tensor(&t, ReduceOp::Sum).unwrap();
+        assert!(o.is_sparse());
+        assert_eq!(info.algo, Algo::Ring, "default algo");
+        let mut d = Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
+        comm.all_reduce_tensor_(&mut d, ReduceOp::Avg).unwrap();
+        let (o2, info2) = comm
+            .start_tensor(&t, ReduceOp::Sum, Some(Algo::AllGather))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(info2.algo, Algo::AllGather);
+        assert_eq!(o2.indices().size(), vec![1, 3]);
+        (
+            Vec::<f32>::try_from(&o.to_dense(None, false).view(-1)).unwrap(),
+            Vec::<f32>::try_from(&d).unwrap(),
+        )
     });
     for (o, d) in out {
         let mut want = vec![0.0f32; 20];
@@ -303,5 +314,64 @@ fn sparse_tensor_all_reduce_keeps_coo() {
         want[18..20].copy_from_slice(&[6.0, 8.0]);
         assert_eq!(o, want);
         assert_eq!(d, vec![1.0, 2.0, 3.0]);
+    }
+}
+
+#[test]
+fn tensor_broadcast_all_gather_reduce_scatter() {
+    let out = on_two_ranks(|comm| {
+        let r = comm.rank();
+        // Broadcast of f64 and i64 tensors from rank 1, exact.
+        let mut d = Tensor::from_slice(&[0.1f64 + r as f64, 1.0 / 3.0]).view([2, 1]);
+        comm.broadcast_tensor_(&mut d, 1).unwrap();
+        let mut i = Tensor::from_slice(&[r as i64 * 1_000_000_007, -1]);
+        comm.broadcast_tensor_(&mut i, 1).unwrap();
+        // Shapes that differ are refused on both ranks, naming rank 1.
+        let shape: &[i64] = if r == 0 { &[2, 2] } else { &[4] };
+        let mut bad = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+        let e = comm.broadcast_tensor_(&mut bad, 0).unwrap_err();
+        // All-gather of u8 tensors.
+        let g = comm
+            .all_gather_tensor(&Tensor::from_slice(&[r as u8, 200]))
+            .unwrap();
+        // Reduce-scatter along dim 0: [4, 3] → [2, 3].
+        let x = Tensor::arange(12, (Kind::Float, Device::Cpu)).view([4, 3]) * (r as f64 + 1.0);
+        let (rs, _) = comm.reduce_scatter_tensor(&x, ReduceOp::Sum).unwrap();
+        let odd = comm
+            .reduce_scatter_tensor(
+                &Tensor::ones([3], (Kind::Float, Device::Cpu)),
+                ReduceOp::Sum,
+            )
+            .unwrap_err();
+        (
+            Vec::<f64>::try_from(&d.view(-1)).unwrap(),
+            Vec::<i64>::try_from(&i).unwrap(),
+            e,
+            g.iter()
+                .map(|t| Vec::<u8>::try_from(t).unwrap())
+                .collect::<Vec<_>>(),
+            rs.size(),
+            Vec::<f32>::try_from(&rs.view(-1)).unwrap(),
+            odd,
+        )
+    });
+    for (r, (d, i, e, g, rs_size, rs, odd)) in out.into_iter().enumerate() {
+        assert_eq!(d, vec![1.1, 1.0 / 3.0], "rank {r}");
+        assert_eq!(i, vec![1_000_000_007, -1]);
+        assert!(
+            matches!(e, CollectiveError::LayoutMismatch { rank: 1, .. }),
+            "rank {r}: {e}"
+        );
+        assert_eq!(g, vec![vec![0, 200], vec![1, 200]]);
+        assert_eq!(rs_size, vec![2, 3]);
+        let want: Vec<f32> = (0..6).map(|k| 3.0 * (6 * r + k) as f32).collect();
+        assert_eq!(
+            rs,
+            want,
+            "rank {r}: rows {}..{} of the sum",
+            2 * r,
+            2 * r + 2
+        );
+        assert!(odd.to_string().contains("divisible"), "{odd}");
     }
 }

@@ -440,3 +440,228 @@ fn fixed_sums_are_exact_integers() {
         }
     }
 }
+
+#[test]
+fn min_max_exact_on_ring_and_allgather_dense_and_sparse() {
+    for n in [2usize, 3, 5] {
+        let d = 1500;
+        // Mixed signs, zeros and −0.0 (which counts as +0.0), some positions zero on some ranks.
+        let inputs: Vec<Vec<f32>> = (0..n)
+            .map(|r| {
+                let mut v = grad(r as u64 + 77, d, 0.3);
+                v[r] = -0.0;
+                v
+            })
+            .collect();
+        for op in [ReduceOp::Min, ReduceOp::Max] {
+            let want = reference_all_reduce(&inputs, LaneWidth::W32, op).unwrap();
+            // Independent check of the reference: plain float min/max over ranks.
+            for i in 0..d {
+                let m = inputs.iter().map(|v| v[i]).fold(
+                    if op == ReduceOp::Min {
+                        f32::INFINITY
+                    } else {
+                        f32::NEG_INFINITY
+                    },
+                    |a, b| {
+                        if op == ReduceOp::Min {
+                            a.min(b)
+                        } else {
+                            a.max(b)
+                        }
+                    },
+                );
+                assert_eq!(want[i], m, "reference at {i}");
+                assert_eq!(
+                    want[i].to_bits() >> 31 == 1,
+                    want[i] < 0.0,
+                    "no −0.0 at {i}"
+                );
+            }
+            let inputs = &inputs;
+            let out = on_ranks(
+                n,
+                |c| c,
+                |comm| {
+                    let r = comm.rank();
+                    let dense = [Algo::Ring, Algo::AllGather, Algo::Auto].map(|a| {
+                        let mut b = inputs[r].clone();
+                        comm.all_reduce_with(&mut b, op, a).unwrap();
+                        b
+                    });
+                    let sparse = [Algo::Ring, Algo::AllGather].map(|a| {
+                        let s = SparseVec::from_dense(&inputs[r], 5).unwrap();
+                        comm.start_sparse(s, op, Some(a))
+                            .wait()
+                            .unwrap()
+                            .0
+                            .to_dense()
+                    });
+                    (dense, sparse)
+                },
+            );
+            for (r, o) in out.into_iter().enumerate() {
+                let (dense, sparse) = o.unwrap();
+                for (k, got) in dense.iter().chain(sparse.iter()).enumerate() {
+                    assert_eq!(bits(got), bits(&want), "n={n} {op:?} variant {k} rank {r}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn reduce_scatter_equals_the_all_reduce_slice() {
+    let n = 3;
+    let d = 1001; // not a multiple of 3: chunks of 333/334
+    let inputs: Vec<Vec<f32>> = (0..n).map(|r| grad(r as u64 + 5, d, 0.8)).collect();
+    let inputs = &inputs;
+    for op in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Min, ReduceOp::Max] {
+        let want = reference_all_reduce(inputs, LaneWidth::W32, op).unwrap();
+        let out = on_ranks(
+            n,
+            |c| c,
+            |comm| comm.reduce_scatter(&inputs[comm.rank()], op).unwrap(),
+        );
+        for (r, o) in out.into_iter().enumerate() {
+            let (chunk, info) = o.unwrap();
+            assert_eq!(info.collective, Collective::ReduceScatter);
+            assert_eq!(
+                bits(&chunk),
+                bits(&want[chunk_range(d, n, r)]),
+                "{op:?} rank {r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn broadcast_and_all_gather_are_exact_bytes() {
+    let out = on_ranks(
+        4,
+        |c| c,
+        |comm| {
+            let r = comm.rank();
+            // Broadcast from rank 2; the other ranks pass buffers of the same length.
+            let mut b: Vec<u8> = (0..1000u32).map(|i| (i * 7 + r as u32) as u8).collect();
+            let info = comm.broadcast(&mut b, 2).unwrap();
+            // All-gather of different lengths, then of equal-length floats.
+            let blobs = comm.all_gather_bytes(vec![r as u8; r * 3]).unwrap();
+            let floats = comm.all_gather(&[r as f32, f32::NAN, -0.0]).unwrap();
+            // Floats of different lengths are refused on every rank, naming the rank.
+            let bad = comm
+                .all_gather(&vec![1.0; 2 + (r == 3) as usize])
+                .unwrap_err();
+            let still = comm.all_gather_bytes(vec![9]).unwrap();
+            (b, info, blobs, floats, bad, still)
+        },
+    );
+    let want: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 2) as u8).collect();
+    for (r, o) in out.into_iter().enumerate() {
+        let (b, info, blobs, floats, bad, still) = o.unwrap();
+        assert_eq!(b, want, "rank {r}");
+        assert_eq!(info.collective, Collective::Broadcast);
+        assert_eq!(
+            blobs,
+            (0..4).map(|k| vec![k as u8; k * 3]).collect::<Vec<_>>()
+        );
+        for (k, f) in floats.iter().enumerate() {
+            assert_eq!(f[0], k as f32);
+            assert!(f[1].is_nan());
+            assert_eq!(
+                f[2].to_bits(),
+                (-0.0f32).to_bits(),
+                "bytes are exact: −0.0 stays"
+            );
+        }
+        assert!(
+            matches!(&bad, CollectiveError::Mismatch(m) if m.contains("rank 3")),
+            "rank {r}: {bad}"
+        );
+        assert_eq!(still, vec![vec![9]; 4], "still usable after the refusal");
+    }
+}
+
+#[test]
+fn broadcast_from_a_rank_that_does_not_exist_is_refused_everywhere() {
+    let out = on_ranks(
+        2,
+        |c| c,
+        |comm| {
+            let e = comm.broadcast(&mut [1, 2, 3], 5).unwrap_err();
+            let mut ok = [comm.rank() as u8];
+            comm.broadcast(&mut ok, 1).unwrap();
+            (e, ok[0])
+        },
+    );
+    for o in out {
+        let (e, v) = o.unwrap();
+        assert!(e.to_string().contains("source rank 5"), "{e}");
+        assert_eq!(v, 1);
+    }
+}
+
+#[test]
+fn master_port_taken_by_another_program_fails_every_rank_quickly() {
+    // Something else listens on MASTER_PORT (and never answers): rank 0 cannot listen, and
+    // the others must not wait for the whole rendezvous window (here 60 s).
+    let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+    let master = squatter.local_addr().unwrap();
+    let t = Instant::now();
+    let out: Vec<Result<Communicator>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|r| {
+                s.spawn(move || {
+                    Communicator::new(
+                        Config::new(r, 3, master).with_rendezvous_timeout(Duration::from_secs(60)),
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    let e0 = out[0].as_ref().err().unwrap().to_string();
+    assert!(e0.contains("cannot listen on MASTER"), "{e0}");
+    for o in &out[1..] {
+        let e = o.as_ref().err().unwrap().to_string();
+        assert!(e.contains("another program"), "{e}");
+    }
+    drop(squatter);
+}
+
+#[test]
+fn min_max_through_innet_is_refused_on_every_rank() {
+    use sketchreduce_switch::{spawn_switch, SwitchConfig};
+    let sw = spawn_switch(SwitchConfig::loopback(1, 4096)).unwrap();
+    let control = sw.control_addr();
+    let out = on_ranks(
+        2,
+        |c| Config {
+            job_id: 9,
+            ..c.with_switch(control).with_algo(Algo::Innet)
+        },
+        |comm| {
+            let mut b = vec![comm.rank() as f32 + 1.0; 50];
+            let e = comm.all_reduce(&mut b, ReduceOp::Max).unwrap_err();
+            // Auto never picks innet for Max; Sum still goes through the switch.
+            let i = comm
+                .all_reduce_with(&mut b, ReduceOp::Max, Algo::Auto)
+                .unwrap();
+            let mut s = vec![1.0f32; 50];
+            let k = comm.all_reduce_keyed(&mut s, ReduceOp::Sum, 42).unwrap();
+            (e, i.algo, b[0], k.algo, s[0])
+        },
+    );
+    for o in out {
+        let (e, auto_algo, max, k_algo, sum) = o.unwrap();
+        assert!(e.to_string().contains("in-network"), "{e}");
+        assert_ne!(auto_algo, Algo::Innet);
+        assert_eq!(max, 2.0);
+        assert_eq!((k_algo, sum), (Algo::Innet, 2.0));
+    }
+}

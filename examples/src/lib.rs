@@ -2,9 +2,11 @@
 //! process per rank on loopback (re-executing the current binary with `RANK`/`WORLD_SIZE`/
 //! `MASTER_ADDR`/`MASTER_PORT` set), per-rank summaries, and the comparison table.
 
+pub mod plot;
+
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sketchreduce_collectives::{Algo, Communicator, Config};
+use sketchreduce_collectives::{Algo, Communicator, Config, DEFAULT_TIMEOUT};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -36,9 +38,17 @@ pub struct Common {
     /// Gradient bucket size in MB (DDP-style).
     #[arg(long, default_value_t = 25.0)]
     pub bucket_mb: f64,
-    /// Per-message timeout in seconds (dead peers fail the job after this).
-    #[arg(long, default_value_t = 30.0)]
+    /// Per-operation timeout in seconds (a peer silent this long fails the job; dead peers
+    /// whose connection closes fail it at once). Default: torch.distributed's 30 minutes.
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT.as_secs_f64())]
     pub timeout: f64,
+    /// Evaluate the held-out metric every this many iterations (and before the first and
+    /// after the last).
+    #[arg(long, default_value_t = 10)]
+    pub eval_every: usize,
+    /// Directory for the loss/metric CSV and PNG curve of each run (rank 0 writes them).
+    #[arg(long, default_value = "out")]
+    pub out_dir: std::path::PathBuf,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -69,8 +79,15 @@ pub struct Summary {
     pub final_loss: f64,
     /// FNV-1a over the bits of every parameter after training.
     pub param_hash: String,
-    /// How many operations each algorithm ran (auto resolves per tensor).
+    /// How many gradient all-reduces each algorithm ran (auto resolves per tensor); the
+    /// reductions of the logged loss are not counted.
     pub ops_by_algo: Vec<(String, u64)>,
+    /// Name of the held-out metric (e.g. "AUC", "MSE").
+    pub metric: String,
+    /// Held-out metric before training (rank 0 evaluates; `None` on the other ranks).
+    pub first_metric: Option<f64>,
+    /// Held-out metric after training.
+    pub final_metric: Option<f64>,
 }
 
 /// Per-iteration measurements of one rank.
@@ -81,10 +98,14 @@ pub struct Meter {
     total: Duration,
     bytes: u64,
     iters: usize,
+    /// Gradient operations per algorithm: innet, ring, allgather.
+    ops: [u64; 3],
     /// First loss.
     pub first_loss: Option<f64>,
     /// Last loss.
     pub last_loss: f64,
+    /// (iteration, loss, held-out metric if evaluated) per iteration.
+    pub curve: Vec<(usize, f64, Option<f64>)>,
 }
 
 impl Meter {
@@ -94,22 +115,108 @@ impl Meter {
         compute: Duration,
         comm: Duration,
         total: Duration,
-        bytes: u64,
+        report: &sketchreduce_collectives::DdpReport,
         loss: f64,
     ) {
         self.compute += compute;
         self.comm += comm;
         self.total += total;
-        self.bytes += bytes;
+        self.bytes += report.bytes_sent;
+        for a in &report.algos {
+            self.ops[match a {
+                Algo::Innet => 0,
+                Algo::Ring => 1,
+                _ => 2,
+            }] += 1;
+        }
+        self.curve.push((self.iters, loss, None));
         self.iters += 1;
         self.first_loss.get_or_insert(loss);
         self.last_loss = loss;
     }
 
+    /// Records the held-out metric after `iters_done` iterations (0: before training).
+    pub fn record_metric(&mut self, iters_done: usize, value: f64) {
+        match self.curve.iter_mut().find(|c| c.0 + 1 == iters_done) {
+            Some(c) => c.2 = Some(value),
+            None => self.curve.insert(0, (0, f64::NAN, Some(value))),
+        }
+    }
+
+    /// First and last recorded held-out metric.
+    fn metric_ends(&self) -> (Option<f64>, Option<f64>) {
+        let m: Vec<f64> = self.curve.iter().filter_map(|c| c.2).collect();
+        (m.first().copied(), m.last().copied())
+    }
+
+    /// Writes `{out_dir}/{name}_{algo}.csv` (iteration, loss, metric) and the PNG curve next
+    /// to it; returns the PNG's path. The x axis counts iterations done: the loss of
+    /// iteration i is at i + 1 (measured on the batch before the update), a metric at k was
+    /// evaluated after k updates.
+    pub fn write_curves(
+        &self,
+        out_dir: &std::path::Path,
+        name: &str,
+        algo: Algo,
+        metric: &str,
+    ) -> Result<std::path::PathBuf> {
+        std::fs::create_dir_all(out_dir)
+            .with_context(|| format!("creating {}", out_dir.display()))?;
+        let base = out_dir.join(format!("{name}_{}", algo.name()));
+        let mut csv = format!("iteration,loss,held_out_{}\n", metric.to_lowercase());
+        let mut loss_pts = Vec::new();
+        let mut metric_pts = Vec::new();
+        for &(it, loss, m) in &self.curve {
+            let done = if loss.is_nan() { 0 } else { it + 1 };
+            csv.push_str(&format!(
+                "{done},{},{}\n",
+                if loss.is_nan() {
+                    String::new()
+                } else {
+                    loss.to_string()
+                },
+                m.map(|v| v.to_string()).unwrap_or_default()
+            ));
+            if !loss.is_nan() {
+                loss_pts.push((done as f64, loss));
+            }
+            if let Some(v) = m {
+                metric_pts.push((done as f64, v));
+            }
+        }
+        std::fs::write(base.with_extension("csv"), csv)?;
+        let png = base.with_extension("png");
+        let loss_title = format!("{name} ({}): training loss", algo.name());
+        let metric_title = format!("held-out {metric}");
+        plot::write_chart(
+            &png,
+            "iterations",
+            &[
+                plot::Panel {
+                    title: &loss_title,
+                    points: &loss_pts,
+                    color: [200, 40, 40],
+                },
+                plot::Panel {
+                    title: &metric_title,
+                    points: &metric_pts,
+                    color: [30, 90, 200],
+                },
+            ],
+        )?;
+        Ok(png)
+    }
+
     /// The summary line of this rank.
-    pub fn summary(&self, algo: Algo, comm: &Communicator, param_hash: u64) -> Summary {
+    pub fn summary(
+        &self,
+        algo: Algo,
+        comm: &Communicator,
+        param_hash: u64,
+        metric: &str,
+    ) -> Summary {
         let n = self.iters.max(1) as f64;
-        let st = comm.stats();
+        let (first_metric, final_metric) = self.metric_ends();
         Summary {
             algo: algo.name().into(),
             rank: comm.rank(),
@@ -123,12 +230,42 @@ impl Meter {
             final_loss: self.last_loss,
             param_hash: format!("{param_hash:016x}"),
             ops_by_algo: vec![
-                ("innet".into(), st.by_algo[0]),
-                ("ring".into(), st.by_algo[1]),
-                ("allgather".into(), st.by_algo[2]),
+                ("innet".into(), self.ops[0]),
+                ("ring".into(), self.ops[1]),
+                ("allgather".into(), self.ops[2]),
             ],
+            metric: metric.into(),
+            first_metric,
+            final_metric,
         }
     }
+}
+
+/// Area under the ROC curve of `scores` for binary `labels` (1 = positive): the probability
+/// that a random positive scores above a random negative, ties counting one half. NaN when
+/// one class is missing.
+pub fn auc(scores: &[f32], labels: &[f32]) -> f64 {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Average ranks (1-based) over runs of equal scores.
+    let mut rank_sum_pos = 0.0;
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &idx[i..=j] {
+            if labels[k] > 0.5 {
+                rank_sum_pos += avg;
+            }
+        }
+        i = j + 1;
+    }
+    let p = labels.iter().filter(|&&y| y > 0.5).count() as f64;
+    let n = labels.len() as f64 - p;
+    (rank_sum_pos - p * (p + 1.0) / 2.0) / (p * n)
 }
 
 /// FNV-1a over the bit patterns of every trainable variable, in registration order.
@@ -267,7 +404,11 @@ pub fn start(common: &Common, title: &str) -> Result<Role> {
             cfg.algo = common.algo.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if std::env::var_os("SKETCHREDUCE_TIMEOUT_SECS").is_none() {
-            cfg.timeout = Duration::from_secs_f64(common.timeout);
+            cfg.timeout = sketchreduce_collectives::parse_timeout_secs(
+                "--timeout",
+                &common.timeout.to_string(),
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let algo = cfg.algo;
         let comm = Communicator::new(cfg).map_err(|e| anyhow::anyhow!("rank setup: {e}"))?;
@@ -286,6 +427,8 @@ pub fn start(common: &Common, title: &str) -> Result<Role> {
 /// Spawns the switch (unless `--switch`) and, for each algorithm, `--workers` processes of
 /// this binary; returns every rank's summary per algorithm.
 pub fn launch(common: &Common, algos: &[Algo]) -> Result<Vec<(Algo, Vec<Summary>, Duration)>> {
+    sketchreduce_collectives::parse_timeout_secs("--timeout", &common.timeout.to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let n = common.workers;
     if n == 0 || n > 32 {
         bail!("--workers must be in 1..=32");
@@ -374,8 +517,12 @@ pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>
         "== {title}: {} workers, {} iterations, seed {} ==",
         common.workers, common.iters, common.seed
     );
+    let metric = results
+        .iter()
+        .find_map(|r| r.1.first().map(|s| s.metric.clone()))
+        .unwrap_or_default();
     println!(
-        "{:<10} {:>9} {:>10} {:>9} {:>13} {:>10} {:>10} {:>7}  {:<16} ops (innet/ring/allgather)",
+        "{:<10} {:>9} {:>10} {:>9} {:>13} {:>9} {:>9} {:>9} {:>9} {:>7}  {:<16} grad ops (innet/ring/allgather)",
         "algo",
         "iter ms",
         "compute ms",
@@ -383,6 +530,8 @@ pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>
         "KB sent/iter",
         "loss[0]",
         "loss[end]",
+        format!("{metric}[0]"),
+        format!("{metric}[end]"),
         "wall s",
         "param hash",
     );
@@ -393,7 +542,7 @@ pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>
         let ranks_agree = sums.iter().all(|s| s.param_hash == s0.param_hash);
         let ops: Vec<String> = s0.ops_by_algo.iter().map(|(_, c)| c.to_string()).collect();
         println!(
-            "{:<10} {:>9.1} {:>10.1} {:>9.1} {:>13.1} {:>10.5} {:>10.5} {:>7.1}  {:<16} {}{}",
+            "{:<10} {:>9.1} {:>10.1} {:>9.1} {:>13.1} {:>9.5} {:>9.5} {:>9} {:>9} {:>7.1}  {:<16} {}{}",
             algo.name(),
             mean(|s| s.iter_ms),
             mean(|s| s.compute_ms),
@@ -401,6 +550,8 @@ pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>
             mean(|s| s.bytes_per_iter) / 1024.0,
             s0.first_loss,
             s0.final_loss,
+            fmt_metric(s0.first_metric),
+            fmt_metric(s0.final_metric),
             wall.as_secs_f64(),
             s0.param_hash,
             ops.join("/"),
@@ -419,7 +570,12 @@ pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>
             if same { "YES" } else { "NO" }
         );
     }
+    println!("({metric}: held-out metric of rank 0's model before and after training; curves and CSV in {}/)", common.out_dir.display());
     println!("(loopback on this machine: the bottleneck is the CPU shared by all workers, not a network)");
+}
+
+fn fmt_metric(m: Option<f64>) -> String {
+    m.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
 }
 
 /// A progress bar on stderr for rank 0 (hidden for other ranks and with --quiet).
@@ -478,11 +634,25 @@ pub fn train_step(
     comm.all_reduce_with(&mut l, sketchreduce_collectives::ReduceOp::Avg, Algo::Ring)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let compute = (t1 - t0) + (t3 - t2);
-    meter.record(compute, t2 - t1, t3 - t0, report.bytes_sent, l[0] as f64);
+    meter.record(compute, t2 - t1, t3 - t0, &report, l[0] as f64);
     Ok(Step {
         loss: l[0],
         compute,
         comm: t2 - t1,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auc;
+
+    #[test]
+    fn auc_against_hand_counts() {
+        // Pairs (pos, neg): 0.9>0.1, 0.9>0.4, 0.3>0.1, 0.3<0.4 → 3 of 4.
+        assert_eq!(auc(&[0.9, 0.3, 0.1, 0.4], &[1.0, 1.0, 0.0, 0.0]), 0.75);
+        assert_eq!(auc(&[0.5, 0.5], &[1.0, 0.0]), 0.5, "a tie counts one half");
+        assert_eq!(auc(&[0.1, 0.2, 0.3], &[0.0, 0.0, 1.0]), 1.0);
+        assert!(auc(&[0.1, 0.2], &[1.0, 1.0]).is_nan());
+    }
 }

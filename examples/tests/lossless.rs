@@ -3,7 +3,10 @@
 
 #[test]
 fn train_ncf_parameters_bit_identical_across_algorithms() {
+    let dir = std::env::temp_dir().join(format!("ncf-lossless-{}", std::process::id()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_train_ncf"))
+        .arg("--out-dir")
+        .arg(&dir)
         .args([
             "--workers",
             "3",
@@ -31,6 +34,7 @@ fn train_ncf_parameters_bit_identical_across_algorithms() {
         "{stdout}"
     );
     assert!(!stdout.contains("RANKS DISAGREE"), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
     for algo in ["innet", "ring", "allgather", "auto"] {
         assert!(
             stdout.lines().any(|l| l.starts_with(algo)),

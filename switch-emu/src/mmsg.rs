@@ -627,7 +627,7 @@ impl SendBatch {
                     tracing::debug!(error = %e, "UDP GSO refused; sending datagrams singly");
                     self.gso = false;
                     let iov = h.msg_iov;
-                    let count = h.msg_iovlen as usize;
+                    let count = h.msg_iovlen;
                     let (name, namelen) = (h.msg_name, h.msg_namelen);
                     for j in 0..count {
                         let mut single: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -650,7 +650,7 @@ impl SendBatch {
                 done += 1;
             } else {
                 for m in &r.hdrs[done..done + k as usize] {
-                    sent += m.msg_hdr.msg_iovlen as usize;
+                    sent += m.msg_hdr.msg_iovlen;
                 }
                 done += k as usize;
             }

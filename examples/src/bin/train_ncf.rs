@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use sketchreduce_collectives::DistributedDataParallel;
 use sketchreduce_examples::{
-    param_hash, progress, sgd_step, start, train_step, Adam, Common, Meter, Role,
+    auc, param_hash, progress, sgd_step, start, train_step, Adam, Common, Meter, Role,
 };
 use tch::{nn, nn::Module, Device, Tensor};
 
@@ -44,6 +44,9 @@ struct Args {
     /// Learning rate (a good SGD value is much higher, e.g. 0.5, and learns far slower).
     #[arg(long, default_value_t = 0.02)]
     lr: f64,
+    /// Held-out interactions (same distribution, a seed no training batch uses) for the AUC.
+    #[arg(long, default_value_t = 4096)]
+    eval_size: usize,
 }
 
 struct Ncf {
@@ -87,15 +90,33 @@ fn group(x: u64, salt: u64) -> u64 {
 
 /// Batch `iter` of `rank`: Zipf users and items, label = groups match.
 fn batch(a: &Args, rank: usize, iter: usize) -> (Tensor, Tensor, Tensor) {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(
+    interactions(
+        a,
         a.common.seed ^ ((rank as u64) << 32) ^ (iter as u64).wrapping_mul(0x1000_0001),
+        a.batch,
+    )
+}
+
+/// The held-out set: drawn like a batch, from a seed outside every (rank, iteration) seed.
+fn held_out(a: &Args) -> (Tensor, Tensor, Vec<f32>) {
+    let (u, i, y) = interactions(
+        a,
+        a.common.seed ^ 0x5EED_0000_0000_0001 ^ (1 << 63),
+        a.eval_size,
     );
+    let y = Vec::<f32>::try_from(&y).unwrap_or_default();
+    (u, i, y)
+}
+
+/// `n` interactions from `seed`: Zipf users and items, label = groups match.
+fn interactions(a: &Args, seed: u64, n: usize) -> (Tensor, Tensor, Tensor) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let zu = Zipf::new(a.users, a.zipf).expect("checked in main");
     let zi = Zipf::new(a.items, a.zipf).expect("checked in main");
-    let mut us = Vec::with_capacity(a.batch);
-    let mut is = Vec::with_capacity(a.batch);
-    let mut ys = Vec::with_capacity(a.batch);
-    for _ in 0..a.batch {
+    let mut us = Vec::with_capacity(n);
+    let mut is = Vec::with_capacity(n);
+    let mut ys = Vec::with_capacity(n);
+    for _ in 0..n {
         let u = zu.sample(&mut rng) as u64 - 1;
         // Half the time pick an item of the user's group (a positive), else any item.
         let mut i = zi.sample(&mut rng) as u64 - 1;
@@ -132,7 +153,7 @@ fn main() -> Result<()> {
     tch::manual_seed(a.common.seed as i64); // identical initial parameters on every rank
     let vs = nn::VarStore::new(Device::Cpu);
     let model = Ncf::new(&vs.root(), &a);
-    let ddp = DistributedDataParallel::new(comm.clone(), &vs)
+    let ddp = DistributedDataParallel::new(comm.clone(), &vs)?
         .with_bucket_bytes((a.common.bucket_mb * (1 << 20) as f64) as usize);
     let mut adam = match a.optim.as_str() {
         "adam" => Some(Adam::new(a.lr)),
@@ -141,6 +162,17 @@ fn main() -> Result<()> {
     };
     let pb = progress(a.common.iters, algo.name());
     let mut meter = Meter::default();
+    // Rank 0 evaluates (every rank holds the same parameters).
+    let eval_set = (comm.rank() == 0).then(|| held_out(&a));
+    let evaluate = |meter: &mut Meter, done: usize| -> Option<f64> {
+        let (u, i, y) = eval_set.as_ref()?;
+        let scores = tch::no_grad(|| model.forward(u, i));
+        let v = auc(&Vec::<f32>::try_from(&scores).ok()?, y);
+        meter.record_metric(done, v);
+        Some(v)
+    };
+    let auc0 = evaluate(&mut meter, 0);
+    let mut last_auc = auc0;
     for it in 0..a.common.iters {
         let step = train_step(
             &comm,
@@ -164,12 +196,17 @@ fn main() -> Result<()> {
             },
         )?;
         let (report, l) = (&step.report, [step.loss]);
-        if !report.without_grad.is_empty() && it == 0 {
-            eprintln!("parameters without gradients: {:?}", report.without_grad);
+        if !report.unused.is_empty() && it == 0 && comm.rank() == 0 {
+            eprintln!("parameters no rank used: {:?}", report.unused);
+        }
+        let done = it + 1;
+        if done % a.common.eval_every.max(1) == 0 || done == a.common.iters {
+            last_auc = evaluate(&mut meter, done).or(last_auc);
         }
         pb.set_message(format!(
-            "loss {:.4} compute {:.1} ms comm {:.1} ms {:.0} KB",
+            "loss {:.4} AUC {:.3} compute {:.1} ms comm {:.1} ms {:.0} KB",
             l[0],
+            last_auc.unwrap_or(f64::NAN),
             step.compute.as_secs_f64() * 1e3,
             step.comm.as_secs_f64() * 1e3,
             report.bytes_sent as f64 / 1024.0
@@ -177,7 +214,15 @@ fn main() -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let s = meter.summary(algo, &comm, param_hash(&vs));
+    if let (Some(a0), Some(a1)) = (auc0, last_auc) {
+        let png = meter.write_curves(&a.common.out_dir, "train_ncf", algo, "AUC")?;
+        eprintln!(
+            "[{algo}] held-out AUC {a0:.4} -> {a1:.4} over {} iterations; curve {}",
+            a.common.iters,
+            png.display()
+        );
+    }
+    let s = meter.summary(algo, &comm, param_hash(&vs), "AUC");
     println!("SUMMARY {}", serde_json::to_string(&s)?);
     Ok(())
 }
