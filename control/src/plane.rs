@@ -273,6 +273,12 @@ impl<B: Backend> ControlPlane<B> {
         let b = self.backend.info();
         spec.validate(b.slots, b.max_lanes)
             .map_err(|e| PlaneError::new(ErrorKind::Invalid, e.to_string()))?;
+        if !jobs.contains_key(&spec.id) && jobs.len() >= self.cfg.max_jobs {
+            return Err(PlaneError::new(
+                ErrorKind::Limit,
+                format!("the switch holds its maximum of {} jobs", self.cfg.max_jobs),
+            ));
+        }
         if let Some(o) = jobs
             .values()
             .find(|o| o.spec.id != spec.id && o.spec.overlaps(&spec))
@@ -288,12 +294,6 @@ impl<B: Backend> ControlPlane<B> {
                     o.spec.slot_base,
                     o.spec.slot_base as u64 + o.spec.slot_count as u64
                 ),
-            ));
-        }
-        if !jobs.contains_key(&spec.id) && jobs.len() >= self.cfg.max_jobs {
-            return Err(PlaneError::new(
-                ErrorKind::Limit,
-                format!("the switch holds its maximum of {} jobs", self.cfg.max_jobs),
             ));
         }
         self.backend.create(&spec).map_err(backend_err)?;
