@@ -22,6 +22,7 @@ x loss, with the per-rank lines inside), summary.json (ratios), table.md, netben
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -177,19 +178,24 @@ def run_sketchreduce(tb, a, algo, n, density, loss, port, logdir):
     tag = f"sr-{algo}-n{n}-d{density}-l{loss}"
     sw_log = open(os.path.join(logdir, f"{tag}-switch.log"), "w")
     t_cell = time.monotonic()
+    # The control endpoint listens on the bridge (the ranks are elsewhere), which the switch
+    # only allows with a secret: a fresh one per run, shared with the ranks through a file.
     sw = spawn(tb.ns("sw") + [a.sketchreduce, "switch", "--listen", f"{tb.switch_ip}:{DATA_PORT}",
+                              "--control", f"{tb.switch_ip}:{DATA_PORT + 16}",
+                              "--secret-file", a.secret_file,
                               "--threads", str(a.switch_threads), "--stats-interval", "0"],
                subprocess.PIPE, sw_log)
     line = sw.stdout.readline()  # "switch: data IP:PORT (+k ports), control IP:PORT, ..."
     if "control" not in line:
         reap(sw, time.monotonic() + 5)
         return {"status": "switch_failed", "error": line.strip() or "switch exited"}, []
-    control = line.split("control ")[1].split(",")[0].strip()
+    control = line.split("control ")[1].split(",")[0].split()[0]
     s0 = tb.stats()
     procs = []
     for r in range(n):
         env = [f"RANK={r}", f"WORLD_SIZE={n}", f"MASTER_ADDR={tb.rank_ip(0)}", f"MASTER_PORT={port}",
-               f"SKETCHREDUCE_ALGO={algo}", f"SKETCHREDUCE_SWITCH={control}"]
+               f"SKETCHREDUCE_ALGO={algo}", f"SKETCHREDUCE_SWITCH={control}",
+               f"SKETCHREDUCE_SECRET_FILE={a.secret_file}"]
         if a.auto_innet:
             env.append("SKETCHREDUCE_AUTO_INNET=1")
         out = open(os.path.join(logdir, f"{tag}-rank{r}.json"), "w+")
@@ -485,6 +491,11 @@ def main():
         if x not in SYSTEMS_GLOO:
             sys.exit(f"unknown gloo mode {x}")
     os.makedirs(a.out, exist_ok=True)
+    # Control-plane and rendezvous secret of this run (the switch refuses a control endpoint
+    # off loopback without one); readable by root only.
+    a.secret_file = os.path.join(a.out, "secret")
+    with open(os.open(a.secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(secrets.token_hex(32))
     logdir = os.path.join(a.out, "logs")
     shutil.rmtree(logdir, ignore_errors=True)
     os.makedirs(logdir)
