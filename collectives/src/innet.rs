@@ -19,12 +19,24 @@ pub struct InnetRequest<'a> {
     pub key: u64,
     /// Length of the flattened tensor.
     pub dim: usize,
-    /// Increasing positions of this rank's nonzeros.
-    pub indices: &'a [u32],
-    /// Their values.
-    pub values: &'a [f32],
+    /// This rank's values.
+    pub input: InnetInput<'a>,
     /// The agreed fixed point and nonzero counts.
     pub agreed: Agreed,
+}
+
+/// This rank's values for an in-network all-reduce.
+#[derive(Debug, Clone, Copy)]
+pub enum InnetInput<'a> {
+    /// Every value (the path extracts nonzeros itself, or sends dense lanes).
+    Dense(&'a [f32]),
+    /// Increasing positions of the nonzeros and their values.
+    Sparse {
+        /// Positions.
+        indices: &'a [u32],
+        /// Values.
+        values: &'a [f32],
+    },
 }
 
 /// Something that sums fixed-point integers over all ranks through the switch.
@@ -71,26 +83,23 @@ pub(crate) fn run(
     let t_scan = std::time::Instant::now();
     match payload {
         Payload::Dense(mut v) => {
-            let (indices, values) = nonzeros(&v);
-            let scan = t_scan.elapsed();
             let r = path.all_reduce(InnetRequest {
                 key,
                 dim: v.len(),
-                indices: &indices,
-                values: &values,
+                input: InnetInput::Dense(&v),
                 agreed,
             })?;
+            let scan = std::time::Duration::ZERO;
             let t_conv = std::time::Instant::now();
             if raw {
                 let mut sums = vec![0i64; v.len()];
                 r.for_each_sum(|k, s| sums[k] = s);
                 return Ok((Payload::Sums(sums, fp), phases(&r, scan, t_conv)));
             }
-            // In place: every position this rank had nonzero is a candidate of the result
-            // unless it quantized to 0, so clear those first; every other position outside
-            // the candidates is already 0.
-            for &i in &indices {
-                v[i as usize] = 0.0;
+            if r.mode != sketchreduce_agent::PayloadMode::Dense {
+                // Positions outside the result's candidates are zero (a value of this rank
+                // there quantized to 0).
+                v.fill(0.0);
             }
             r.for_each_sum(|k, s| v[k] = finish(&fp, s, op, world));
             Ok((Payload::Dense(v), phases(&r, scan, t_conv)))
@@ -111,8 +120,10 @@ pub(crate) fn run(
             let r = path.all_reduce(InnetRequest {
                 key,
                 dim,
-                indices: &indices,
-                values: &values,
+                input: InnetInput::Sparse {
+                    indices: &indices,
+                    values: &values,
+                },
                 agreed,
             })?;
             let t_conv = std::time::Instant::now();
@@ -125,19 +136,6 @@ pub(crate) fn run(
             "integer sums are an output, not an input".into(),
         )),
     }
-}
-
-/// The nonzero positions and values of a dense buffer.
-fn nonzeros(v: &[f32]) -> (Vec<u32>, Vec<f32>) {
-    let mut idx = Vec::new();
-    let mut vals = Vec::new();
-    for (i, &x) in v.iter().enumerate() {
-        if x.to_bits() << 1 != 0 {
-            idx.push(i as u32);
-            vals.push(x);
-        }
-    }
-    (idx, vals)
 }
 
 use crate::config::{Config, Transport};
@@ -257,28 +255,34 @@ impl InnetPath for AgentPath {
                 req.dim
             )));
         }
-        self.agent
-            .all_reduce_agreed(req.key, req.dim, req.indices, req.values, req.agreed)
-            .map_err(|e| match e {
-                sketchreduce_agent::AgentError::Interrupted { watch, reason } => {
-                    CollectiveError::Aborted {
-                        rank: self.rank,
-                        peer: self.peers.get(watch).copied().unwrap_or(usize::MAX),
-                        reason,
-                    }
+        let r = match req.input {
+            InnetInput::Dense(values) => self
+                .agent
+                .all_reduce_agreed_dense(req.key, values, req.agreed),
+            InnetInput::Sparse { indices, values } => self
+                .agent
+                .all_reduce_agreed(req.key, req.dim, indices, values, req.agreed),
+        };
+        r.map_err(|e| match e {
+            sketchreduce_agent::AgentError::Interrupted { watch, reason } => {
+                CollectiveError::Aborted {
+                    rank: self.rank,
+                    peer: self.peers.get(watch).copied().unwrap_or(usize::MAX),
+                    reason,
                 }
-                sketchreduce_agent::AgentError::PeerGone { rank, detail, .. } => {
-                    CollectiveError::PeerLost {
-                        rank: self.rank,
-                        peer: rank as usize,
-                        during: "in-network all-reduce".into(),
-                        reason: format!(
-                            "rank {rank} exited while its contribution was missing: {detail}"
-                        ),
-                    }
+            }
+            sketchreduce_agent::AgentError::PeerGone { rank, detail, .. } => {
+                CollectiveError::PeerLost {
+                    rank: self.rank,
+                    peer: rank as usize,
+                    during: "in-network all-reduce".into(),
+                    reason: format!(
+                        "rank {rank} exited while its contribution was missing: {detail}"
+                    ),
                 }
-                e => CollectiveError::Innet(e.to_string()),
-            })
+            }
+            e => CollectiveError::Innet(e.to_string()),
+        })
     }
 
     fn bytes(&self) -> (u64, u64) {

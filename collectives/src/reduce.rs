@@ -843,13 +843,23 @@ mod tests {
         ) -> Result<sketchreduce_agent::Reduced> {
             self.0.lock().unwrap().push(req.key);
             let fp = req.agreed.fixed;
+            let (keys, sums) = match req.input {
+                crate::innet::InnetInput::Dense(v) => (
+                    (0..v.len() as u32).collect(),
+                    v.iter().map(|&x| fp.to_fixed(x)).collect(),
+                ),
+                crate::innet::InnetInput::Sparse { indices, values } => (
+                    indices.to_vec(),
+                    values.iter().map(|&x| fp.to_fixed(x)).collect(),
+                ),
+            };
             Ok(sketchreduce_agent::Reduced {
                 tensor_id: req.key,
                 dim: req.dim,
                 fixed: Some(fp),
                 mode: sketchreduce_agent::PayloadMode::Sketch,
-                keys: req.indices.to_vec(),
-                sums: req.values.iter().map(|&v| fp.to_fixed(v)).collect(),
+                keys,
+                sums,
                 lanes: Vec::new(),
                 decode_retries: 0,
                 cells: 0,

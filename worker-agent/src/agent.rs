@@ -132,6 +132,17 @@ impl<T: Transport> Agent<T> {
         self.run()
     }
 
+    /// [`Self::all_reduce_agreed`] of a dense tensor (see [`InnetCore::start_agreed_dense`]).
+    pub fn all_reduce_agreed_dense(
+        &mut self,
+        tensor_id: u64,
+        values: &[f32],
+        agreed: Agreed,
+    ) -> Result<Reduced, AgentError> {
+        self.core.start_agreed_dense(tensor_id, values, agreed)?;
+        self.run()
+    }
+
     fn run(&mut self) -> Result<Reduced, AgentError> {
         self.transport.rearm_interrupt();
         let mut result = self.core.poll_complete();

@@ -508,6 +508,40 @@ impl InnetCore {
         }
     }
 
+    /// [`Self::start_agreed`] for a dense tensor. When the payload goes as dense lanes (the
+    /// sketch would be larger), the values are quantized straight into the lanes, without
+    /// extracting nonzeros first; everything is encoded before this returns, so `values` need
+    /// not outlive the call.
+    pub fn start_agreed_dense(
+        &mut self,
+        tensor_id: u64,
+        values: &[f32],
+        agreed: Agreed,
+    ) -> Result<(), AgentError> {
+        self.ready(values.len())?;
+        self.calls += 1;
+        self.idx.clear();
+        self.vals.clear();
+        let input = Input {
+            tensor_id,
+            dim: values.len(),
+            exponent: agreed.fixed.exponent(),
+            non_finite: false,
+        };
+        self.enter(Instant::now(), "encode", tensor_id);
+        match self.begin_payload_from(input, agreed, Some(values)) {
+            Ok(Some(r)) => {
+                self.finish(Ok(r));
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                self.phase = Phase::Idle;
+                Err(e)
+            }
+        }
+    }
+
     fn load_sparse(
         &mut self,
         dim: usize,
@@ -742,6 +776,17 @@ impl InnetCore {
         input: Input,
         agreed: Agreed,
     ) -> Result<Option<Reduced>, AgentError> {
+        self.begin_payload_from(input, agreed, None)
+    }
+
+    /// [`Self::begin_payload`] with this worker's input either in `self.idx`/`self.vals`
+    /// (`dense: None`) or as a dense slice.
+    fn begin_payload_from(
+        &mut self,
+        input: Input,
+        agreed: Agreed,
+        dense_input: Option<&[f32]>,
+    ) -> Result<Option<Reduced>, AgentError> {
         let Agreed {
             fixed,
             nnz_sum,
@@ -783,13 +828,35 @@ impl InnetCore {
             ModeChoice::Auto => sketch_words >= dim as u64,
         };
         let (mut iw, mut cw) = std::mem::take(&mut self.bufs);
+        let mut scanned = Duration::ZERO;
+        if let (Some(values), false) = (dense_input, dense) {
+            // A sketch needs this worker's nonzeros (also for a union-rank recovery).
+            let t = Instant::now();
+            for (i, &v) in values.iter().enumerate() {
+                if v.to_bits() << 1 != 0 {
+                    self.idx.push(i as u32);
+                    self.vals.push(v);
+                }
+            }
+            scanned = t.elapsed();
+            self.phases.scan += scanned;
+        }
         let (streams, params) = if dense {
             iw.clear();
-            iw.resize(dim, 0);
-            for (&i, &v) in self.idx.iter().zip(&self.vals) {
-                iw[i as usize] = fixed
-                    .try_to_fixed(v, i as usize)
-                    .map_err(|e| self.codec_err(e))? as u32;
+            match dense_input {
+                // Straight from the dense input. The agreed exponent covers every value, so
+                // the clamp in `to_fixed` never bites; NaN/Inf were refused by the caller's
+                // agreement.
+                Some(values) => iw.extend(values.iter().map(|&v| fixed.to_fixed(v) as u32)),
+                None => {
+                    iw.resize(dim, 0);
+                    for (&i, &v) in self.idx.iter().zip(&self.vals) {
+                        iw[i as usize] = fixed
+                            .try_to_fixed(v, i as usize)
+                            .map_err(|e| self.codec_err(e))?
+                            as u32;
+                    }
+                }
             }
             (vec![Stream::new(Op::Add, iw)], None)
         } else {
@@ -816,7 +883,7 @@ impl InnetCore {
             "innet payload"
         );
         self.agg.start(streams)?;
-        self.phases.encode = t0.elapsed();
+        self.phases.encode = t0.elapsed().saturating_sub(scanned);
         self.enter(Instant::now(), "aggregate", input.tensor_id);
         self.phase = Phase::Payload {
             input,

@@ -45,6 +45,8 @@ enum How {
     Sparse,
     /// `start_agreed` with the reference's fixed point and counts (no agreement round).
     Agreed,
+    /// `start_agreed_dense`: the same, from the dense tensor.
+    AgreedDense,
 }
 
 fn run(n: usize, loss: f64, seed: u64, iters: usize, cfg: InnetConfig) -> Vec<u64> {
@@ -134,6 +136,17 @@ fn run_with(
                         },
                     )
                     .unwrap(),
+                How::AgreedDense => a
+                    .start_agreed_dense(
+                        5,
+                        g,
+                        Agreed {
+                            fixed: f,
+                            nnz_sum,
+                            max_nnz,
+                        },
+                    )
+                    .unwrap(),
             }
         }
         let mut results: Vec<Option<Result<Reduced, AgentError>>> = vec![None; n];
@@ -153,7 +166,7 @@ fn run_with(
         for r in results {
             let r = r.unwrap();
             assert_eq!(r.mode, want_mode, "payload mode");
-            if how == How::Agreed {
+            if matches!(how, How::Agreed | How::AgreedDense) {
                 assert_eq!(r.phases.agree, Duration::ZERO, "no agreement round");
             }
             check(&r, &want, &f);
@@ -172,7 +185,7 @@ fn exact_across_loss_rates() {
 
 #[test]
 fn sparse_and_pre_agreed_inputs_are_exact() {
-    for how in [How::Sparse, How::Agreed] {
+    for how in [How::Sparse, How::Agreed, How::AgreedDense] {
         run_with(
             3,
             0.02,
@@ -205,7 +218,36 @@ fn dense_mode_when_the_sketch_would_be_larger() {
         mode: ModeChoice::Dense,
         ..Default::default()
     };
-    run_with(3, 0.0, 6, 1, dense, How::Agreed, 0.02, PayloadMode::Dense);
+    run_with(
+        3,
+        0.0,
+        6,
+        1,
+        dense.clone(),
+        How::Agreed,
+        0.02,
+        PayloadMode::Dense,
+    );
+    run_with(
+        3,
+        0.02,
+        8,
+        2,
+        dense,
+        How::AgreedDense,
+        0.3,
+        PayloadMode::Dense,
+    );
+    run_with(
+        3,
+        0.0,
+        9,
+        1,
+        InnetConfig::default(),
+        How::AgreedDense,
+        0.6,
+        PayloadMode::Dense,
+    );
     let sketch = InnetConfig {
         mode: ModeChoice::Sketch,
         ..Default::default()
