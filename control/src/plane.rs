@@ -530,6 +530,11 @@ mod tests {
         assert_eq!((info.max_jobs, info.max_lanes, info.auth), (2, 256, true));
     }
 
+    /// Changes job 1's counters in the fake data plane (traffic).
+    fn bump(p: &ControlPlane<Fake>, f: impl FnOnce(&mut JobCounters)) {
+        f(&mut p.backend().jobs.lock().unwrap().get_mut(&1).unwrap().1);
+    }
+
     #[test]
     fn leases_expire_without_traffic_only() {
         let p = plane(4);
@@ -541,24 +546,10 @@ mod tests {
         p.create(spec(2, 20), false, None, t0).unwrap();
         assert!(p.sweep(s(500)).is_empty());
         // Traffic at 900 ms: the lease restarts at the sweep that sees it.
-        p.backend()
-            .jobs
-            .lock()
-            .unwrap()
-            .get_mut(&1)
-            .unwrap()
-            .1
-            .data_in = 3;
+        bump(&p, |c| c.data_in = 3);
         assert!(p.sweep(s(900)).is_empty());
         assert!(p.sweep(s(1800)).is_empty());
-        p.backend()
-            .jobs
-            .lock()
-            .unwrap()
-            .get_mut(&1)
-            .unwrap()
-            .1
-            .probes = 1;
+        bump(&p, |c| c.probes = 1);
         assert!(p.sweep(s(1850)).is_empty());
         assert!(p.sweep(s(2800)).is_empty());
         assert_eq!(p.sweep(s(2850)), vec![(1, e)]);
