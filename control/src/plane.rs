@@ -40,8 +40,9 @@ pub enum BackendError {
     Failed(String),
 }
 
-/// The operations a control plane needs from a data plane. Calls are serialised by the
-/// [`ControlPlane`] (one at a time), and always consistent with its registry: `create` is
+/// The operations a control plane needs from a data plane. The [`ControlPlane`] serialises
+/// `create`, `unregister` and `counters` (one at a time; `info` may come at any time and should
+/// be a cheap constant), and keeps them consistent with its registry: `create` is
 /// called with a validated spec (nonzero epoch, slot range free of other jobs, within
 /// `info()`'s limits) and replaces any job with the same id; `unregister` only for a job
 /// that exists.
@@ -200,11 +201,14 @@ impl<B: Backend> ControlPlane<B> {
                 tracing::info!(job, epoch, "job unregistered");
                 Response::Done
             }),
-            Request::Counters {} => self
-                .backend
-                .counters()
-                .map(Response::Counters)
-                .map_err(backend_err),
+            Request::Counters {} => {
+                // Under the registry lock, so that backend calls never overlap.
+                let _jobs = self.lock();
+                self.backend
+                    .counters()
+                    .map(Response::Counters)
+                    .map_err(backend_err)
+            }
         };
         r.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "control request refused");
