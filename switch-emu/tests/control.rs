@@ -233,6 +233,13 @@ async fn quic_conn(sw: &sketchreduce_switch::SwitchHandle) -> (quinn::Endpoint, 
     (ep, conn)
 }
 
+/// Reads a response frame from a QUIC stream and returns its error kind.
+async fn quic_error(recv: &mut quinn::RecvStream) -> ErrorKind {
+    let f = sketchreduce_quic::read_frame_async(recv).await.unwrap();
+    let env: Envelope = serde_json::from_slice(&f).unwrap();
+    error_kind(&Response::from_json(&env.body).unwrap())
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -261,14 +268,7 @@ fn decoder_bombs_over_quic_are_answered_and_the_switch_stays_up() {
             .unwrap();
         let hello: Hello = serde_json::from_slice(&hello).unwrap();
         assert_eq!(hello.hello, "sketchreduce-control/2");
-        let f = sketchreduce_quic::read_frame_async(&mut recv)
-            .await
-            .unwrap();
-        let env: Envelope = serde_json::from_slice(&f).unwrap();
-        assert_eq!(
-            error_kind(&Response::from_json(&env.body).unwrap()),
-            ErrorKind::BadRequest
-        );
+        assert_eq!(quic_error(&mut recv).await, ErrorKind::BadRequest);
         // After a proper client hello, as a request.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         sketchreduce_quic::write_frame_async(
@@ -281,14 +281,7 @@ fn decoder_bombs_over_quic_are_answered_and_the_switch_stays_up() {
             .await
             .unwrap();
         send.write_all(&bomb).await.unwrap();
-        let f = sketchreduce_quic::read_frame_async(&mut recv)
-            .await
-            .unwrap();
-        let env: Envelope = serde_json::from_slice(&f).unwrap();
-        assert_eq!(
-            error_kind(&Response::from_json(&env.body).unwrap()),
-            ErrorKind::BadRequest
-        );
+        assert_eq!(quic_error(&mut recv).await, ErrorKind::BadRequest);
         // A length prefix above 64 KiB: the stream ends without an answer.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(&[0x80, 0, 0, 0]).await.unwrap();
