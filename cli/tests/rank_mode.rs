@@ -40,7 +40,7 @@ fn start_switch() -> (Switch, String) {
     let control = line
         .split("control ")
         .nth(1)
-        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.split([',', ' ']).next())
         .unwrap_or_else(|| panic!("no control address in {line:?}"))
         .trim()
         .to_string();

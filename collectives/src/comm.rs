@@ -145,7 +145,18 @@ impl Communicator {
             .name(format!("sketchreduce-comm-{}", cfg.rank))
             .spawn(move || {
                 let mut poisoned: Option<CollectiveError> = None;
-                for Request { req, reply } in rx {
+                loop {
+                    let Request { req, reply } = match rx.recv_timeout(crate::innet::KEEPALIVE) {
+                        Ok(r) => r,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            // Idle: keep the job's registration on the switch alive.
+                            if poisoned.is_none() {
+                                engine.keepalive();
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     let res = match &poisoned {
                         Some(e) => Err(CollectiveError::Poisoned(e.to_string())),
                         None => engine.execute(req),
@@ -182,6 +193,9 @@ impl Communicator {
                     }
                     let _ = reply.send(res);
                 }
+                // The communicator was dropped: wait briefly for the other ranks to finish
+                // too, then release what this rank registered on the switch.
+                engine.shutdown(poisoned.is_none());
             })
             .map_err(|e| CollectiveError::Io(format!("spawning communicator thread: {e}")))?;
         Ok(Communicator {

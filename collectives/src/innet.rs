@@ -48,7 +48,21 @@ pub trait InnetPath: Send {
 
     /// Cumulative (bytes sent, bytes received) of this path (received: 0 when unknown).
     fn bytes(&self) -> (u64, u64);
+
+    /// Called while the communicator is idle, at least every [`KEEPALIVE`]: keeps the job's
+    /// registration on the switch alive (its lease is renewed by traffic).
+    fn keepalive(&mut self) {}
+
+    /// Called once when the communicator shuts down, after every rank's last operation (or
+    /// a short wait for them): releases the job's registration if this rank made it.
+    fn shutdown(&mut self) {}
 }
+
+/// Lease of the jobs the collectives register on the switch: how long the switch keeps a job
+/// that shows no traffic (a crashed job's slots come back after this).
+pub const JOB_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Interval of keepalive PROBEs while a communicator is idle (well inside [`JOB_LEASE`]).
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Runs the in-network arm of an all-reduce: flattens `payload` to its nonzeros, sums them
 /// through `path`, and converts the exact sums with [`finish`] like every other algorithm.
@@ -169,6 +183,8 @@ pub struct AgentPath {
     /// Rank at the other end of each watched ring connection.
     peers: Vec<usize>,
     rank: usize,
+    /// Set on the rank that registered the job (rank 0).
+    owner: Option<Owner>,
 }
 
 impl AgentPath {
@@ -209,10 +225,43 @@ impl AgentPath {
         } else {
             vec![local]
         };
-        let job = job_spec(cfg, &addrs);
-        let t = UdpTransport::new(sock, switch).map_err(ie)?;
+        // Rank 0 registers the job (replacing a stale registration of the same id, e.g. of a
+        // crashed earlier run: a fresh epoch makes its leftover packets harmless) and tells
+        // every rank the epoch and the data ports; only rank 0 talks to the control plane.
+        let secret = sketchreduce_control::Secret::from_env()
+            .map_err(|e| CollectiveError::Config(e.to_string()))?
+            .map(std::sync::Arc::new);
+        let mut job = job_spec(cfg, &addrs);
+        let mut owner = None;
+        let mine = if cfg.rank == 0 {
+            match register(switch, secret.clone(), &job, cfg.timeout) {
+                Ok((epoch, port, ports)) => {
+                    owner = Some(Owner {
+                        control: switch,
+                        secret,
+                        job: job.id,
+                        epoch,
+                    });
+                    format!("OK {epoch} {port} {ports}")
+                }
+                Err(e) => format!("ERR {e}"),
+            }
+        } else {
+            String::new()
+        };
+        let reply = if cfg.world_size > 1 {
+            let blobs = ring.all_gather(mine.into_bytes(), "job registration")?;
+            String::from_utf8_lossy(&blobs[0]).into_owned()
+        } else {
+            mine
+        };
+        let (epoch, data_port, data_ports) = parse_registration(&reply)?;
+        job.epoch = epoch;
+        let t = UdpTransport::with_ports(sock, switch, switch.ip(), data_port, data_ports)
+            .map_err(ie)?;
         let acfg = AgentConfig {
             agg: AggConfig::with_timeout(cfg.timeout),
+            register: false,
             ..AgentConfig::default()
         };
         let mut agent = Agent::new(t, &job, cfg.rank as u8, acfg).map_err(ie)?;
@@ -243,8 +292,53 @@ impl AgentPath {
             agent,
             peers,
             rank: cfg.rank,
+            owner,
         })
     }
+}
+
+/// What rank 0 needs to release the job it registered.
+struct Owner {
+    control: std::net::SocketAddr,
+    secret: Option<std::sync::Arc<sketchreduce_control::Secret>>,
+    job: u16,
+    epoch: u32,
+}
+
+/// Registers `job` at the switch's control endpoint (replacing a stale one with the same id);
+/// returns (epoch, first data port, data ports).
+fn register(
+    control: std::net::SocketAddr,
+    secret: Option<std::sync::Arc<sketchreduce_control::Secret>>,
+    job: &JobSpec,
+    timeout: std::time::Duration,
+) -> std::result::Result<(u32, u16, u16), String> {
+    let timeout = timeout.min(std::time::Duration::from_secs(10));
+    let mut c = sketchreduce_control::Client::connect(control, secret, timeout)
+        .map_err(|e| format!("switch control endpoint {control}: {e}"))?;
+    let info = c
+        .info()
+        .map_err(|e| format!("switch control endpoint {control}: {e}"))?;
+    let epoch = c
+        .create(job, true, JOB_LEASE.as_millis() as u64)
+        .map_err(|e| format!("registering job {} at {control}: {e}", job.id))?;
+    Ok((epoch, info.data_port, info.data_ports.max(1)))
+}
+
+/// Parses rank 0's registration message (`OK epoch port ports` or `ERR reason`).
+fn parse_registration(msg: &str) -> crate::Result<(u32, u16, u16)> {
+    if let Some(reason) = msg.strip_prefix("ERR ") {
+        return Err(CollectiveError::Innet(format!(
+            "rank 0 could not register the job on the switch: {reason}"
+        )));
+    }
+    let bad = || CollectiveError::Mismatch(format!("bad registration message {msg:?} from rank 0"));
+    let mut it = msg.strip_prefix("OK ").ok_or_else(bad)?.split(' ');
+    let mut next = || it.next().ok_or_else(bad);
+    let epoch = next()?.parse().map_err(|_| bad())?;
+    let port = next()?.parse().map_err(|_| bad())?;
+    let ports = next()?.parse().map_err(|_| bad())?;
+    Ok((epoch, port, ports))
 }
 
 impl InnetPath for AgentPath {
@@ -287,5 +381,29 @@ impl InnetPath for AgentPath {
 
     fn bytes(&self) -> (u64, u64) {
         (self.agent.stats().agg.bytes_sent, 0)
+    }
+
+    fn keepalive(&mut self) {
+        if let Err(e) = self.agent.keepalive() {
+            tracing::debug!(error = %e, "keepalive probe not sent");
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let Some(o) = self.owner.take() else {
+            return;
+        };
+        let r = sketchreduce_control::Client::connect(
+            o.control,
+            o.secret,
+            std::time::Duration::from_secs(2),
+        )
+        .and_then(|mut c| c.unregister(o.job, o.epoch));
+        match r {
+            Ok(()) => tracing::debug!(job = o.job, "job unregistered from the switch"),
+            Err(e) => {
+                tracing::warn!(job = o.job, error = %e, "could not unregister the job (its lease will expire)")
+            }
+        }
     }
 }

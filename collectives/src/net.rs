@@ -192,6 +192,24 @@ impl Ring {
         v
     }
 
+    /// An all-gather of empty blobs with every socket timeout shortened to `wait` (restored
+    /// afterwards): a barrier that gives up after about `wait` per step.
+    pub fn barrier_within(&mut self, wait: Duration) -> Result<()> {
+        let set = |s: &Option<TcpStream>, t: Duration| {
+            if let Some(s) = s {
+                s.set_read_timeout(Some(t)).ok();
+                s.set_write_timeout(Some(t)).ok();
+            }
+        };
+        set(&self.next, wait);
+        set(&self.prev, wait);
+        let r = self.all_gather(Vec::new(), "shutdown barrier").map(|_| ());
+        let t = self.timeout;
+        set(&self.next, t);
+        set(&self.prev, t);
+        r
+    }
+
     /// After a failure: tells the next rank why (so the error propagates around the ring
     /// with its cause instead of as a bare timeout), then closes both connections.
     pub fn abort(&mut self, reason: &str) {

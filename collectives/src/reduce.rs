@@ -330,7 +330,32 @@ pub(crate) struct Engine {
     pub refused: bool,
 }
 
+/// How long a dropped communicator waits for the other ranks' before releasing the job on
+/// the switch (a slower rank may still be fetching its last results).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
 impl Engine {
+    /// While idle: keeps the in-network path's registration alive.
+    pub(crate) fn keepalive(&mut self) {
+        if let Some(p) = self.innet.as_deref_mut() {
+            p.keepalive();
+        }
+    }
+
+    /// At the end: a short barrier with the other ranks (when the ring is healthy), then the
+    /// in-network path releases its registration.
+    pub(crate) fn shutdown(&mut self, healthy: bool) {
+        let Some(p) = self.innet.as_deref_mut() else {
+            return;
+        };
+        if healthy && self.cfg.world_size > 1 {
+            if let Err(e) = self.ring.barrier_within(SHUTDOWN_WAIT) {
+                tracing::debug!(error = %e, "shutdown barrier incomplete");
+            }
+        }
+        p.shutdown();
+    }
+
     /// Sends this rank's header to every rank and draws the common verdict.
     pub(crate) fn agree(&mut self, me: Meta, rules: Rules) -> Result<Agreed> {
         let n = self.cfg.world_size;

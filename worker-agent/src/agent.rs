@@ -143,6 +143,17 @@ impl<T: Transport> Agent<T> {
         self.run()
     }
 
+    /// Sends one PROBE that renews the job's lease on the switch (call it while idle more
+    /// often than the lease; the reply is ignored). Does nothing during an operation.
+    pub fn keepalive(&mut self) -> Result<(), AgentError> {
+        let mut buf = [0u8; sketchreduce_wire::packet::HEADER_LEN];
+        if let Some(t) = self.core.keepalive_probe(&mut buf) {
+            self.transport.send(t.slot, &buf[..t.len])?;
+            self.transport.flush()?;
+        }
+        Ok(())
+    }
+
     fn run(&mut self) -> Result<Reduced, AgentError> {
         self.transport.rearm_interrupt();
         let mut result = self.core.poll_complete();

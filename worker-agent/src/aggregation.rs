@@ -42,7 +42,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use sketchreduce_wire::packet::{self, round_cmp, HEADER_LEN, LANE_BYTES};
+use sketchreduce_wire::packet::{
+    self, round_cmp, HEADER_LEN, LANE_BYTES, NACK_MASK, NACK_UNKNOWN_JOB,
+};
 use sketchreduce_wire::{Header, JobSpec, Kind, Op, Packet};
 
 use crate::error::AgentError;
@@ -491,10 +493,16 @@ impl Aggregation {
             self.stats.ignored += 1;
             return;
         };
+        if h.check_reply().is_err() {
+            self.stats.ignored += 1;
+            return;
+        }
+        if h.kind == Kind::Status && h.flags & NACK_MASK != 0 {
+            self.on_nack(&h);
+            return;
+        }
         if h.job != self.job
             || h.epoch != self.epoch
-            // A NACK STATUS (job unknown or re-created on the switch) is not a slot's status.
-            || h.flags != 0
             || h.slot < self.slot_base
             || h.slot - self.slot_base >= self.window as u32
         {
@@ -507,6 +515,36 @@ impl Aggregation {
             Kind::Status => self.on_status(now, w, &h),
             _ => self.stats.ignored += 1,
         }
+    }
+
+    /// A NACK STATUS answers one of our PROBEs: the switch does not know this job, or knows
+    /// it under another epoch (its lease expired, someone re-created it, or the switch
+    /// restarted). Nothing sent under this registration can complete: fail at once, saying
+    /// so, rather than as "unreachable" after the worker timeout.
+    fn on_nack(&mut self, h: &Header) {
+        // Only a NACK for a probe of ours (same job, epoch and a live slot) counts; anything
+        // else is noise an off-path sender could forge.
+        let w = h.slot.wrapping_sub(self.slot_base) as usize;
+        let ours = h.job == self.job
+            && h.epoch == self.epoch
+            && w < self.window
+            && self.running
+            && self.slots[w].busy
+            && h.offset == self.slots[w].chunk;
+        if !ours {
+            self.stats.ignored += 1;
+            return;
+        }
+        let why = if h.flags & NACK_UNKNOWN_JOB != 0 {
+            "the switch has no such job (its lease expired, it was unregistered, or the switch restarted without it)"
+        } else {
+            "the switch holds this job under another epoch (it was re-created, e.g. by a restarted worker)"
+        };
+        self.fail(AgentError::NotRegistered {
+            job: self.job,
+            epoch: self.epoch,
+            detail: why.to_string(),
+        });
     }
 
     /// A STATUS answers one of our PROBEs: decide whether the DATA must be resent.
@@ -695,6 +733,36 @@ impl Aggregation {
                 self.queue_probe(w);
             }
         }
+    }
+
+    /// A PROBE of the first window slot (at its latest round), for an idle job: any PROBE the
+    /// switch accepts renews the job's lease, and its STATUS is ignored. `None` while an
+    /// operation runs (its own traffic keeps the lease) or if `buf` is too small.
+    pub fn keepalive_probe(&self, buf: &mut [u8]) -> Option<Transmit> {
+        if self.running || self.failed.is_some() {
+            return None;
+        }
+        let round = self.rounds[0].wrapping_sub(1);
+        let h = Header {
+            kind: Kind::Probe,
+            op: Op::Add,
+            rank: self.rank,
+            job: self.job,
+            lanes: 0,
+            epoch: self.epoch,
+            slot: self.slot_base,
+            set: (round & 1) as u8,
+            count: 0,
+            flags: 0,
+            round,
+            offset: 0,
+            bitmap: 0,
+        };
+        let len = packet::build(&h, &[], buf).ok()?;
+        Some(Transmit {
+            len,
+            slot: self.slot_base,
+        })
     }
 
     /// Records chunk `k` as complete and advances the contiguous frontier.

@@ -86,6 +86,17 @@ pub enum AgentError {
         /// Where its contribution is missing.
         detail: String,
     },
+    /// The switch answered a PROBE with a NACK: this job (at this epoch) is not registered
+    /// there, so nothing sent under it can complete.
+    #[error("job {job} (epoch {epoch:#010x}) is not registered on the switch: {detail}")]
+    NotRegistered {
+        /// Job id.
+        job: u16,
+        /// The epoch this worker used.
+        epoch: u32,
+        /// What the NACK said.
+        detail: String,
+    },
     /// No RDMA device is present (feature `rdma`).
     #[error("no RDMA device found (ibv_get_device_list returned 0 devices); load rxe or use --transport udp")]
     NoRdmaDevice,
@@ -106,6 +117,7 @@ impl AgentError {
             AgentError::Interrupted { .. } => "interrupted",
             AgentError::PeerClosed { .. } => "peer_closed",
             AgentError::PeerGone { .. } => "peer_gone",
+            AgentError::NotRegistered { .. } => "not_registered",
             AgentError::NoRdmaDevice => "no_rdma_device",
         }
     }

@@ -1032,6 +1032,14 @@ impl InnetCore {
     pub fn max_datagram(&self) -> usize {
         self.agg.max_datagram()
     }
+
+    /// See [`Aggregation::keepalive_probe`]; `None` while an all-reduce runs.
+    pub fn keepalive_probe(&self, buf: &mut [u8]) -> Option<Transmit> {
+        if self.is_busy() {
+            return None;
+        }
+        self.agg.keepalive_probe(buf)
+    }
 }
 
 impl Endpoint for InnetCore {

@@ -213,6 +213,8 @@ pub struct UdpTransport {
     interrupt: Option<Interrupt>,
     /// Per interrupt descriptor: still watched in this operation.
     armed: Vec<bool>,
+    /// Datagrams dropped because they did not come from the switch's data ports.
+    foreign: u64,
 }
 
 impl std::fmt::Debug for UdpTransport {
@@ -365,6 +367,7 @@ impl UdpTransport {
             ready: std::collections::VecDeque::new(),
             interrupt: None,
             armed: Vec::new(),
+            foreign: 0,
         })
     }
 
@@ -405,6 +408,11 @@ impl UdpTransport {
             Some(InterruptEvent::Closed { rank }) => Err(AgentError::PeerClosed { rank }),
             None => Ok(()),
         }
+    }
+
+    /// Datagrams dropped so far because they did not come from the switch's data ports.
+    pub fn foreign_datagrams(&self) -> u64 {
+        self.foreign
     }
 
     /// Datagrams the kernel accepts per GSO send (1 without GSO).
@@ -465,6 +473,17 @@ impl UdpTransport {
             {
                 Ok(n) => {
                     for (i, m) in self.meta.iter().take(n).enumerate() {
+                        // Only the switch's data ports answer a worker: anything else is
+                        // off-path (a forged RESULT must not even reach the state machine).
+                        let port = m.addr.port();
+                        if m.addr.ip() != self.data_ip
+                            || port < self.data_port
+                            || port - self.data_port >= self.data_ports
+                        {
+                            self.foreign += 1;
+                            tracing::trace!(from = %m.addr, "datagram not from the switch dropped");
+                            continue;
+                        }
                         let stride = m.stride.max(1);
                         let mut off = 0;
                         while off < m.len {

@@ -264,3 +264,48 @@ fn a_rank_gone_before_contributing_fails_the_others_fast() {
     // A probe round trip or two, far below the 20 s worker timeout.
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+/// The switch forgot the job (lease expired, switch restarted): the first PROBE gets a NACK
+/// and every worker fails at once with "not registered", not "unreachable" after the timeout.
+#[test]
+fn a_job_unknown_to_the_switch_is_reported_as_such() {
+    for recreate in [false, true] {
+        let spec = job(2, 32, 4);
+        let mut core = SwitchCore::new(64);
+        if recreate {
+            // Re-created by someone else: same id, another epoch.
+            core.create(JobSpec {
+                epoch: spec.epoch ^ 0x55,
+                ..spec.clone()
+            })
+            .unwrap();
+        }
+        let mut net = SimNet::new(
+            SimConfig::default(),
+            2,
+            |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
+        );
+        let timeout = Duration::from_secs(20);
+        let mut agents: Vec<Aggregation> = (0..2)
+            .map(|r| Aggregation::new(&spec, r as u8, AggConfig::with_timeout(timeout)).unwrap())
+            .collect();
+        for a in agents.iter_mut() {
+            a.start(vec![Stream::new(Op::Or, vec![1; 100])]).unwrap();
+        }
+        assert!(net.run(&mut agents, |ag| ag.iter().all(|a| a.error().is_some())));
+        for a in &agents {
+            match a.error() {
+                Some(AgentError::NotRegistered { job: 3, detail, .. }) => {
+                    let want = if recreate {
+                        "another epoch"
+                    } else {
+                        "no such job"
+                    };
+                    assert!(detail.contains(want), "{detail}");
+                }
+                other => panic!("expected NotRegistered, got {other:?}"),
+            }
+        }
+        assert!(net.now() - net.epoch() < Duration::from_secs(1));
+    }
+}
