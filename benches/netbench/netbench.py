@@ -520,7 +520,13 @@ def main():
         el = time.monotonic() - t_start
         print(f"[{done[0]:3d}/{total} {el:6.0f}s load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Explicit handlers: a background job starts with SIGINT ignored, and SIGTERM/SIGHUP would
+    # otherwise kill this process without the teardown in `finally`.
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     rows, port, link_notes = [], 29500, []
     meta_run = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": os.cpu_count(),
                 "load_start": os.getloadavg(), "rate": a.rate, "burst": a.burst, "limit": a.limit,
@@ -532,6 +538,7 @@ def main():
     except Exception:
         meta_run["torch"] = None
     results = open(os.path.join(a.out, "results.jsonl"), "w")
+    interrupted_run = False
 
     def emit(cell, system, n, density, loss):
         cell.update(system=system, ranks=n, density=density, loss_pct=loss, dim=a.dim, rate=a.rate, mtu=a.mtu,
@@ -573,14 +580,16 @@ def main():
                                  f"{fmt_ms(cell.get('mean_ms'))} ms, exact {cell.get('exact')}, "
                                  f"{cell['status']}{extra} ({cell['wall_s']} s wall, {cell['cpu_s']} CPU s)")
             tb.down()
-    except KeyboardInterrupt:
-        print("interrupted: tearing down", file=sys.stderr)
-        raise
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'SIGINT'}): tearing down", file=sys.stderr)
+        interrupted_run = True
     finally:
         kill_all()
         Testbed(a, 0).down()
         results.close()
 
+    if interrupted_run:
+        return 130
     meta_run["load_end"] = os.getloadavg()
     meta_run["wall_s"] = round(time.monotonic() - t_start, 1)
     order = {f"gloo-{m}": i for i, m in enumerate(SYSTEMS_GLOO)}

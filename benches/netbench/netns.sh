@@ -51,7 +51,7 @@
 # --force overrides. A testbed whose owner is gone is a leftover: `up` and `down` remove it.
 # Needs root. Names: namespaces P-sw, P-rI; the default prefix `sknb` does not collide with the
 # test suite's (skrns*, skb*, skv*).
-set -euo pipefail
+set -Eeuo pipefail
 
 die() { echo "netns.sh: $*" >&2; exit 1; }
 
@@ -151,6 +151,8 @@ down() {
 
 up() {
     down
+    # A step that fails half-way (set -e) must not leave a partial testbed behind.
+    trap 'echo "netns.sh: setup failed, removing the partial testbed" >&2; down' ERR
     mkdir -p "$STATE_DIR"
     ip netns add "$SW"
     ip -n "$SW" link set lo up
@@ -199,6 +201,7 @@ up() {
         done
         [ "$ok" = 1 ] || die "link of rank $i did not come up"
     done
+    trap - ERR
     echo "netns.sh: up: $RANKS ranks ($PREFIX-r0..$PREFIX-r$((RANKS - 1)), $SUBNET.1..), switch namespace $SW ($SUBNET.254), rate $RATE burst $BURST limit $LIMIT (switch ports) / $HOST_LIMIT (hosts) mtu $MTU loss $LOSS%" >&2
 }
 
