@@ -54,11 +54,15 @@ def try_reap(p):
     time (so never call p.poll()/p.wait() on these)."""
     if p.pid in DONE:
         return DONE[p.pid]
-    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+    try:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+    except ChildProcessError:  # reaped by Popen itself (send_signal polls): CPU time unknown
+        pid, status, ru = p.pid, None, None
     if pid != p.pid:
         return None
-    p.returncode = os.waitstatus_to_exitcode(status)
-    DONE[p.pid] = (p.returncode, ru.ru_utime + ru.ru_stime)
+    if status is not None:
+        p.returncode = os.waitstatus_to_exitcode(status)
+    DONE[p.pid] = (p.returncode, (ru.ru_utime + ru.ru_stime) if ru else 0.0)
     LIVE.remove(p)
     return DONE[p.pid]
 
@@ -67,16 +71,24 @@ def reap(p, deadline):
     """Waits for p until `deadline` (monotonic), kills it after; (exit code, CPU seconds)."""
     while (r := try_reap(p)) is None:
         if time.monotonic() > deadline:
-            p.kill()
+            signal_proc(p, signal.SIGKILL)
             deadline = time.monotonic() + 5
         time.sleep(0.02)
     return r
 
 
+def signal_proc(p, sig):
+    """os.kill, not Popen.send_signal: that one polls and would reap behind wait4's back."""
+    try:
+        os.kill(p.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def kill_all():
     for p in list(LIVE):
         try:
-            p.kill()
+            signal_proc(p, signal.SIGKILL)
             reap(p, time.monotonic() + 5)
         except Exception:
             pass
@@ -91,7 +103,8 @@ class Testbed:
     def __init__(self, a, ranks):
         self.a, self.ranks = a, ranks
         self.sh = os.path.join(HERE, "netns.sh")
-        self.common = ["--prefix", a.prefix]
+        # This process owns the testbed: nobody else's `netns.sh up` can tear it down mid-run.
+        self.common = ["--prefix", a.prefix, "--owner", str(os.getpid())]
 
     def up(self, loss):
         a = self.a
@@ -215,7 +228,8 @@ def run_sketchreduce(tb, a, algo, n, density, loss, port, logdir):
         lines = [l for l in out.read().splitlines() if l.startswith("{")]
         rows.append(json.loads(lines[-1]) if lines else None)
     s1 = tb.stats()
-    sw.send_signal(signal.SIGTERM)
+    if try_reap(sw) is None:
+        signal_proc(sw, signal.SIGTERM)
     _, c = reap(sw, time.monotonic() + 10)
     cpu += c
     cell = aggregate(rows, n)
@@ -441,11 +455,13 @@ def update_docs(md, png, meta):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sketchreduce", default=os.path.join(ROOT, "target", "release", "sketchreduce"))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--sketchreduce", default=os.path.join(ROOT, "target", "release", "sketchreduce"),
+                    help="the binary")
     ap.add_argument("--ranks", default="4", help="comma list of rank counts, e.g. 4,8")
-    ap.add_argument("--dim", type=int, default=4_000_000)
-    ap.add_argument("--densities", default="0.001,0.01,0.1,1.0")
+    ap.add_argument("--dim", type=int, default=4_000_000, help="f32 elements per rank")
+    ap.add_argument("--densities", default="0.001,0.01,0.1,1.0", help="nonzeros per rank / dim")
     ap.add_argument("--iters", type=int, default=5, help="timed all-reduces per cell")
     ap.add_argument("--warmup", type=int, default=1, help="untimed all-reduces before them")
     ap.add_argument("--algos", default=",".join(SYSTEMS_SR), help="sketchreduce algorithms")
@@ -453,15 +469,15 @@ def main():
     ap.add_argument("--losses", default="0,1", help="comma list of loss percentages per link")
     ap.add_argument("--lossy-systems", default="innet",
                     help="systems also run at the nonzero losses (innet,ring,allgather,auto,gloo)")
-    ap.add_argument("--rate", default="1gbit")
-    ap.add_argument("--burst", default="128kb")
+    ap.add_argument("--rate", default="1gbit", help="tbf rate of every link, both directions")
+    ap.add_argument("--burst", default="128kb", help="tbf bucket (see netns.sh)")
     ap.add_argument("--limit", default="512kb", help="tbf queue of a switch port (see netns.sh)")
     ap.add_argument("--host-limit", default="8mb", help="tbf queue of a rank's NIC (see netns.sh)")
-    ap.add_argument("--mtu", type=int, default=1500)
-    ap.add_argument("--prefix", default="sknb")
-    ap.add_argument("--subnet", default="10.231.7")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--switch-threads", type=int, default=1)
+    ap.add_argument("--mtu", type=int, default=1500, help="MTU of every link (9000: jumbo frames)")
+    ap.add_argument("--prefix", default="sknb", help="namespace name prefix")
+    ap.add_argument("--subnet", default="10.231.7", help="first three octets of the testbed /24")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the synthetic gradients")
+    ap.add_argument("--switch-threads", type=int, default=1, help="data threads of sketchreduce switch")
     ap.add_argument("--auto-innet", action="store_true", help="SKETCHREDUCE_AUTO_INNET=1 for the auto runs")
     ap.add_argument("--op-timeout-ms", type=int, default=10_000, help="per-message timeout of the Communicator")
     ap.add_argument("--time-budget", type=float, default=30,
@@ -515,7 +531,13 @@ def main():
         el = time.monotonic() - t_start
         print(f"[{done[0]:3d}/{total} {el:6.0f}s load {os.getloadavg()[0]:.1f}] {msg}", flush=True)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Explicit handlers: a background job starts with SIGINT ignored, and SIGTERM/SIGHUP would
+    # otherwise kill this process without the teardown in `finally`.
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     rows, port, link_notes = [], 29500, []
     meta_run = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": os.cpu_count(),
                 "load_start": os.getloadavg(), "rate": a.rate, "burst": a.burst, "limit": a.limit,
@@ -527,6 +549,7 @@ def main():
     except Exception:
         meta_run["torch"] = None
     results = open(os.path.join(a.out, "results.jsonl"), "w")
+    interrupted_run = False
 
     def emit(cell, system, n, density, loss):
         cell.update(system=system, ranks=n, density=density, loss_pct=loss, dim=a.dim, rate=a.rate, mtu=a.mtu,
@@ -568,14 +591,16 @@ def main():
                                  f"{fmt_ms(cell.get('mean_ms'))} ms, exact {cell.get('exact')}, "
                                  f"{cell['status']}{extra} ({cell['wall_s']} s wall, {cell['cpu_s']} CPU s)")
             tb.down()
-    except KeyboardInterrupt:
-        print("interrupted: tearing down", file=sys.stderr)
-        raise
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'SIGINT'}): tearing down", file=sys.stderr)
+        interrupted_run = True
     finally:
         kill_all()
         Testbed(a, 0).down()
         results.close()
 
+    if interrupted_run:
+        return 130
     meta_run["load_end"] = os.getloadavg()
     meta_run["wall_s"] = round(time.monotonic() - t_start, 1)
     order = {f"gloo-{m}": i for i, m in enumerate(SYSTEMS_GLOO)}

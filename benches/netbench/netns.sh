@@ -8,6 +8,7 @@
 #   netns.sh loss   [--prefix P] [--loss PCT]      # replace the loss rules (0 removes them)
 #   netns.sh stats  [--prefix P]                   # JSON: tbf and nftables counters per link
 #   netns.sh down   [--prefix P]                   # idempotent; also kills leftover processes
+#   (every command also takes --owner PID and --force, see OWNER below)
 #   netns.sh exec   [--prefix P] sw|RANK CMD...    # run CMD in the switch or a rank namespace
 #
 # Layout (prefix P, subnet S):
@@ -43,17 +44,21 @@
 #            protocols: the loss a lossy link would cause. Resolution 0.01 %.
 #   --mtu    MTU of every link and the bridge (1500; 9000 for jumbo frames).
 #
-# State is written to /run/sketchreduce-netbench/P.env (shell syntax) for other scripts.
+# State is written to /run/sketchreduce-netbench/P.env (shell syntax) for other scripts,
+# including OWNER, the pid that brought the testbed up (--owner PID, default: the caller's
+# parent, e.g. your shell). While the owner lives, `up`, `down` and `loss` from anyone else
+# refuse (a second `up` with the same prefix would otherwise tear down a running benchmark);
+# --force overrides. A testbed whose owner is gone is a leftover: `up` and `down` remove it.
 # Needs root. Names: namespaces P-sw, P-rI; the default prefix `sknb` does not collide with the
 # test suite's (skrns*, skb*, skv*).
-set -euo pipefail
+set -Eeuo pipefail
 
 die() { echo "netns.sh: $*" >&2; exit 1; }
 
 CMD="${1:-}"
 [ -n "$CMD" ] || die "usage: netns.sh up|down|loss|stats|exec [options] (see the header of this file)"
 shift
-PREFIX=sknb RANKS=4 RATE=1gbit BURST=128kb LIMIT=512kb HOST_LIMIT=8mb MTU=1500 LOSS=0 SUBNET=10.231.7
+OWNER=$PPID FORCE=0 PREFIX=sknb RANKS=4 RATE=1gbit BURST=128kb LIMIT=512kb HOST_LIMIT=8mb MTU=1500 LOSS=0 SUBNET=10.231.7
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) PREFIX="$2"; shift 2 ;;
@@ -65,6 +70,8 @@ while [ $# -gt 0 ]; do
         --mtu) MTU="$2"; shift 2 ;;
         --loss) LOSS="$2"; shift 2 ;;
         --subnet) SUBNET="$2"; shift 2 ;;
+        --owner) OWNER="$2"; shift 2 ;;
+        --force) FORCE=1; shift ;;
         --) shift; break ;;
         -*) die "unknown option $1" ;;
         *) break ;;
@@ -86,6 +93,16 @@ rank_ns() { echo "$PREFIX-r$1"; }
 ns_exists() { ip netns list | awk '{print $1}' | grep -qx "$1"; }
 # Every namespace of this prefix that exists now (leftovers included, whatever their count).
 our_namespaces() { ip netns list | awk '{print $1}' | grep -E "^$PREFIX-(sw|r[0-9]+)$" || true; }
+
+# Refuses to touch a testbed that another live process owns.
+check_owner() {
+    [ "$FORCE" = 0 ] && [ -f "$STATE" ] || return 0
+    local owner
+    owner="$(sed -n 's/^OWNER=//p' "$STATE")"
+    if [ -n "$owner" ] && [ "$owner" != "$OWNER" ] && kill -0 "$owner" 2>/dev/null; then
+        die "testbed '$PREFIX' is in use by pid $owner ($(tr '\0' ' ' < "/proc/$owner/cmdline" 2>/dev/null | cut -c1-80)); pick another --prefix, or --force"
+    fi
+}
 
 # Loss in hundredths of a percent, for `numgen random mod 10000 < N`.
 loss_units() { awk -v p="$1" 'BEGIN { printf "%d", p * 100 + 0.5 }'; }
@@ -134,6 +151,8 @@ down() {
 
 up() {
     down
+    # A step that fails half-way (set -e) must not leave a partial testbed behind.
+    trap 'echo "netns.sh: setup failed, removing the partial testbed" >&2; down' ERR
     mkdir -p "$STATE_DIR"
     ip netns add "$SW"
     ip -n "$SW" link set lo up
@@ -162,6 +181,7 @@ up() {
     # The bridge's own MTU follows its smallest port; set it again now that ports exist.
     ip -n "$SW" link set br0 mtu "$MTU"
     {
+        echo "OWNER=$OWNER"
         echo "PREFIX=$PREFIX"
         echo "RANKS=$RANKS"
         echo "SWITCH_NS=$SW"
@@ -181,6 +201,7 @@ up() {
         done
         [ "$ok" = 1 ] || die "link of rank $i did not come up"
     done
+    trap - ERR
     echo "netns.sh: up: $RANKS ranks ($PREFIX-r0..$PREFIX-r$((RANKS - 1)), $SUBNET.1..), switch namespace $SW ($SUBNET.254), rate $RATE burst $BURST limit $LIMIT (switch ports) / $HOST_LIMIT (hosts) mtu $MTU loss $LOSS%" >&2
 }
 
@@ -204,9 +225,10 @@ stats() {
 }
 
 case "$CMD" in
-    up) up ;;
-    down) down ;;
+    up) check_owner; up ;;
+    down) check_owner; down ;;
     loss)
+        check_owner
         for ns in $(our_namespaces); do
             case "$ns" in "$SW") ;; *) set_loss "$ns" ;; esac
         done ;;
