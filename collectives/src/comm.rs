@@ -1,6 +1,7 @@
 //! The communicator: a background thread per rank owns the connections and runs operations
 //! in submission order; callers block on [`Pending::wait`].
 
+use crate::buf::DenseBuf;
 use crate::config::{Algo, Config};
 use crate::error::{CollectiveError, Result};
 use crate::innet::InnetPath;
@@ -63,7 +64,7 @@ fn unexpected(what: &str) -> CollectiveError {
 
 pub(crate) fn as_dense(o: Output) -> Result<Vec<f32>> {
     match o {
-        Output::Reduced(Payload::Dense(v)) => Ok(v),
+        Output::Reduced(Payload::Dense(v)) => Ok(v.into_vec()),
         Output::Reduced(Payload::Sparse(s)) => Ok(s.to_dense()),
         _ => Err(unexpected("expected floats")),
     }
@@ -258,7 +259,7 @@ impl Communicator {
     /// Starts an all-reduce of a dense buffer with the configured algorithm.
     pub fn start(&self, buf: Vec<f32>, op: ReduceOp) -> Pending<Vec<f32>> {
         self.submit(
-            self.reduce_req(Payload::Dense(buf), op, None, None),
+            self.reduce_req(Payload::Dense(buf.into()), op, None, None),
             as_dense,
         )
     }
@@ -267,7 +268,7 @@ impl Communicator {
     /// same one).
     pub fn start_with(&self, buf: Vec<f32>, op: ReduceOp, algo: Algo) -> Pending<Vec<f32>> {
         self.submit(
-            self.reduce_req(Payload::Dense(buf), op, Some(algo), None),
+            self.reduce_req(Payload::Dense(buf.into()), op, Some(algo), None),
             as_dense,
         )
     }
@@ -285,7 +286,7 @@ impl Communicator {
         key: u64,
     ) -> Pending<Vec<f32>> {
         self.submit(
-            self.reduce_req(Payload::Dense(buf), op, algo, Some(key)),
+            self.reduce_req(Payload::Dense(buf.into()), op, algo, Some(key)),
             as_dense,
         )
     }
@@ -323,28 +324,46 @@ impl Communicator {
     /// lanes) and the agreed [`FixedPoint`] instead of floats — for benchmarks and checks
     /// against an integer reference. Sparse-path algorithms return zeros off the union.
     pub fn start_fixed(&self, buf: Vec<f32>, algo: Algo) -> Pending<(Vec<i64>, FixedPoint)> {
-        let mut req = self.reduce_req(Payload::Dense(buf), ReduceOp::Sum, Some(algo), None);
+        let mut req = self.reduce_req(Payload::Dense(buf.into()), ReduceOp::Sum, Some(algo), None);
         req.raw = true;
         self.submit(req, as_sums)
     }
 
-    /// Blocking all-reduce in place with the configured algorithm.
+    /// Blocking all-reduce in place with the configured algorithm. The operation works in
+    /// `buf` itself (no copies); if it fails after data started moving, `buf` may hold a
+    /// partial result (as with torch.distributed). Refusals every rank agrees on before any
+    /// data moves (NaN, mismatched shapes) leave it untouched.
     pub fn all_reduce(&self, buf: &mut [f32], op: ReduceOp) -> Result<OpInfo> {
         self.all_reduce_with(buf, op, self.cfg.algo)
     }
 
     /// Blocking all-reduce in place with a given algorithm.
     pub fn all_reduce_with(&self, buf: &mut [f32], op: ReduceOp, algo: Algo) -> Result<OpInfo> {
-        let (out, info) = self.start_with(buf.to_vec(), op, algo).wait()?;
-        buf.copy_from_slice(&out);
+        self.all_reduce_in_place(buf, op, Some(algo), None)
+    }
+
+    /// Runs an all-reduce on the communicator thread directly in `buf` (no copy in or out)
+    /// and blocks until it is over.
+    fn all_reduce_in_place(
+        &self,
+        buf: &mut [f32],
+        op: ReduceOp,
+        algo: Option<Algo>,
+        key: Option<u64>,
+    ) -> Result<OpInfo> {
+        // SAFETY: `buf` stays exclusively borrowed by this call, which returns only after the
+        // communicator thread replied, i.e. after it dropped every view of the buffer (the
+        // reply's payload, a view too, is dropped before returning). If the thread is gone,
+        // the request (and its view) is dropped unused.
+        let view = unsafe { DenseBuf::borrow(buf) };
+        let req = self.reduce_req(Payload::Dense(view), op, algo, key);
+        let (_, info) = self.submit(req, |_| Ok(())).wait()?;
         Ok(info)
     }
 
     /// Blocking all-reduce in place under a stable key (see [`Self::start_keyed`]).
     pub fn all_reduce_keyed(&self, buf: &mut [f32], op: ReduceOp, key: u64) -> Result<OpInfo> {
-        let (out, info) = self.start_keyed(buf.to_vec(), op, None, key).wait()?;
-        buf.copy_from_slice(&out);
-        Ok(info)
+        self.all_reduce_in_place(buf, op, None, Some(key))
     }
 
     /// Blocking all-reduce of a sparse vector.
@@ -358,7 +377,7 @@ impl Communicator {
     pub fn start_reduce_scatter(&self, buf: Vec<f32>, op: ReduceOp) -> Pending<Vec<f32>> {
         let req = OpRequest {
             collective: Collective::ReduceScatter,
-            ..OpRequest::all_reduce(Payload::Dense(buf), op, Algo::Ring)
+            ..OpRequest::all_reduce(Payload::Dense(buf.into()), op, Algo::Ring)
         };
         self.submit(req, as_dense)
     }

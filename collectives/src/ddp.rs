@@ -520,7 +520,7 @@ impl DistributedDataParallel {
                             problem.get_or_insert(e.to_string());
                         }
                     }
-                    let req = self.request(Payload::Dense(buf), *key, used, problem);
+                    let req = self.request(Payload::Dense(buf.into()), *key, used, problem);
                     pending.push(PendingSlot::Dense(self.comm.submit(req, as_dense)));
                 }
                 Slot::Sparse {

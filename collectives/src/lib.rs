@@ -36,6 +36,7 @@
 //! started with a different job configuration is refused at the rendezvous with
 //! [`CollectiveError::ConfigMismatch`]. After those the communicator is poisoned.
 
+mod buf;
 mod comm;
 mod config;
 #[cfg(feature = "tch")]
@@ -51,6 +52,7 @@ mod sparse;
 #[cfg(feature = "tch")]
 pub mod tensor;
 
+pub use buf::DenseBuf;
 pub use comm::{Communicator, Pending, Stats};
 pub use config::{
     auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER,

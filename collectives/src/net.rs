@@ -49,6 +49,21 @@ pub(crate) fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()>
     Ok(())
 }
 
+/// The frame a rank sends around the ring when its communicator is dropped.
+pub(crate) fn bye_frame(rank: usize) -> Vec<u8> {
+    format!("{BYE_TAG}{rank}").into_bytes()
+}
+
+/// The rank of a BYE frame.
+pub(crate) fn parse_bye(frame: &[u8]) -> Option<usize> {
+    std::str::from_utf8(frame.strip_prefix(BYE_TAG.as_bytes())?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+const BYE_TAG: &str = "sketchreduce-bye\t";
+
 /// What a ring connection said while this rank was busy elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Peeked {
@@ -95,6 +110,11 @@ pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<Peeked> {
             })
             .unwrap_or_default();
         return Some(Peeked::Abort(reason));
+    }
+    // A neighbour that left (its communicator dropped) sent a BYE: it contributes nothing
+    // more, like a closed connection.
+    if b.len() > 8 && parse_bye(&b[8..]).is_some() {
+        return Some(Peeked::Closed);
     }
     None
 }
@@ -192,22 +212,43 @@ impl Ring {
         v
     }
 
-    /// An all-gather of empty blobs with every socket timeout shortened to `wait` (restored
-    /// afterwards): a barrier that gives up after about `wait` per step.
-    pub fn barrier_within(&mut self, wait: Duration) -> Result<()> {
-        let set = |s: &Option<TcpStream>, t: Duration| {
-            if let Some(s) = s {
-                s.set_read_timeout(Some(t)).ok();
-                s.set_write_timeout(Some(t)).ok();
-            }
+    /// Announces that this rank is leaving (its communicator was dropped) and waits at most
+    /// `wait` until every rank has said the same: each rank sends its BYE to the next and
+    /// forwards the others' around the ring. Returns whether every rank was heard from. A
+    /// frame that is not a BYE (a neighbour still running operations) ends the wait.
+    pub fn shutdown_barrier(&mut self, wait: Duration) -> bool {
+        let (n, me) = (self.world, self.rank);
+        let deadline = Instant::now() + wait;
+        let next_rank = self.next_rank();
+        let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
+            return false;
         };
-        set(&self.next, wait);
-        set(&self.prev, wait);
-        let r = self.all_gather(Vec::new(), "shutdown barrier").map(|_| ());
-        let t = self.timeout;
-        set(&self.next, t);
-        set(&self.prev, t);
-        r
+        next.set_write_timeout(Some(wait)).ok();
+        if write_frame(next, &bye_frame(me)).is_err() {
+            return false;
+        }
+        let mut seen = vec![false; n];
+        seen[me] = true;
+        let mut buf = Vec::new();
+        while seen.iter().any(|s| !s) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || prev.set_read_timeout(Some(left)).is_err() {
+                return false;
+            }
+            if read_frame(prev, &mut buf).is_err() {
+                return false;
+            }
+            let Some(r) = parse_bye(&buf).filter(|&r| r < n) else {
+                return false;
+            };
+            if !seen[r] {
+                seen[r] = true;
+                if r != next_rank && write_frame(next, &buf).is_err() {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// After a failure: tells the next rank why (so the error propagates around the ring

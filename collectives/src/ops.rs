@@ -25,7 +25,7 @@ impl Engine {
             _ => {
                 req.problem
                     .get_or_insert("reduce-scatter needs a dense f32 buffer".into());
-                Payload::Dense(Vec::new())
+                Payload::Dense(Vec::new().into())
             }
         };
         let (agreed, len, _, _) = self.agree_floats(&req, &payload)?;
@@ -57,7 +57,7 @@ impl Engine {
             }
         };
         Ok(OpResult {
-            out: Output::Reduced(Payload::Dense(out)),
+            out: Output::Reduced(Payload::Dense(out.into())),
             info: OpInfo {
                 collective: Collective::ReduceScatter,
                 algo: Algo::Ring,

@@ -16,6 +16,7 @@
 //! themselves (as order keys), which is exact. They run on the ring and the all-gather only;
 //! the switch can only add, so an `innet` request for them is refused on every rank.
 
+use crate::buf::DenseBuf;
 use crate::config::{Algo, Config};
 use crate::error::{CollectiveError, Result};
 use crate::innet::InnetPath;
@@ -154,8 +155,8 @@ pub struct OpPhases {
 /// Data handed to a reduction.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
-    /// A dense vector.
-    Dense(Vec<f32>),
+    /// A dense vector (owned, or the blocking caller's own buffer: see [`DenseBuf`]).
+    Dense(DenseBuf),
     /// A sparse vector of blocks.
     Sparse(SparseVec),
     /// Output only (of [`crate::Communicator::start_fixed`]): the exact integer sums
@@ -289,7 +290,7 @@ impl OpRequest {
             collective,
             data: Data::Bytes(bytes),
             src,
-            ..OpRequest::all_reduce(Payload::Dense(Vec::new()), ReduceOp::Sum, Algo::Ring)
+            ..OpRequest::all_reduce(Payload::Dense(Vec::new().into()), ReduceOp::Sum, Algo::Ring)
         }
     }
 }
@@ -348,10 +349,8 @@ impl Engine {
         let Some(p) = self.innet.as_deref_mut() else {
             return;
         };
-        if healthy && self.cfg.world_size > 1 {
-            if let Err(e) = self.ring.barrier_within(SHUTDOWN_WAIT) {
-                tracing::debug!(error = %e, "shutdown barrier incomplete");
-            }
+        if healthy && self.cfg.world_size > 1 && !self.ring.shutdown_barrier(SHUTDOWN_WAIT) {
+            tracing::debug!("not every rank left within the shutdown wait");
         }
         p.shutdown();
     }
@@ -365,9 +364,19 @@ impl Engine {
                 .all_gather(me.encode(), "exchange of operation headers")?;
             let mut m = Vec::with_capacity(n);
             for (r, b) in blobs.iter().enumerate() {
-                m.push(Meta::decode(b).ok_or_else(|| {
-                    CollectiveError::Mismatch(format!("rank {r} sent a malformed header"))
-                })?);
+                m.push(
+                    Meta::decode(b).ok_or_else(|| match crate::net::parse_bye(b) {
+                        Some(_) => CollectiveError::PeerLost {
+                            rank: self.cfg.rank,
+                            peer: r,
+                            during: "exchange of operation headers".into(),
+                            reason: "the rank left the job (its communicator was dropped)".into(),
+                        },
+                        None => {
+                            CollectiveError::Mismatch(format!("rank {r} sent a malformed header"))
+                        }
+                    })?,
+                );
             }
             m
         } else {
@@ -477,7 +486,7 @@ impl Engine {
             Data::Bytes(_) => {
                 req.problem
                     .get_or_insert("an all-reduce needs floats".into());
-                Payload::Dense(Vec::new())
+                Payload::Dense(Vec::new().into())
             }
         };
         let (op, algo, raw) = (req.op, req.algo, req.raw);
@@ -911,7 +920,11 @@ mod tests {
         let mut run = |key: Option<u64>, len: usize| {
             let req = OpRequest {
                 key,
-                ..OpRequest::all_reduce(Payload::Dense(vec![0.5; len]), ReduceOp::Sum, Algo::Innet)
+                ..OpRequest::all_reduce(
+                    Payload::Dense(vec![0.5; len].into()),
+                    ReduceOp::Sum,
+                    Algo::Innet,
+                )
             };
             let r = e.execute(req).unwrap();
             assert_eq!(r.info.algo, Algo::Innet);

@@ -254,7 +254,11 @@ impl Communicator {
         let mut req = OpRequest {
             collective: Collective::ReduceScatter,
             check: (shape_hash(&size, t.kind()), SHAPE_WHAT),
-            ..OpRequest::all_reduce(crate::reduce::Payload::Dense(Vec::new()), op, Algo::Ring)
+            ..OpRequest::all_reduce(
+                crate::reduce::Payload::Dense(Vec::new().into()),
+                op,
+                Algo::Ring,
+            )
         };
         let rows = size.first().copied().unwrap_or(0);
         if size.is_empty() || rows % n != 0 {
@@ -263,7 +267,9 @@ impl Communicator {
             ));
         } else {
             match tensor_to_vec(t) {
-                Ok(v) => req.data = crate::reduce::Data::Reduce(crate::reduce::Payload::Dense(v)),
+                Ok(v) => {
+                    req.data = crate::reduce::Data::Reduce(crate::reduce::Payload::Dense(v.into()))
+                }
                 Err(e) => req.problem = Some(e.to_string()),
             }
         }

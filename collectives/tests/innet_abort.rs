@@ -67,3 +67,33 @@ fn rank_dying_mid_innet_is_named_within_seconds() {
         }
     }
 }
+
+/// Communicators dropped together release their job on the switch (rank 0 unregisters it
+/// once every rank said goodbye), so the job id is free for the next run at once.
+#[test]
+fn dropped_communicators_release_the_job() {
+    let sw = spawn_switch(SwitchConfig::loopback(1, 4096)).unwrap();
+    let control = sw.control_addr();
+    let n = 3usize;
+    for run in 0..2 {
+        let master = free_master();
+        std::thread::scope(|s| {
+            for r in 0..n {
+                s.spawn(move || {
+                    let mut c = Config::new(r, n, master)
+                        .with_switch(control)
+                        .with_algo(Algo::Innet);
+                    c.job_id = 9;
+                    let comm = Communicator::new(c).unwrap();
+                    let mut v = vec![r as f32; 1000];
+                    comm.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                    assert!(v.iter().all(|&x| x == 3.0), "run {run} rank {r}");
+                });
+            }
+        });
+        assert!(
+            sw.plane().jobs().is_empty(),
+            "run {run}: the job is still registered"
+        );
+    }
+}
