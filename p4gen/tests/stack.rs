@@ -1,0 +1,276 @@
+//! The real worker stack through a switch, in network namespaces: 3 ranks, each a
+//! `sketchreduce_collectives::Communicator` with algo innet in its own namespace (a veth to the
+//! switch), all-reducing small tensors through the switch, exact against an independent
+//! fixed-point reference computed here (and within the stated bound of the f64 sum), clean and
+//! with 5 % random loss on every worker's link (nftables).
+//!
+//! - `stack_emulator`: the software switch behind a Linux bridge (needs root).
+//! - `stack_bmv2_if_available`: bmv2 `simple_switch` running the program compiled for the
+//!   workers' lane count, with `sketchreduce p4 control`'s control plane (needs p4c,
+//!   simple_switch, simple_switch_CLI and root; else `skipped: …`). Same workers, same checks:
+//!   nothing in the worker stack knows which switch it talks to.
+//!
+//! The tensors cover every phase of the in-network all-reduce: agreement (MAX and ADD lanes),
+//! a sparse tensor (index OR + sketch ADD, decoded by peeling), a dense one (dense mode: ADD
+//! lanes), and the same tensor id again (sizing from history).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{skip, Switch, Topology, CONTROL_PORT, SECRET, SWITCH_IP};
+use sketchreduce_codec::{max_exponent, FixedPoint, LaneWidth};
+use sketchreduce_collectives::{Algo, Communicator, Config};
+
+const RANKS: usize = 3;
+/// Rendezvous port of rank 0 (in its namespace).
+const MASTER_PORT: u16 = 29517;
+
+#[test]
+fn stack_emulator() {
+    if !common::can_create_netns() {
+        skip!("skipped: cannot create network namespaces (needs iproute2 and root) (stack_emulator)");
+        return;
+    }
+    let _heavy = common::heavy();
+    run(Switch::Emulator);
+}
+
+#[test]
+fn stack_bmv2_if_available() {
+    if let Some(why) = common::bmv2_missing() {
+        skip!("skipped: {why} (stack_bmv2_if_available)");
+        return;
+    }
+    let _heavy = common::heavy();
+    let dir = common::temp_dir("stack-p4c");
+    let lanes = sketchreduce_collectives::innet::JOB_LANES;
+    let json = common::compile(&dir, lanes).unwrap_or_else(|e| panic!("{e}"));
+    run(Switch::Bmv2 { json });
+}
+
+fn run(switch: Switch) {
+    let bmv2 = matches!(switch, Switch::Bmv2 { .. });
+    let dir = common::temp_dir(if bmv2 { "stack-bmv2" } else { "stack-emu" });
+    let mut t = Topology::up(switch, RANKS, &dir).unwrap_or_else(|e| panic!("{e}"));
+    let sw = t.ns_switch();
+    if bmv2 {
+        let ports = t.port_map_json();
+        t.spawn(&sw, "stack_control_process", "p4-control", &[("SRP4_PORTS", ports)])
+            .unwrap_or_else(|e| panic!("{e}"));
+    } else {
+        t.spawn(&sw, "stack_emulator_process", "emulator", &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    for (phase, loss) in [("clean", 0u32), ("lossy", 5)] {
+        if loss > 0 {
+            let mut ok = true;
+            for r in 0..RANKS {
+                if let Err(e) = t.add_loss(r, loss) {
+                    skip!("skipped: the lossy stack run, cannot install the nftables rules: {e}");
+                    ok = false;
+                    break;
+                }
+            }
+            if !ok {
+                break;
+            }
+        }
+        let mut workers = Vec::new();
+        for r in 0..RANKS {
+            let env = [
+                ("RANK", r.to_string()),
+                ("WORLD_SIZE", RANKS.to_string()),
+                ("MASTER_ADDR", Topology::worker_ip(0).to_string()),
+                ("MASTER_PORT", (MASTER_PORT + loss as u16).to_string()),
+                ("SKETCHREDUCE_ALGO", "innet".to_string()),
+                ("SKETCHREDUCE_SWITCH", format!("{SWITCH_IP}:{CONTROL_PORT}")),
+                ("SKETCHREDUCE_SECRET", SECRET.to_string()),
+                ("SKETCHREDUCE_TIMEOUT_SECS", "60".to_string()),
+                // One job per phase: the first may still hold its lease.
+                ("SKETCHREDUCE_JOB", (1 + loss).to_string()),
+                ("SRP4_PHASE", phase.to_string()),
+            ];
+            let ns = t.ns_worker(r);
+            let h = t
+                .start(&ns, "stack_worker_process", &format!("{phase}-rank{r}"), &env)
+                .unwrap_or_else(|e| panic!("{e}"));
+            workers.push(h);
+        }
+        let mut errors = Vec::new();
+        for h in workers {
+            if let Err(e) = h.wait(Duration::from_secs(600), "SRP4-STACK-OK") {
+                errors.push(e);
+            }
+        }
+        assert!(
+            errors.is_empty(),
+            "{phase} run:\n{}\n{}",
+            errors.join("\n"),
+            t.logs()
+        );
+    }
+    drop(t);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helper processes.
+// ---------------------------------------------------------------------------------------------
+
+fn secret() -> sketchreduce_control::Secret {
+    sketchreduce_control::Secret::new(SECRET.as_bytes().to_vec()).expect("test secret")
+}
+
+fn control_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::new(SWITCH_IP.into(), CONTROL_PORT)
+}
+
+/// The software switch on the switch address, until killed.
+#[test]
+#[ignore = "helper process of stack_emulator"]
+fn stack_emulator_process() {
+    if !common::is_helper() {
+        return;
+    }
+    let cfg = sketchreduce_switch::SwitchConfig {
+        listen: std::net::SocketAddr::new(SWITCH_IP.into(), sketchreduce_wire::DEFAULT_DATA_PORT),
+        threads: 2,
+        control: Some(control_addr()),
+        secret: Some(std::sync::Arc::new(secret())),
+        ..Default::default()
+    };
+    let _sw = sketchreduce_switch::spawn_switch(cfg).expect("starting the software switch");
+    println!("SRP4-SWITCH-READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The bmv2 control plane on the switch address, until killed.
+#[test]
+#[ignore = "helper process of stack_bmv2_if_available"]
+fn stack_control_process() {
+    if !common::is_helper() {
+        return;
+    }
+    let ports = sketchreduce_p4gen::portmap::PortMap::parse(&common::env::<String>("SRP4_PORTS"))
+        .expect("port map");
+    let running = sketchreduce_p4gen::control::start(sketchreduce_p4gen::control::ControlOptions {
+        runtime: sketchreduce_p4gen::runtime::SwitchCli::new(common::THRIFT_PORT),
+        ports,
+        listen: control_addr(),
+        secret: Some(secret()),
+        jobs: Vec::new(),
+        server: Default::default(),
+    })
+    .expect("starting the bmv2 control plane");
+    println!("SRP4-CONTROL-READY {}", running.local_addr());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Deterministic input of `rank` for tensor `t`: `dim` values, about `density` of them
+/// nonzero, with magnitudes spread over a few binades and both signs.
+fn input(rank: usize, t: u64, dim: usize, density: f64) -> Vec<f32> {
+    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (rank as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407) ^ t;
+    let mut next = move || {
+        s ^= s << 7;
+        s ^= s >> 9;
+        s
+    };
+    (0..dim)
+        .map(|_| {
+            let r = next();
+            if (r % 10_000) as f64 >= density * 10_000.0 {
+                return 0.0;
+            }
+            let mag = ((r >> 16) % 1_000_000) as f32 / 1_000_000.0 + 0.001;
+            let sign = if (r >> 40) & 1 == 1 { -1.0 } else { 1.0 };
+            sign * mag * (1u32 << ((r >> 48) % 6)) as f32
+        })
+        .collect()
+}
+
+/// The reference: the fixed point every rank must agree on (global exponent over all inputs,
+/// `ranks` workers, 32-bit lanes) and the exact integer sums, computed independently of the
+/// worker stack; and the f64 sums.
+fn reference(t: u64, dim: usize, density: f64, ranks: usize) -> (FixedPoint, Vec<i64>, Vec<f64>) {
+    let inputs: Vec<Vec<f32>> = (0..ranks).map(|r| input(r, t, dim, density)).collect();
+    let exp = inputs
+        .iter()
+        .map(|v| max_exponent(v).expect("finite input"))
+        .max()
+        .unwrap_or(0);
+    let fp = FixedPoint::new(exp, ranks as u32, LaneWidth::W32).expect("fixed point");
+    let mut sums = vec![0i64; dim];
+    let mut f64s = vec![0f64; dim];
+    for v in &inputs {
+        for (i, &x) in v.iter().enumerate() {
+            sums[i] += fp.to_fixed(x);
+            f64s[i] += x as f64;
+        }
+    }
+    (fp, sums, f64s)
+}
+
+/// One rank of the stack tests, configured by the environment like any user's process.
+#[test]
+#[ignore = "helper process of the stack tests"]
+fn stack_worker_process() {
+    if !common::is_helper() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cfg = Config::from_env().expect("configuration from the environment");
+    let rank = cfg.rank;
+    let world = cfg.world_size;
+    let comm = Communicator::new(cfg).expect("joining the job");
+    // (tensor id, dimension, density): sparse (sketch), the same id again (sizing from
+    // history), dense (dense mode), sparse with a wide spread.
+    let cases: [(u64, usize, f64); 4] = [(1, 4000, 0.02), (1, 4000, 0.03), (2, 600, 1.0), (3, 20_000, 0.004)];
+    for (n, &(t, dim, density)) in cases.iter().enumerate() {
+        let seed = t * 100 + n as u64;
+        let mine = input(rank, seed, dim, density);
+        let (sums, fp) = comm
+            .start_fixed(mine.clone(), Algo::Innet)
+            .wait()
+            .unwrap_or_else(|e| panic!("rank {rank}, case {n}: innet all-reduce: {e}"))
+            .0;
+        let (want_fp, want, f64s) = reference(seed, dim, density, world);
+        assert_eq!(fp, want_fp, "case {n}: agreed fixed point");
+        assert_eq!(sums.len(), dim);
+        let bad: Vec<usize> = (0..dim).filter(|&i| sums[i] != want[i]).collect();
+        assert!(
+            bad.is_empty(),
+            "rank {rank}, case {n}: {} of {dim} sums differ from the fixed-point reference, first at {}: {} vs {}",
+            bad.len(),
+            bad[0],
+            sums[bad[0]],
+            want[bad[0]]
+        );
+        // Within the quantization bound of the f64 sum: half a unit per rank.
+        let unit = 2f64.powi(-fp.shift());
+        for i in 0..dim {
+            let err = (sums[i] as f64 * unit - f64s[i]).abs();
+            assert!(
+                err <= world as f64 * unit / 2.0 + 1e-12,
+                "case {n}, element {i}: {} vs f64 {}",
+                sums[i] as f64 * unit,
+                f64s[i]
+            );
+        }
+        // And the same integers as the dense ring.
+        let (ring, _) = comm
+            .start_fixed(mine, Algo::Ring)
+            .wait()
+            .unwrap_or_else(|e| panic!("rank {rank}, case {n}: ring: {e}"))
+            .0;
+        assert_eq!(ring, sums, "case {n}: innet and ring differ");
+    }
+    println!("SRP4-STACK-OK rank {rank}");
+}
