@@ -253,13 +253,13 @@ fn parent(args: Args) -> anyhow::Result<()> {
     let window = args.window.max(2);
     let job = JobSpec {
         id: 1,
-        token: (args.seed as u32).wrapping_mul(0x9E37_79B9) ^ std::process::id(),
+        epoch: 0,
         lanes: args.lanes,
         slot_base: 0,
         slot_count: window,
         workers,
     };
-    sw.register(job.clone()).context("registering the job")?;
+    let job = sw.create(job).context("creating the job")?;
     let spec_line = serde_json::to_string(&job)?;
     for p in procs.iter_mut() {
         let stdin = p.child.stdin.as_mut().context("worker stdin")?;

@@ -41,7 +41,8 @@ pub const JOB_LANES: u16 = 256;
 pub fn job_spec(cfg: &Config, addrs: &[std::net::SocketAddr]) -> JobSpec {
     JobSpec {
         id: cfg.job_id,
-        token: (cfg.fingerprint() ^ (cfg.fingerprint() >> 32)) as u32,
+        // Assigned by the switch when the first rank creates the job; the others join it.
+        epoch: 0,
         lanes: JOB_LANES,
         slot_base: ((cfg.job_id as u32).saturating_sub(1) % 32) * JOB_SLOTS,
         slot_count: JOB_SLOTS,

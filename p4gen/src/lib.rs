@@ -574,7 +574,6 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
     let no_map = PortMap::default();
     let mut all = Vec::with_capacity(jobs.jobs.len());
     for (i, job) in jobs.jobs.iter().enumerate() {
-        job.validate(opts.pool_slots)?;
         if job.lanes != opts.lanes {
             return Err(ConfigError::LanesMismatch {
                 job: job.id,
@@ -582,6 +581,8 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
                 compiled: opts.lanes,
             });
         }
+        job.validate(opts.pool_slots, opts.lanes)?;
+        job.check_epoch()?;
         for other in &jobs.jobs[..i] {
             if other.id == job.id {
                 return Err(ConfigError::DuplicateJob(job.id));
@@ -630,7 +631,7 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
         }
         out.push(commands::job_add(&commands::JobEntry {
             id: job.id,
-            epoch: job.token,
+            epoch: job.epoch,
             workers: job.workers.len() as u8,
             lanes: job.lanes,
             slot_base: job.slot_base,

@@ -3,9 +3,10 @@
 //! Wire usage over QUIC (see `docs/wire.md`, "QUIC transport"):
 //! - every QUIC **datagram** carries exactly one wire packet (aggregation header + lanes), with
 //!   the same semantics as a UDP datagram to the data ports;
-//! - every control request uses its own **bidirectional stream**: the client writes one
-//!   request frame (`sketchreduce_wire::control::write_frame`), the server answers with one
-//!   response frame and finishes the stream.
+//! - every **bidirectional stream** is one control connection of protocol v2 (docs/wire.md):
+//!   the client sends a client hello frame first (a QUIC stream is invisible to the server until
+//!   the client sends on it), the server answers with its hello (nonce), then signed request and
+//!   response frames follow as over TCP ([`control_call`] does one request per stream).
 //!
 //! Authentication is by certificate pinning: the switch generates a self-signed certificate on
 //! first use ([`load_or_create_identity`]) and prints its [`fingerprint`]; workers accept
@@ -20,8 +21,8 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
-use sketchreduce_wire::control::{self, ControlError};
-use sketchreduce_wire::{ControlRequest, ControlResponse};
+use sketchreduce_control::{ClientSession, Secret, SessionError};
+use sketchreduce_wire::control::{encode_frame, frame_len, FrameError, Request, Response};
 use thiserror::Error;
 
 /// ALPN protocol id of sketchreduce over QUIC.
@@ -70,9 +71,12 @@ pub enum QuicError {
     /// Stream already closed (control helper).
     #[error("QUIC stream closed: {0}")]
     Closed(#[from] quinn::ClosedStream),
-    /// Control frame encoding or decoding.
+    /// A control frame of a bad length.
     #[error(transparent)]
-    Control(#[from] ControlError),
+    Frame(#[from] FrameError),
+    /// Control protocol or authentication failure.
+    #[error(transparent)]
+    Session(#[from] SessionError),
 }
 
 /// The switch's certificate and private key (DER).
@@ -270,34 +274,41 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// Sends one control request on a new bidirectional stream of `conn` and reads the answer
-/// (the QUIC equivalent of `sketchreduce_wire::control::call`).
+/// Sends one control request on a new bidirectional stream of `conn` (one control
+/// connection: client hello, server hello, request, response) and returns the authenticated
+/// answer (the QUIC equivalent of `sketchreduce_control::client::call`).
 pub async fn control_call(
     conn: &quinn::Connection,
-    req: &ControlRequest,
-) -> Result<ControlResponse, QuicError> {
+    secret: Option<Arc<Secret>>,
+    req: &Request,
+) -> Result<Response, QuicError> {
     let (mut send, mut recv) = conn.open_bi().await?;
-    let mut buf = Vec::new();
-    control::write_frame(&mut buf, req)?;
-    send.write_all(&buf).await?;
+    write_frame_async(&mut send, &ClientSession::client_hello()).await?;
+    let hello = read_frame_async(&mut recv).await?;
+    let mut session = ClientSession::from_hello(&hello, secret)?;
+    write_frame_async(&mut send, &session.request(req)).await?;
+    let body = read_frame_async(&mut recv).await?;
+    let resp = session.response(&body)?;
     send.finish()?;
-    read_frame_async(&mut recv).await
+    Ok(resp)
 }
 
-/// Reads one length-prefixed control frame from a QUIC stream and decodes it.
-pub async fn read_frame_async<M: bincode::Decode<()>>(
-    recv: &mut quinn::RecvStream,
-) -> Result<M, QuicError> {
+/// Writes one control frame to a QUIC stream.
+pub async fn write_frame_async(send: &mut quinn::SendStream, json: &str) -> Result<(), QuicError> {
+    let mut out = Vec::with_capacity(4 + json.len());
+    encode_frame(json, &mut out)?;
+    send.write_all(&out).await?;
+    Ok(())
+}
+
+/// Reads one control frame body from a QUIC stream (at most `MAX_FRAME` bytes).
+pub async fn read_frame_async(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, QuicError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await?;
-    let n = u32::from_be_bytes(len) as usize;
-    if n > control::MAX_FRAME {
-        return Err(ControlError::TooLarge(n).into());
-    }
-    let mut frame = vec![0u8; 4 + n];
-    frame[..4].copy_from_slice(&len);
-    recv.read_exact(&mut frame[4..]).await?;
-    Ok(control::read_frame(&mut &frame[..])?)
+    let n = frame_len(len)?;
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body).await?;
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -26,8 +26,6 @@ use crate::server::SwitchHandle;
 pub struct WorkloadConfig {
     /// Job id.
     pub job: u16,
-    /// Job token.
-    pub token: u32,
     /// Number of workers (threads, one socket each).
     pub workers: usize,
     /// Lanes per packet.
@@ -59,7 +57,6 @@ impl Default for WorkloadConfig {
     fn default() -> Self {
         WorkloadConfig {
             job: 1,
-            token: 0x5eed_cafe,
             workers: 4,
             lanes: 64,
             slot_base: 0,
@@ -155,6 +152,8 @@ enum Mode {
 
 struct WorkerCtx {
     rank: u8,
+    /// The job's epoch (from the switch; any value for the echo server).
+    epoch: u32,
     sock: UdpSocket,
     dst_base: SocketAddr,
     dst_ports: u16,
@@ -164,7 +163,14 @@ struct WorkerCtx {
     abort: Arc<AtomicBool>,
 }
 
-fn build_data(cfg: &WorkloadConfig, rank: u8, j: u32, round: u32, buf: &mut [u8]) -> usize {
+fn build_data(
+    cfg: &WorkloadConfig,
+    rank: u8,
+    epoch: u32,
+    j: u32,
+    round: u32,
+    buf: &mut [u8],
+) -> usize {
     let slot = cfg.slot_base + j;
     let k = round.wrapping_mul(cfg.window).wrapping_add(j);
     let h = Header {
@@ -173,10 +179,11 @@ fn build_data(cfg: &WorkloadConfig, rank: u8, j: u32, round: u32, buf: &mut [u8]
         rank,
         job: cfg.job,
         lanes: cfg.lanes,
-        token: cfg.token,
+        epoch,
         slot,
         set: (round & 1) as u8,
         count: 0,
+        flags: 0,
         round,
         offset: k,
         bitmap: 0,
@@ -231,7 +238,7 @@ fn worker(ctx: WorkerCtx) -> WorkloadStats {
             return;
         }
         let buf = sb.slot(sock, dst(cfg.slot_base + j));
-        let len = build_data(cfg, ctx.rank, j, round, buf);
+        let len = build_data(cfg, ctx.rank, ctx.epoch, j, round, buf);
         sb.commit(len);
         st.sent += 1;
     };
@@ -265,7 +272,10 @@ fn worker(ctx: WorkerCtx) -> WorkloadStats {
                 st.mismatches += 1;
                 continue;
             };
-            let h = p.header();
+            let Ok(h) = Header::parse(&p) else {
+                st.mismatches += 1;
+                continue;
+            };
             let want_kind = match ctx.mode {
                 Mode::Aggregate { .. } => Kind::Result,
                 Mode::Echo => Kind::Data,
@@ -317,6 +327,7 @@ fn worker(ctx: WorkerCtx) -> WorkloadStats {
 
 fn run_workers(
     socks: Vec<UdpSocket>,
+    epoch: u32,
     dst_base: SocketAddr,
     dst_ports: u16,
     mode: Mode,
@@ -330,6 +341,7 @@ fn run_workers(
         .map(|(r, sock)| {
             let ctx = WorkerCtx {
                 rank: r as u8,
+                epoch,
                 sock,
                 dst_base,
                 dst_ports,
@@ -369,11 +381,11 @@ fn worker_sockets(ip: std::net::IpAddr, cfg: &WorkloadConfig) -> io::Result<Vec<
         .collect()
 }
 
-/// The job a workload registers for its workers' sockets.
+/// The job a workload creates for its workers' sockets (epoch 0: the switch assigns it).
 pub fn job_spec(cfg: &WorkloadConfig, addrs: &[SocketAddr]) -> JobSpec {
     JobSpec {
         id: cfg.job,
-        token: cfg.token,
+        epoch: 0,
         lanes: cfg.lanes,
         slot_base: cfg.slot_base,
         slot_count: cfg.window,
@@ -382,7 +394,7 @@ pub fn job_spec(cfg: &WorkloadConfig, addrs: &[SocketAddr]) -> JobSpec {
 }
 
 /// Runs the workload against a running switch: binds the workers' sockets on the switch's IP
-/// (127.0.0.1 if it listens on the unspecified address), registers the job, runs every round,
+/// (127.0.0.1 if it listens on the unspecified address), creates the job, runs every round,
 /// and unregisters the job (unless `keep_job`).
 pub fn run_aggregation(sw: &SwitchHandle, cfg: &WorkloadConfig) -> io::Result<WorkloadStats> {
     let mut dst = sw.local_data_addr();
@@ -394,10 +406,12 @@ pub fn run_aggregation(sw: &SwitchHandle, cfg: &WorkloadConfig) -> io::Result<Wo
         .iter()
         .map(|s| s.local_addr())
         .collect::<io::Result<Vec<_>>>()?;
-    sw.register(job_spec(cfg, &addrs))
+    let job = sw
+        .create(job_spec(cfg, &addrs))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let stats = run_workers(
         socks,
+        job.epoch,
         dst,
         sw.data_ports(),
         Mode::Aggregate {
@@ -406,7 +420,7 @@ pub fn run_aggregation(sw: &SwitchHandle, cfg: &WorkloadConfig) -> io::Result<Wo
         cfg,
     );
     if !cfg.keep_job {
-        let _ = sw.unregister(cfg.job);
+        let _ = sw.unregister(cfg.job, job.epoch);
     }
     Ok(stats)
 }
@@ -497,7 +511,7 @@ pub fn run_echo(
 ) -> io::Result<(WorkloadStats, u64)> {
     let server = EchoServer::start(ip, threads, cfg.batch, server_buffer)?;
     let socks = worker_sockets(ip, cfg)?;
-    let stats = run_workers(socks, server.addr(), server.ports, Mode::Echo, cfg);
+    let stats = run_workers(socks, 1, server.addr(), server.ports, Mode::Echo, cfg);
     let echoed = server.stop();
     Ok((stats, echoed))
 }

@@ -1,36 +1,64 @@
 //! The sans-I/O switch: slot registers, job table and counters, exactly as `docs/wire.md`
 //! ("Processing a packet") describes; the same state machine the P4 program implements.
 //!
-//! [`SwitchCore`] never touches a socket: [`SwitchCore::handle`] takes one datagram and calls
-//! `emit` once per outgoing datagram. All registers are allocated at construction; the data
-//! path performs no allocation, no float arithmetic and no decoding of lane contents.
+//! [`SwitchCore`] never touches a socket or a clock: [`SwitchCore::handle`] takes one datagram
+//! and its source address and calls `emit` once per outgoing datagram; the I/O layer reports
+//! datagrams whose IPv4 header carried options with [`SwitchCore::drop_ip_options`]. All
+//! registers are allocated at construction; the data path performs no allocation, no float
+//! arithmetic and no decoding of lane contents.
 
 use std::net::SocketAddr;
 
 use sketchreduce_wire::packet::{field, round_cmp, HEADER_LEN, LANE_BYTES};
+use sketchreduce_wire::packet::{NACK_BAD_EPOCH, NACK_UNKNOWN_JOB};
 use sketchreduce_wire::{
-    Counters, DropReason, JobCounters, JobSpec, Kind, Op, Packet, LANE_CHOICES,
+    Counters, DropReason, Header, JobCounters, JobSpec, Kind, Op, Packet, LANE_CHOICES,
 };
 use thiserror::Error;
 
-/// Most lanes a packet can carry: the register width per slot set.
-pub const MAX_LANES: usize = LANE_CHOICES[LANE_CHOICES.len() - 1] as usize;
+/// Most lanes a packet can carry on any switch (the largest of `LANE_CHOICES`).
+pub const MAX_LANES: usize = sketchreduce_wire::MAX_LANES as usize;
 /// Largest datagram the switch handles or emits.
 pub const MAX_PACKET: usize = HEADER_LEN + MAX_LANES * LANE_BYTES;
+/// Most bytes of lane registers a switch allocates (`slots × 2 sets × max_lanes × 4`).
+pub const MAX_REGISTER_BYTES: u64 = 1 << 30;
 
-/// Why a job registration was refused.
+/// Bytes of lane registers for a pool of `slots` slots of `max_lanes` lanes.
+pub fn register_bytes(slots: u32, max_lanes: u16) -> u64 {
+    slots as u64 * 2 * max_lanes as u64 * LANE_BYTES as u64
+}
+
+/// Why a switch core cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CoreError {
+    /// The lane registers would exceed [`MAX_REGISTER_BYTES`].
+    #[error("{slots} slots of {max_lanes} lanes need {bytes} bytes of registers; the limit is {MAX_REGISTER_BYTES} (1 GiB): use fewer --slots or a smaller --max-lanes")]
+    TooLarge {
+        /// Slots asked for.
+        slots: u32,
+        /// Lanes per slot set.
+        max_lanes: u16,
+        /// Bytes that would take.
+        bytes: u64,
+    },
+    /// `max_lanes` is not one of the lane choices.
+    #[error("max lanes {0} is not one of {LANE_CHOICES:?}")]
+    MaxLanes(u16),
+    /// A pool without slots.
+    #[error("the pool needs at least one slot")]
+    NoSlots,
+}
+
+/// Why a job was refused or not found.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum RegisterError {
-    /// The spec violates a limit (workers, lanes, slot range vs. pool size).
+    /// The spec violates a limit (workers, lanes, slot range, addresses, epoch 0).
     #[error("invalid job: {0}")]
     Invalid(String),
-    /// A different spec is registered under the same id.
-    #[error("job {0} is already registered with a different spec")]
-    Conflict(u16),
     /// The slot range overlaps another job's.
     #[error("job {job}: slots {base}..{end} overlap job {other}")]
     Overlap {
-        /// The job being registered.
+        /// The job being created.
         job: u16,
         /// Its first slot.
         base: u32,
@@ -44,15 +72,6 @@ pub enum RegisterError {
     UnknownJob(u16),
 }
 
-/// Whether a registration created a job or found an identical one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Registered {
-    /// A new job; its slot registers were reset.
-    New,
-    /// The identical spec was already registered: nothing changed (state and counters kept).
-    Existing,
-}
-
 #[derive(Debug)]
 struct Job {
     spec: JobSpec,
@@ -61,7 +80,7 @@ struct Job {
     counters: JobCounters,
 }
 
-/// Per-shard statistics not in [`Counters`] (useful for benches).
+/// Per-shard statistics (cheaper to read than [`Counters`]; for benches).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CoreStats {
     /// Datagrams received.
@@ -76,7 +95,9 @@ pub struct SwitchCore {
     pool_slots: u32,
     shard: u32,
     shards: u32,
-    /// Lanes of every (local slot, set): index `(2·local + set)·MAX_LANES + i`.
+    /// Lanes per register set (the switch's `max_lanes` capability).
+    max_lanes: usize,
+    /// Lanes of every (local slot, set): index `(2·local + set)·max_lanes + i`.
     lanes: Vec<u32>,
     bitmap: Vec<u32>,
     count: Vec<u8>,
@@ -86,7 +107,7 @@ pub struct SwitchCore {
     jobs: Vec<Job>,
     packets_in: u64,
     packets_out: u64,
-    drops: [u64; 9],
+    drops: [u64; DropReason::COUNT],
     out: Box<[u8; MAX_PACKET]>,
 }
 
@@ -96,34 +117,52 @@ impl std::fmt::Debug for SwitchCore {
             .field("pool_slots", &self.pool_slots)
             .field("shard", &self.shard)
             .field("shards", &self.shards)
+            .field("max_lanes", &self.max_lanes)
             .field("jobs", &self.jobs.len())
             .finish_non_exhaustive()
     }
 }
 
 impl SwitchCore {
-    /// A switch owning the whole pool of `pool_slots` slots.
-    pub fn new(pool_slots: u32) -> Self {
-        Self::new_shard(pool_slots, 0, 1)
-    }
-
-    /// Shard `shard` of `shards` of a pool of `pool_slots` slots: it holds registers for the
-    /// slots `s` with `s % shards == shard` only; other slots are dropped as `bad_slot`.
+    /// A switch owning the whole pool of `pool_slots` slots, with registers for the largest
+    /// lane count.
     ///
     /// # Panics
-    /// If `shards == 0` or `shard >= shards`.
-    pub fn new_shard(pool_slots: u32, shard: u32, shards: u32) -> Self {
+    /// If the registers would exceed [`MAX_REGISTER_BYTES`] or `pool_slots` is 0 (use
+    /// [`SwitchCore::try_new_shard`] for sizes that come from users).
+    pub fn new(pool_slots: u32) -> Self {
+        match Self::try_new_shard(pool_slots, 0, 1, MAX_LANES as u16) {
+            Ok(c) => c,
+            Err(e) => panic!("SwitchCore::new({pool_slots}): {e}"),
+        }
+    }
+
+    /// Shard `shard` of `shards` of a pool of `pool_slots` slots with `max_lanes` lanes per
+    /// register set: it holds registers for the slots `s` with `s % shards == shard` only;
+    /// other slots are dropped as `bad_slot`.
+    ///
+    /// # Panics
+    /// If `shards == 0` or `shard >= shards` (a programming error, not input).
+    pub fn try_new_shard(
+        pool_slots: u32,
+        shard: u32,
+        shards: u32,
+        max_lanes: u16,
+    ) -> Result<Self, CoreError> {
         assert!(shards > 0 && shard < shards, "shard {shard} of {shards}");
+        check_size(pool_slots, max_lanes)?;
         let local = if pool_slots > shard {
             (pool_slots - shard).div_ceil(shards) as usize
         } else {
             0
         };
-        SwitchCore {
+        let max_lanes = max_lanes as usize;
+        Ok(SwitchCore {
             pool_slots,
             shard,
             shards,
-            lanes: vec![0; local * 2 * MAX_LANES],
+            max_lanes,
+            lanes: vec![0; local * 2 * max_lanes],
             bitmap: vec![0; local * 2],
             count: vec![0; local * 2],
             round: vec![0; local * 2],
@@ -131,14 +170,19 @@ impl SwitchCore {
             jobs: Vec::new(),
             packets_in: 0,
             packets_out: 0,
-            drops: [0; 9],
+            drops: [0; DropReason::COUNT],
             out: Box::new([0; MAX_PACKET]),
-        }
+        })
     }
 
     /// Slots in the whole pool.
     pub fn pool_slots(&self) -> u32 {
         self.pool_slots
+    }
+
+    /// Lanes per register set: the largest lane count a job may use.
+    pub fn max_lanes(&self) -> u16 {
+        self.max_lanes as u16
     }
 
     /// The registered jobs.
@@ -154,18 +198,17 @@ impl SwitchCore {
         }
     }
 
-    /// Checks whether `spec` could be registered, without changing anything.
-    pub fn check_register(&self, spec: &JobSpec) -> Result<Registered, RegisterError> {
-        spec.validate(self.pool_slots)
+    /// Checks whether `spec` could be created (replacing a job with the same id), without
+    /// changing anything.
+    pub fn check_create(&self, spec: &JobSpec) -> Result<(), RegisterError> {
+        spec.validate(self.pool_slots, self.max_lanes as u16)
+            .and_then(|()| spec.check_epoch())
             .map_err(|e| RegisterError::Invalid(e.to_string()))?;
-        if let Some(existing) = self.job(spec.id) {
-            return if existing == spec {
-                Ok(Registered::Existing)
-            } else {
-                Err(RegisterError::Conflict(spec.id))
-            };
-        }
-        if let Some(other) = self.jobs.iter().find(|j| j.spec.overlaps(spec)) {
+        if let Some(other) = self
+            .jobs
+            .iter()
+            .find(|j| j.spec.id != spec.id && j.spec.overlaps(spec))
+        {
             return Err(RegisterError::Overlap {
                 job: spec.id,
                 base: spec.slot_base,
@@ -173,16 +216,17 @@ impl SwitchCore {
                 other: other.spec.id,
             });
         }
-        Ok(Registered::New)
+        Ok(())
     }
 
-    /// Registers a job: validates it, refuses a different spec under the same id or an
-    /// overlapping slot range, accepts an identical spec again (a no-op), and for a new job
-    /// resets the `bitmap`, `count` and `round` registers of its slots (docs/wire.md).
-    pub fn register(&mut self, spec: JobSpec) -> Result<Registered, RegisterError> {
-        let r = self.check_register(&spec)?;
-        if r == Registered::Existing {
-            return Ok(r);
+    /// Creates a job under its (nonzero) epoch, replacing a job with the same id: validates
+    /// it, refuses a slot range overlapping another job's, resets the `bitmap`, `count` and
+    /// `round` registers of its slots and starts its counters at 0 (docs/wire.md). Packets of
+    /// a replaced job's epoch are dropped as `bad_epoch` from now on.
+    pub fn create(&mut self, spec: JobSpec) -> Result<(), RegisterError> {
+        self.check_create(&spec)?;
+        if self.job(spec.id).is_some() {
+            self.unregister(spec.id)?;
         }
         for s in spec.slot_base..spec.slot_base + spec.slot_count {
             if let Some(l) = self.local(s) {
@@ -200,9 +244,10 @@ impl SwitchCore {
             counters: JobCounters::default(),
             spec,
         };
+        let id = job.spec.id;
         self.jobs.push(job);
-        self.job_index[self.jobs[self.jobs.len() - 1].spec.id as usize] = self.jobs.len() as u16;
-        Ok(Registered::New)
+        self.job_index[id as usize] = self.jobs.len() as u16;
+        Ok(())
     }
 
     /// Removes a job (its slots become free; its counters are discarded).
@@ -240,16 +285,17 @@ impl SwitchCore {
         }
     }
 
-    /// Read-only view of a slot set's registers: `(round, count, bitmap, lanes)`, or `None`
-    /// if the slot is not in this shard.
+    /// Read-only view of a slot set's registers: `(round, count, bitmap, lanes)` (all
+    /// `max_lanes` lane registers), or `None` if the slot is not in this shard.
     pub fn slot_set(&self, slot: u32, set: u8) -> Option<(u32, u8, u32, &[u32])> {
         let l = self.local(slot)?;
         let ix = 2 * l + (set as usize & 1);
+        let m = self.max_lanes;
         Some((
             self.round[ix],
             self.count[ix],
             self.bitmap[ix],
-            &self.lanes[ix * MAX_LANES..(ix + 1) * MAX_LANES],
+            &self.lanes[ix * m..(ix + 1) * m],
         ))
     }
 
@@ -266,8 +312,37 @@ impl SwitchCore {
         self.drops[reason as usize] += 1;
     }
 
-    /// Processes one datagram from `from`, calling `emit(destination, datagram)` once per
-    /// outgoing datagram (once per worker for a multicast). No allocation.
+    /// Accounts a datagram whose IPv4 header carried options (IHL ≠ 5), which the I/O layer
+    /// detected (the switch never sees the IP header itself): received and `malformed`.
+    pub fn drop_ip_options(&mut self) {
+        self.packets_in += 1;
+        self.drop_global(DropReason::Malformed);
+    }
+
+    /// Answers a PROBE that names no job or another epoch: the probe's header with kind
+    /// STATUS, count, bitmap and round 0, `flags = nack`, back to the probe's source (there is
+    /// no registered address to use; same size as the probe, so no amplification).
+    fn nack(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        nack: u16,
+        emit: &mut dyn FnMut(SocketAddr, &[u8]),
+    ) {
+        let out = &mut self.out[..HEADER_LEN];
+        out.copy_from_slice(&datagram[..HEADER_LEN]);
+        out[field::KIND.start] = Kind::Status as u8;
+        out[field::COUNT.start] = 0;
+        out[field::FLAGS].copy_from_slice(&nack.to_be_bytes());
+        out[field::ROUND].fill(0);
+        out[field::BITMAP].fill(0);
+        self.packets_out += 1;
+        emit(from, out);
+    }
+
+    /// Processes one datagram from `from` (its UDP source address, or the remote address of
+    /// its QUIC connection), calling `emit(destination, datagram)` once per outgoing datagram
+    /// (once per worker for a multicast). No allocation.
     pub fn handle(
         &mut self,
         from: SocketAddr,
@@ -275,34 +350,36 @@ impl SwitchCore {
         emit: &mut dyn FnMut(SocketAddr, &[u8]),
     ) {
         self.packets_in += 1;
+        // 1. malformed: length, version, kind, op, set, lanes vs kind, request flags and
+        // request set = round & 1.
         let Ok(pkt) = Packet::new_checked(datagram) else {
             self.drop_global(DropReason::Malformed);
             return;
         };
-        let h = pkt.header();
+        let Ok(h) = Header::parse(&pkt) else {
+            self.drop_global(DropReason::Malformed);
+            return;
+        };
+        // 2. unknown_job → bad_epoch → bad_rank → bad_source → bad_slot → bad_kind → bad_lanes.
         let ji = match self.job_index[h.job as usize] {
             0 => {
                 self.drop_global(DropReason::UnknownJob);
+                if h.kind == Kind::Probe {
+                    self.nack(from, datagram, NACK_UNKNOWN_JOB, emit);
+                }
                 return;
             }
             i => i as usize - 1,
         };
-        let (workers, full, lanes, slot_base, slot_count, token) = {
-            let j = &self.jobs[ji];
-            (
-                j.workers,
-                j.full,
-                j.spec.lanes,
-                j.spec.slot_base,
-                j.spec.slot_count,
-                j.spec.token,
-            )
-        };
-        let reason = if h.token != token {
-            Some(DropReason::BadToken)
+        let job = &self.jobs[ji];
+        let (workers, full, lanes) = (job.workers, job.full, job.spec.lanes);
+        let reason = if h.epoch != job.spec.epoch {
+            Some(DropReason::BadEpoch)
         } else if h.rank >= workers {
             Some(DropReason::BadRank)
-        } else if h.slot.wrapping_sub(slot_base) >= slot_count {
+        } else if job.spec.workers[h.rank as usize].addr != from {
+            Some(DropReason::BadSource)
+        } else if h.slot.wrapping_sub(job.spec.slot_base) >= job.spec.slot_count {
             Some(DropReason::BadSlot)
         } else if matches!(h.kind, Kind::Result | Kind::Status) {
             Some(DropReason::BadKind)
@@ -313,6 +390,9 @@ impl SwitchCore {
         };
         if let Some(r) = reason {
             self.jobs[ji].counters.drops[r as usize] += 1;
+            if r == DropReason::BadEpoch && h.kind == Kind::Probe {
+                self.nack(from, datagram, NACK_BAD_EPOCH, emit);
+            }
             return;
         }
         let Some(local) = self.local(h.slot) else {
@@ -321,16 +401,18 @@ impl SwitchCore {
             self.jobs[ji].counters.drops[DropReason::BadSlot as usize] += 1;
             return;
         };
+        // From here on `from` is the rank's registered address (the source check passed):
+        // replies go there.
         let ix = 2 * local + h.set as usize;
         let (rr, bb, cc) = (self.round[ix], self.bitmap[ix], self.count[ix]);
 
+        // 3. PROBE → STATUS with the set's round, count and bitmap.
         if h.kind == Kind::Probe {
             self.jobs[ji].counters.probes += 1;
             let out = &mut self.out[..HEADER_LEN];
             out.copy_from_slice(&datagram[..HEADER_LEN]);
             out[field::KIND.start] = Kind::Status as u8;
             out[field::COUNT.start] = cc;
-            out[field::FLAGS].fill(0);
             out[field::ROUND].copy_from_slice(&rr.to_be_bytes());
             out[field::BITMAP].copy_from_slice(&bb.to_be_bytes());
             self.packets_out += 1;
@@ -338,16 +420,19 @@ impl SwitchCore {
             return;
         }
 
-        // DATA.
+        // 4. DATA: the slot state machine.
         let bit = 1u32 << h.rank;
         let lane_bytes = pkt.lane_bytes();
-        let regs = &mut self.lanes[ix * MAX_LANES..ix * MAX_LANES + lanes as usize];
+        let base = ix * self.max_lanes;
+        let regs = &mut self.lanes[base..base + lanes as usize];
         match round_cmp(h.round, rr) {
             core::cmp::Ordering::Less => {
                 self.jobs[ji].counters.drops[DropReason::Stale as usize] += 1;
                 return;
             }
             core::cmp::Ordering::Greater => {
+                // First contribution of a newer round: lanes = packet, bitmap = 1 << rank,
+                // count = 1.
                 load(regs, lane_bytes);
                 self.bitmap[ix] = bit;
                 self.count[ix] = 1;
@@ -356,7 +441,8 @@ impl SwitchCore {
             core::cmp::Ordering::Equal => {
                 if bb & bit != 0 {
                     if cc == workers {
-                        // The sender lost its RESULT: unicast the stored one.
+                        // The sender lost its RESULT: unicast the stored one, with the
+                        // retransmitted packet's header, to its registered address.
                         let len = self.write_result(datagram, ix, lanes as usize, workers, full);
                         self.jobs[ji].counters.results_unicast += 1;
                         self.packets_out += 1;
@@ -371,12 +457,15 @@ impl SwitchCore {
                     return;
                 }
                 if cc == 0 {
+                    // First contribution of this round (fresh registers, round 0).
                     load(regs, lane_bytes);
+                    self.bitmap[ix] = bit;
+                    self.count[ix] = 1;
                 } else {
                     combine(h.op, regs, lane_bytes);
+                    self.bitmap[ix] = bb | bit;
+                    self.count[ix] = cc + 1;
                 }
-                self.bitmap[ix] = bb | bit;
-                self.count[ix] = cc + 1;
             }
         }
         self.jobs[ji].counters.data_in += 1;
@@ -403,12 +492,31 @@ impl SwitchCore {
         out[field::COUNT.start] = n;
         out[field::FLAGS].fill(0);
         out[field::BITMAP].copy_from_slice(&full.to_be_bytes());
-        let regs = &self.lanes[ix * MAX_LANES..ix * MAX_LANES + lanes];
+        let base = ix * self.max_lanes;
+        let regs = &self.lanes[base..base + lanes];
         for (c, v) in out[HEADER_LEN..].chunks_exact_mut(LANE_BYTES).zip(regs) {
             c.copy_from_slice(&v.to_be_bytes());
         }
         len
     }
+}
+
+fn check_size(slots: u32, max_lanes: u16) -> Result<(), CoreError> {
+    if !LANE_CHOICES.contains(&max_lanes) {
+        return Err(CoreError::MaxLanes(max_lanes));
+    }
+    if slots == 0 {
+        return Err(CoreError::NoSlots);
+    }
+    let bytes = register_bytes(slots, max_lanes);
+    if bytes > MAX_REGISTER_BYTES {
+        return Err(CoreError::TooLarge {
+            slots,
+            max_lanes,
+            bytes,
+        });
+    }
+    Ok(())
 }
 
 #[inline]
@@ -460,7 +568,7 @@ pub fn merge_counters(dst: &mut Counters, src: &Counters) {
 }
 
 /// Total drops by reason: global plus every job's.
-pub fn total_drops(c: &Counters) -> [u64; 9] {
+pub fn total_drops(c: &Counters) -> [u64; DropReason::COUNT] {
     let mut d = c.drops;
     for (_, j) in &c.jobs {
         for (x, y) in d.iter_mut().zip(j.drops) {
@@ -471,27 +579,34 @@ pub fn total_drops(c: &Counters) -> [u64; 9] {
 }
 
 /// A pool split into shards by `slot % shards` (one per data thread), each behind a mutex;
-/// job registrations apply to every shard. The sans-I/O entry point for a multi-threaded
-/// switch: [`ShardedCore::handle`] routes a datagram to its slot's shard.
+/// job changes apply to every shard. The sans-I/O entry point for a multi-threaded switch:
+/// [`ShardedCore::handle`] routes a datagram to its slot's shard.
 #[derive(Debug)]
 pub struct ShardedCore {
     shards: Vec<std::sync::Mutex<SwitchCore>>,
     pool_slots: u32,
-    /// Serialises registrations so that every shard sees the same sequence.
+    max_lanes: u16,
+    /// Serialises job changes so that every shard sees the same sequence.
     registry: std::sync::Mutex<()>,
 }
 
 impl ShardedCore {
-    /// `shards` shards (≥ 1) of a pool of `pool_slots` slots.
-    pub fn new(pool_slots: u32, shards: u32) -> Self {
+    /// `shards` shards (≥ 1) of a pool of `pool_slots` slots with `max_lanes` lanes per
+    /// register set (registers ≤ [`MAX_REGISTER_BYTES`] in total).
+    pub fn new(pool_slots: u32, shards: u32, max_lanes: u16) -> Result<Self, CoreError> {
         let shards = shards.max(1);
-        ShardedCore {
+        check_size(pool_slots, max_lanes)?;
+        Ok(ShardedCore {
             shards: (0..shards)
-                .map(|s| std::sync::Mutex::new(SwitchCore::new_shard(pool_slots, s, shards)))
-                .collect(),
+                .map(|s| {
+                    SwitchCore::try_new_shard(pool_slots, s, shards, max_lanes)
+                        .map(std::sync::Mutex::new)
+                })
+                .collect::<Result<_, _>>()?,
             pool_slots,
+            max_lanes,
             registry: std::sync::Mutex::new(()),
-        }
+        })
     }
 
     /// Number of shards.
@@ -502,6 +617,11 @@ impl ShardedCore {
     /// Slots in the pool.
     pub fn pool_slots(&self) -> u32 {
         self.pool_slots
+    }
+
+    /// Lanes per register set.
+    pub fn max_lanes(&self) -> u16 {
+        self.max_lanes
     }
 
     /// Locks shard `i`.
@@ -530,16 +650,19 @@ impl ShardedCore {
             .handle(from, datagram, emit)
     }
 
-    /// Registers a job in every shard (all or nothing).
-    pub fn register(&self, spec: JobSpec) -> Result<Registered, RegisterError> {
+    /// Accounts a datagram that arrived with IPv4 options (see [`SwitchCore::drop_ip_options`]).
+    pub fn drop_ip_options(&self, datagram: &[u8]) {
+        self.shard(self.shard_of(datagram)).drop_ip_options()
+    }
+
+    /// Creates (or replaces) a job in every shard (all or nothing).
+    pub fn create(&self, spec: JobSpec) -> Result<(), RegisterError> {
         let _g = lock(&self.registry);
-        let r = self.shard(0).check_register(&spec)?;
-        if r == Registered::New {
-            for s in &self.shards {
-                lock(s).register(spec.clone())?;
-            }
+        self.shard(0).check_create(&spec)?;
+        for s in &self.shards {
+            lock(s).create(spec.clone())?;
         }
-        Ok(r)
+        Ok(())
     }
 
     /// Unregisters a job from every shard.
@@ -555,6 +678,11 @@ impl ShardedCore {
     /// The registered job specs.
     pub fn jobs(&self) -> Vec<JobSpec> {
         self.shard(0).jobs().cloned().collect()
+    }
+
+    /// The spec of job `id`.
+    pub fn job(&self, id: u16) -> Option<JobSpec> {
+        self.shard(0).job(id).cloned()
     }
 
     /// Counters summed over the shards.

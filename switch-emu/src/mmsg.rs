@@ -10,8 +10,8 @@ use crate::core::MAX_PACKET;
 
 /// Default number of datagrams per batch.
 pub const DEFAULT_BATCH: usize = 64;
-/// Bytes per datagram buffer (a little above the largest wire packet; longer datagrams are
-/// reported as empty, hence malformed).
+/// Bytes per datagram buffer (a little above the largest wire packet, 2048 lanes; longer
+/// datagrams are reported as empty, hence malformed).
 pub const BUF_LEN: usize = MAX_PACKET + 64;
 
 /// Binds a UDP socket with large kernel buffers (`bytes` each way; tries the privileged
@@ -57,6 +57,40 @@ fn set_buffers(s: &socket2::Socket, bytes: usize) {
     {
         let _ = s.set_recv_buffer_size(bytes);
         let _ = s.set_send_buffer_size(bytes);
+    }
+}
+
+/// Asks the kernel to report, with each received datagram, the options of its IPv4 header
+/// (`IP_RECVOPTS`): [`RecvBatch::has_ip_options`] then tells datagrams with options (IHL ≠ 5)
+/// apart, which the switch drops as malformed (docs/wire.md). IPv4 sockets only; on other
+/// sockets this does nothing and returns `Ok(false)`.
+pub fn report_ip_options(sock: &UdpSocket) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        if !sock.local_addr()?.is_ipv4() {
+            return Ok(false);
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: plain setsockopt with an int option value on a valid fd.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_RECVOPTS,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = sock;
+        Ok(false)
     }
 }
 
@@ -138,11 +172,17 @@ mod sys {
     }
 }
 
+/// Control-message space per datagram, in u64 words (alignment of `cmsghdr`): enough for
+/// `IP_OPTIONS` with the longest IPv4 options (40 bytes), `CMSG_SPACE(40)` = 56 bytes.
+#[cfg(target_os = "linux")]
+const CTRL_WORDS: usize = 8;
+
 /// Receives up to `capacity` datagrams per call.
 pub struct RecvBatch {
     bufs: Vec<u8>,
     lens: Vec<usize>,
     addrs: Vec<SocketAddr>,
+    ip_options: Vec<bool>,
     n: usize,
     #[cfg(target_os = "linux")]
     raw: RawRecv,
@@ -153,6 +193,7 @@ struct RawRecv {
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     names: Vec<libc::sockaddr_storage>,
+    ctrl: Vec<u64>,
 }
 
 // SAFETY: the raw pointers inside are only ever pointing into the batch's own buffers and are
@@ -168,6 +209,7 @@ impl RecvBatch {
             bufs: vec![0; capacity * BUF_LEN],
             lens: vec![0; capacity],
             addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); capacity],
+            ip_options: vec![false; capacity],
             n: 0,
             #[cfg(target_os = "linux")]
             raw: RawRecv {
@@ -176,6 +218,7 @@ impl RecvBatch {
                 iov: vec![unsafe { std::mem::zeroed() }; capacity],
                 hdrs: vec![unsafe { std::mem::zeroed() }; capacity],
                 names: vec![unsafe { std::mem::zeroed() }; capacity],
+                ctrl: vec![0; capacity * CTRL_WORDS],
             },
         }
     }
@@ -202,8 +245,8 @@ impl RecvBatch {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut r.iov[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = r.ctrl[i * CTRL_WORDS..].as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = CTRL_WORDS * 8;
             h.msg_flags = 0;
             r.hdrs[i].msg_len = 0;
         }
@@ -232,6 +275,25 @@ impl RecvBatch {
                 (r.hdrs[i].msg_len as usize).min(BUF_LEN)
             };
             self.addrs[i] = sys::from_sockaddr(&r.names[i]);
+            // IP_RECVOPTS is the only control message asked for: an options message (or a
+            // truncated control area) means the IPv4 header had options.
+            let h = &r.hdrs[i].msg_hdr;
+            let mut opts = h.msg_flags & libc::MSG_CTRUNC != 0;
+            // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within them.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(h);
+                while !c.is_null() {
+                    // Linux labels the message IP_RECVOPTS (ip_cmsg_recv_opts); accept
+                    // IP_OPTIONS as well, as some systems use it.
+                    if (*c).cmsg_level == libc::IPPROTO_IP
+                        && matches!((*c).cmsg_type, libc::IP_RECVOPTS | libc::IP_OPTIONS)
+                    {
+                        opts = true;
+                    }
+                    c = libc::CMSG_NXTHDR(h, c);
+                }
+            }
+            self.ip_options[i] = opts;
         }
         self.n = n;
         Ok(n)
@@ -243,8 +305,16 @@ impl RecvBatch {
         let (len, from) = sock.recv_from(&mut self.bufs[..BUF_LEN])?;
         self.lens[0] = len;
         self.addrs[0] = from;
+        self.ip_options[0] = false;
         self.n = 1;
         Ok(1)
+    }
+
+    /// Whether datagram `i` of the last receive came with IPv4 header options (reported only
+    /// on sockets set up with [`report_ip_options`]).
+    #[inline]
+    pub fn has_ip_options(&self, i: usize) -> bool {
+        self.ip_options[i]
     }
 
     /// Datagrams in the last receive.

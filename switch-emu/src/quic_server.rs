@@ -1,18 +1,21 @@
 //! The switch's QUIC endpoint: each QUIC datagram is one wire packet, fed to the slot's shard
-//! with `from = connection.remote_address()`; emitted packets go back as QUIC datagrams to the
-//! connection with that remote address, or out of the UDP data socket for addresses not
-//! connected by QUIC. Control requests arrive one per bidirectional stream.
+//! with `from = connection.remote_address()` (the source the bad_source check compares);
+//! emitted packets go back as QUIC datagrams to the connection with that remote address, or out
+//! of the UDP data socket for addresses not connected by QUIC. Each bidirectional stream is one
+//! control connection of protocol v2 (the client speaks first with a `ClientHello`, then the
+//! TCP exchange), sharing the TCP endpoint's connection places and deadlines.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use sketchreduce_wire::control::write_frame;
-use sketchreduce_wire::{ControlRequest, ControlResponse};
+use sketchreduce_control::{ConnLimit, ServerConfig, ServerSession};
+use sketchreduce_wire::control::{encode_frame, frame_len, ClientHello, PROTOCOL};
 
-use crate::server::{QuicSettings, Shared, SwitchError};
+use crate::server::{EmuPlane, QuicSettings, Shared, SwitchError};
 
 /// Canonical form of a peer address (IPv4-mapped IPv6 → IPv4), so QUIC peers match the
 /// addresses in job specs.
@@ -72,8 +75,28 @@ pub(crate) struct Started {
     pub(crate) thread: JoinHandle<()>,
 }
 
+/// What a QUIC connection task needs.
+struct Ctx {
+    shared: Arc<Shared>,
+    plane: Arc<EmuPlane>,
+    limit: ConnLimit,
+    cfg: ServerConfig,
+}
+
 /// Binds the QUIC endpoint and starts its runtime thread.
-pub(crate) fn start(q: &QuicSettings, shared: Arc<Shared>) -> Result<Started, SwitchError> {
+pub(crate) fn start(
+    q: &QuicSettings,
+    shared: Arc<Shared>,
+    plane: Arc<EmuPlane>,
+    limit: ConnLimit,
+    cfg: ServerConfig,
+) -> Result<Started, SwitchError> {
+    let ctx = Arc::new(Ctx {
+        shared,
+        plane,
+        limit,
+        cfg,
+    });
     let id = sketchreduce_quic::load_or_create_identity(&q.cert_dir)?;
     let fingerprint = sketchreduce_quic::fingerprint(&id.cert_der);
     let cfg = sketchreduce_quic::server_config(&id)?;
@@ -102,10 +125,10 @@ pub(crate) fn start(q: &QuicSettings, shared: Arc<Shared>) -> Result<Started, Sw
         .spawn(move || {
             rt.block_on(async move {
                 while let Some(incoming) = ep.accept().await {
-                    let sh = shared.clone();
+                    let ctx = ctx.clone();
                     tokio::spawn(async move {
                         match incoming.await {
-                            Ok(conn) => serve(conn, sh).await,
+                            Ok(conn) => serve(conn, ctx).await,
                             Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
                         }
                     });
@@ -125,7 +148,8 @@ pub(crate) fn start(q: &QuicSettings, shared: Arc<Shared>) -> Result<Started, Sw
     })
 }
 
-async fn serve(conn: quinn::Connection, sh: Arc<Shared>) {
+async fn serve(conn: quinn::Connection, ctx: Arc<Ctx>) {
+    let sh = &ctx.shared;
     let addr = canonical(conn.remote_address());
     let id = conn.stable_id();
     tracing::info!(%addr, "QUIC connection");
@@ -151,11 +175,18 @@ async fn serve(conn: quinn::Connection, sh: Arc<Shared>) {
                 }
             },
             s = conn.accept_bi() => match s {
-                Ok((send, recv)) => {
-                    let sh = sh.clone();
+                Ok((mut send, mut recv)) => {
+                    let Some(place) = ctx.limit.try_acquire() else {
+                        tracing::debug!(%addr, "control connection limit reached; QUIC stream refused");
+                        let _ = send.reset(1u32.into());
+                        let _ = recv.stop(1u32.into());
+                        continue;
+                    };
+                    let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = control_stream(&sh, send, recv).await {
-                            tracing::debug!(error = %e, "QUIC control stream");
+                        let _place = place;
+                        if let Err(e) = control_stream(&ctx, send, recv).await {
+                            tracing::debug!(%addr, error = %e, "QUIC control stream ended");
                         }
                     });
                 }
@@ -169,18 +200,103 @@ async fn serve(conn: quinn::Connection, sh: Arc<Shared>) {
     sh.peers.remove(addr, id);
 }
 
+/// Why a QUIC control stream ended early.
+#[derive(Debug, thiserror::Error)]
+enum StreamEnd {
+    #[error("{0} deadline passed")]
+    Deadline(&'static str),
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error(transparent)]
+    Frame(#[from] sketchreduce_wire::control::FrameError),
+    #[error("first frame is not a client hello")]
+    Hello,
+}
+
+/// Reads one frame: the first byte by `idle`, the rest within the frame timeout after it.
+/// `Ok(None)`: the client finished the stream between frames.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    idle: Instant,
+    frame_timeout: Duration,
+    body: &mut Vec<u8>,
+) -> Result<Option<()>, StreamEnd> {
+    let mut prefix = [0u8; 4];
+    let first = tokio::time::timeout_at(idle.into(), recv.read_exact(&mut prefix[..1]))
+        .await
+        .map_err(|_| StreamEnd::Deadline("idle"))?;
+    match first {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let deadline = tokio::time::Instant::now() + frame_timeout;
+    tokio::time::timeout_at(deadline, recv.read_exact(&mut prefix[1..]))
+        .await
+        .map_err(|_| StreamEnd::Deadline("frame"))??;
+    let n = frame_len(prefix)?;
+    body.resize(n, 0);
+    tokio::time::timeout_at(deadline, recv.read_exact(body))
+        .await
+        .map_err(|_| StreamEnd::Deadline("frame"))??;
+    Ok(Some(()))
+}
+
+async fn write_frame(
+    send: &mut quinn::SendStream,
+    json: &str,
+    timeout: Duration,
+) -> Result<(), StreamEnd> {
+    let mut out = Vec::with_capacity(4 + json.len());
+    encode_frame(json, &mut out)?;
+    tokio::time::timeout(timeout, send.write_all(&out))
+        .await
+        .map_err(|_| StreamEnd::Deadline("write"))??;
+    Ok(())
+}
+
+/// One control connection on a QUIC stream: client hello, server hello, then request and
+/// response frames as over TCP, with the same deadlines.
 async fn control_stream(
-    sh: &Shared,
+    ctx: &Ctx,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-) -> Result<(), sketchreduce_quic::QuicError> {
-    let resp = match sketchreduce_quic::read_frame_async::<ControlRequest>(&mut recv).await {
-        Ok(req) => sh.answer(req),
-        Err(e) => ControlResponse::Error(e.to_string()),
-    };
-    let mut buf = Vec::new();
-    write_frame(&mut buf, &resp)?;
-    send.write_all(&buf).await?;
-    send.finish()?;
+) -> Result<(), StreamEnd> {
+    let cfg = &ctx.cfg;
+    let end_of_life = Instant::now() + cfg.max_connection_time;
+    let mut body = Vec::new();
+    let first = (Instant::now() + cfg.frame_timeout).min(end_of_life);
+    if read_frame(&mut recv, first, cfg.frame_timeout, &mut body)
+        .await?
+        .is_none()
+    {
+        return Ok(());
+    }
+    match serde_json::from_slice::<ClientHello>(&body) {
+        Ok(h) if h.hello == PROTOCOL => {}
+        _ => {
+            let _ = send.reset(2u32.into());
+            return Err(StreamEnd::Hello);
+        }
+    }
+    let mut session = ServerSession::new(cfg.secret.clone());
+    write_frame(&mut send, &session.hello(), cfg.frame_timeout).await?;
+    loop {
+        let idle = (Instant::now() + cfg.idle_timeout).min(end_of_life);
+        if read_frame(&mut recv, idle, cfg.frame_timeout, &mut body)
+            .await?
+            .is_none()
+        {
+            break;
+        }
+        let reply = session.handle(&body, |req| ctx.plane.handle(req, Instant::now()));
+        write_frame(&mut send, &reply.frame, cfg.frame_timeout).await?;
+        if reply.close {
+            break;
+        }
+    }
+    let _ = send.finish();
     Ok(())
 }

@@ -1,21 +1,24 @@
-//! The switch process: UDP data threads (one per data port, batched I/O), the TCP control
-//! endpoint, the optional QUIC endpoint, periodic counter logs. [`spawn_switch`] starts it all
-//! in-process and returns a [`SwitchHandle`].
+//! The switch process: UDP data threads (one per data port, batched I/O), the control endpoint
+//! (control protocol v2 over TCP, through `sketchreduce-control`), the optional QUIC endpoint,
+//! periodic counter logs and the lease sweeper. [`spawn_switch`] starts it all in-process and
+//! returns a [`SwitchHandle`].
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use sketchreduce_wire::control::{read_frame, write_frame, ControlError};
-use sketchreduce_wire::{
-    ControlRequest, ControlResponse, Counters, DropReason, JobSpec, DATA_PORT_COUNT,
+use sketchreduce_control::{
+    check_bind, Backend, BackendError, BackendInfo, ConnLimit, ControlPlane, PlaneConfig,
+    PlaneError, Secret, ServerConfig, TcpServer,
 };
+use sketchreduce_wire::control::DEFAULT_MAX_JOBS;
+use sketchreduce_wire::{Counters, DropReason, JobSpec, DATA_PORT_COUNT, MAX_LANES};
 use thiserror::Error;
 
-use crate::core::{total_drops, RegisterError, Registered, ShardedCore};
+use crate::core::{total_drops, CoreError, ShardedCore};
 use crate::mmsg::{self, RecvBatch, SendBatch};
 use crate::quic_server::{self, QuicPeers};
 
@@ -33,9 +36,17 @@ pub enum SwitchError {
     /// Bad configuration.
     #[error("configuration: {0}")]
     Config(String),
-    /// A job was refused.
+    /// The register pool cannot be built (too large, bad lane count).
     #[error(transparent)]
-    Register(#[from] RegisterError),
+    Core(#[from] CoreError),
+    /// A static job was refused.
+    #[error("job {job}: {source}")]
+    Job {
+        /// Job id.
+        job: u16,
+        /// Why.
+        source: PlaneError,
+    },
     /// QUIC setup failed.
     #[error(transparent)]
     Quic(#[from] sketchreduce_quic::QuicError),
@@ -65,12 +76,20 @@ pub struct SwitchConfig {
     pub threads: usize,
     /// Slots in the pool.
     pub slots: u32,
-    /// Control endpoint (TCP). `None`: the listen IP, port `base + 16` (port 0 if the data
-    /// port was 0).
+    /// Lanes per register set: the largest lane count a job may use (one of `LANE_CHOICES`).
+    /// `slots × 2 × max_lanes × 4` bytes must stay ≤ 1 GiB.
+    pub max_lanes: u16,
+    /// Most jobs at once.
+    pub max_jobs: usize,
+    /// Control endpoint (TCP). `None`: `127.0.0.1`, port `base + 16` (port 0 if the data port
+    /// was 0). A non-loopback address needs `secret`.
     pub control: Option<SocketAddr>,
+    /// Shared secret of the control endpoint; `None`: auth off (loopback only).
+    pub secret: Option<Arc<Secret>>,
     /// QUIC endpoint, if any.
     pub quic: Option<QuicSettings>,
-    /// Jobs registered at start.
+    /// Jobs configured at start, with their epochs (no lease; not replaceable through the
+    /// control endpoint).
     pub jobs: Vec<JobSpec>,
     /// Datagrams per recvmmsg/sendmmsg.
     pub batch: usize,
@@ -78,6 +97,9 @@ pub struct SwitchConfig {
     pub socket_buffer: usize,
     /// Period of the counters log (info level); `None`: only at shutdown.
     pub stats_interval: Option<Duration>,
+    /// Control endpoint timing (deadlines, sweep period); its `secret` is replaced by
+    /// `secret` above.
+    pub control_timing: ServerConfig,
 }
 
 impl Default for SwitchConfig {
@@ -86,12 +108,16 @@ impl Default for SwitchConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], sketchreduce_wire::DEFAULT_DATA_PORT)),
             threads: 1,
             slots: 4096,
+            max_lanes: MAX_LANES,
+            max_jobs: DEFAULT_MAX_JOBS,
             control: None,
+            secret: None,
             quic: None,
             jobs: Vec::new(),
             batch: mmsg::DEFAULT_BATCH,
             socket_buffer: 8 << 20,
             stats_interval: Some(Duration::from_secs(10)),
+            control_timing: ServerConfig::default(),
         }
     }
 }
@@ -109,6 +135,7 @@ impl SwitchConfig {
     }
 }
 
+/// What the data threads and the QUIC endpoint share.
 pub(crate) struct Shared {
     pub(crate) core: ShardedCore,
     pub(crate) socks: Vec<UdpSocket>,
@@ -117,45 +144,54 @@ pub(crate) struct Shared {
     pub(crate) data_port: u16,
 }
 
-impl Shared {
-    /// Answers one control request (TCP and QUIC alike).
-    pub(crate) fn answer(&self, req: ControlRequest) -> ControlResponse {
-        match req {
-            ControlRequest::Info => ControlResponse::Info {
-                data_port: self.data_port,
-                data_ports: self.socks.len() as u16,
-                slots: self.core.pool_slots(),
-            },
-            ControlRequest::Register(spec) => {
-                let id = spec.id;
-                match self.core.register(spec) {
-                    Ok(Registered::New) => {
-                        tracing::info!(job = id, "job registered");
-                        ControlResponse::Ok
-                    }
-                    Ok(Registered::Existing) => ControlResponse::Ok,
-                    Err(e) => {
-                        tracing::warn!(job = id, error = %e, "job refused");
-                        ControlResponse::Error(e.to_string())
-                    }
-                }
-            }
-            ControlRequest::Unregister { job } => match self.core.unregister(job) {
-                Ok(_) => {
-                    tracing::info!(job, "job unregistered");
-                    ControlResponse::Ok
-                }
-                Err(e) => ControlResponse::Error(e.to_string()),
-            },
-            ControlRequest::Counters => ControlResponse::Counters(self.core.counters()),
-        }
+/// The emulator as a control-plane [`Backend`]: jobs and counters of its [`ShardedCore`].
+pub struct EmuBackend(Arc<Shared>);
+
+impl std::fmt::Debug for EmuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("EmuBackend").field(&self.0.core).finish()
     }
 }
+
+impl Backend for EmuBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            data_port: self.0.data_port,
+            data_ports: self.0.socks.len() as u16,
+            slots: self.0.core.pool_slots(),
+            max_lanes: self.0.core.max_lanes(),
+        }
+    }
+
+    fn create(&self, spec: &JobSpec) -> Result<(), BackendError> {
+        self.0
+            .core
+            .create(spec.clone())
+            .map_err(|e| BackendError::Invalid(e.to_string()))
+    }
+
+    fn unregister(&self, id: u16) -> Result<(), BackendError> {
+        self.0
+            .core
+            .unregister(id)
+            .map(|_| ())
+            .map_err(|e| BackendError::Invalid(e.to_string()))
+    }
+
+    fn counters(&self) -> Result<Counters, BackendError> {
+        Ok(self.0.core.counters())
+    }
+}
+
+/// The emulator's control plane.
+pub type EmuPlane = ControlPlane<EmuBackend>;
 
 /// A running in-process switch. Dropping it shuts it down (as [`SwitchHandle::shutdown`]).
 pub struct SwitchHandle {
     shared: Arc<Shared>,
+    plane: Arc<EmuPlane>,
     data_addr: SocketAddr,
+    control: Option<TcpServer>,
     control_addr: SocketAddr,
     quic_addr: Option<SocketAddr>,
     fingerprint: Option<String>,
@@ -217,14 +253,23 @@ impl SwitchHandle {
         &self.shared.core
     }
 
-    /// Registers a job directly (as the control endpoint would).
-    pub fn register(&self, spec: JobSpec) -> Result<Registered, RegisterError> {
-        self.shared.core.register(spec)
+    /// The control plane (job registry), as the control endpoint uses it.
+    pub fn plane(&self) -> &EmuPlane {
+        &self.plane
     }
 
-    /// Unregisters a job directly.
-    pub fn unregister(&self, job: u16) -> Result<JobSpec, RegisterError> {
-        self.shared.core.unregister(job)
+    /// Creates a job in-process (as a `create` request would, but without a lease) and returns
+    /// its spec with the new epoch.
+    pub fn create(&self, mut spec: JobSpec) -> Result<JobSpec, PlaneError> {
+        spec.epoch = self
+            .plane
+            .create(spec.clone(), false, None, Instant::now())?;
+        Ok(spec)
+    }
+
+    /// Unregisters a job in-process (it must still have `epoch`).
+    pub fn unregister(&self, job: u16, epoch: u32) -> Result<(), PlaneError> {
+        self.plane.unregister(job, epoch)
     }
 
     /// Current counters.
@@ -244,6 +289,9 @@ impl SwitchHandle {
 
     fn stop(&mut self) -> Counters {
         self.shared.shutdown.store(true, Ordering::SeqCst);
+        if let Some(mut c) = self.control.take() {
+            c.shutdown();
+        }
         if let Some(ep) = self.quic_endpoint.take() {
             ep.close(0u32.into(), b"switch shutting down");
         }
@@ -342,7 +390,7 @@ pub fn bind_data_ports(
 }
 
 /// Starts a switch in this process: data threads, control endpoint, QUIC endpoint (if
-/// configured); registers `cfg.jobs`.
+/// configured); installs the static `cfg.jobs`.
 pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
     if cfg.threads == 0 || cfg.threads > DATA_PORT_COUNT as usize {
         return Err(SwitchError::Config(format!(
@@ -350,19 +398,19 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
             cfg.threads
         )));
     }
-    if cfg.slots == 0 {
-        return Err(SwitchError::Config(
-            "the pool needs at least one slot".into(),
-        ));
+    if cfg.max_jobs == 0 || cfg.max_jobs > u16::MAX as usize {
+        return Err(SwitchError::Config(format!(
+            "max jobs must be 1..=65535, got {}",
+            cfg.max_jobs
+        )));
     }
-    let core = ShardedCore::new(cfg.slots, cfg.threads as u32);
-    for j in &cfg.jobs {
-        core.register(j.clone())?;
-    }
+    // Before binding or allocating anything: a bad size is a clear error, not an abort.
+    let core = ShardedCore::new(cfg.slots, cfg.threads as u32, cfg.max_lanes)?;
     let socks = bind_data_ports(cfg.listen, cfg.threads, cfg.socket_buffer)?;
     let data_addr = socks[0].local_addr().map_err(io("local_addr"))?;
     for s in &socks {
         mmsg::set_recv_timeout(s, Some(Duration::from_millis(50))).map_err(io("SO_RCVTIMEO"))?;
+        mmsg::report_ip_options(s).map_err(io("IP_RECVOPTS"))?;
     }
     let control_addr = cfg.control.unwrap_or_else(|| {
         let port = if cfg.listen.port() == 0 {
@@ -370,12 +418,12 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
         } else {
             data_addr.port().checked_add(DATA_PORT_COUNT).unwrap_or(0)
         };
-        SocketAddr::new(data_addr.ip(), port)
+        SocketAddr::from(([127, 0, 0, 1], port))
     });
+    check_bind(control_addr, cfg.secret.is_some()).map_err(SwitchError::Config)?;
     let listener =
         TcpListener::bind(control_addr).map_err(io(format!("bind TCP {control_addr}")))?;
     let control_addr = listener.local_addr().map_err(io("local_addr"))?;
-    listener.set_nonblocking(true).map_err(io("nonblocking"))?;
 
     let shared = Arc::new(Shared {
         core,
@@ -384,9 +432,24 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
         shutdown: AtomicBool::new(false),
         data_port: data_addr.port(),
     });
+    let plane = Arc::new(ControlPlane::new(
+        EmuBackend(shared.clone()),
+        PlaneConfig {
+            max_jobs: cfg.max_jobs,
+            auth: cfg.secret.is_some(),
+        },
+    ));
+    let now = Instant::now();
+    for j in &cfg.jobs {
+        plane
+            .add_static(j.clone(), now)
+            .map_err(|source| SwitchError::Job { job: j.id, source })?;
+    }
     let mut handle = SwitchHandle {
         shared: shared.clone(),
+        plane: plane.clone(),
         data_addr,
+        control: None,
         control_addr,
         quic_addr: None,
         fingerprint: None,
@@ -402,17 +465,33 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
             .map_err(io("spawn data thread"))?;
         handle.threads.push(th);
     }
-    {
+    let limit = ConnLimit::protocol_default();
+    let server_cfg = ServerConfig {
+        secret: cfg.secret.clone(),
+        ..cfg.control_timing.clone()
+    };
+    let tick: Option<sketchreduce_control::server::Tick> = cfg.stats_interval.map(|iv| {
         let sh = shared.clone();
-        let interval = cfg.stats_interval;
-        let th = std::thread::Builder::new()
-            .name("switch-control".into())
-            .spawn(move || control_loop(&sh, listener, interval))
-            .map_err(io("spawn control thread"))?;
-        handle.threads.push(th);
-    }
+        let mut last = Instant::now();
+        Box::new(move || {
+            if last.elapsed() >= iv {
+                last = Instant::now();
+                log_counters(&sh.core.counters(), "counters");
+            }
+        }) as sketchreduce_control::server::Tick
+    });
+    handle.control = Some(
+        TcpServer::spawn(
+            listener,
+            plane.clone(),
+            limit.clone(),
+            server_cfg.clone(),
+            tick,
+        )
+        .map_err(io("spawn control thread"))?,
+    );
     if let Some(q) = &cfg.quic {
-        let started = quic_server::start(q, shared.clone())?;
+        let started = quic_server::start(q, shared.clone(), plane, limit, server_cfg)?;
         handle.quic_addr = Some(started.addr);
         handle.fingerprint = Some(started.fingerprint);
         handle.quic_endpoint = Some(started.endpoint);
@@ -422,7 +501,9 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
         data = %data_addr,
         data_ports = cfg.threads,
         slots = cfg.slots,
+        max_lanes = cfg.max_lanes,
         control = %control_addr,
+        auth = cfg.secret.is_some(),
         quic = ?handle.quic_addr,
         "switch started"
     );
@@ -446,6 +527,10 @@ fn data_loop(sh: &Shared, t: usize, batch: usize) {
         let quic = sh.peers.active();
         for i in 0..n {
             let (from, d) = rb.get(i);
+            if rb.has_ip_options(i) {
+                sh.core.drop_ip_options(d);
+                continue;
+            }
             let mut emit = |dst: SocketAddr, out: &[u8]| {
                 if quic && sh.peers.try_send(dst, out) {
                     return;
@@ -455,63 +540,5 @@ fn data_loop(sh: &Shared, t: usize, batch: usize) {
             sh.core.handle(from, d, &mut emit);
         }
         sb.flush(sock);
-    }
-}
-
-fn control_loop(sh: &Arc<Shared>, listener: TcpListener, interval: Option<Duration>) {
-    let mut last_log = Instant::now();
-    while !sh.shutdown.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                // One short-lived thread per connection (requests are tiny and rare); it is
-                // not joined at shutdown, and ends at its client's EOF or a read timeout.
-                let sh = sh.clone();
-                let r = std::thread::Builder::new()
-                    .name("switch-control-conn".into())
-                    .spawn(move || {
-                        if let Err(e) = serve_control(&sh, stream) {
-                            tracing::debug!(%peer, error = %e, "control connection ended");
-                        }
-                    });
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "cannot spawn control connection thread");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "control accept");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        if let Some(iv) = interval {
-            if last_log.elapsed() >= iv {
-                last_log = Instant::now();
-                log_counters(&sh.core.counters(), "counters");
-            }
-        }
-    }
-}
-
-fn serve_control(sh: &Shared, mut s: TcpStream) -> Result<(), ControlError> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    loop {
-        let req: ControlRequest = match read_frame(&mut s) {
-            Ok(r) => r,
-            Err(ControlError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Ok(())
-            }
-            Err(e) => {
-                let _ = write_frame(&mut s, &ControlResponse::Error(e.to_string()));
-                return Err(e);
-            }
-        };
-        write_frame(&mut s, &sh.answer(req))?;
-        if sh.shutdown.load(Ordering::Relaxed) {
-            return Ok(());
-        }
     }
 }

@@ -1,12 +1,15 @@
 //! The switch process over real loopback UDP sockets: windowed workers, exact sums, loss
-//! injection in both directions, several jobs at once, several data threads, control endpoint.
+//! injection in both directions, several jobs at once, several data threads; IPv4 options,
+//! off-path injection and oversized datagrams on real sockets.
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use sketchreduce_switch::bench::{run_aggregation, run_echo, WorkloadConfig};
-use sketchreduce_switch::{spawn_switch, SwitchConfig};
-use sketchreduce_wire::control::call;
-use sketchreduce_wire::{ControlRequest, ControlResponse, DropReason, JobSpec, WorkerSpec};
+use sketchreduce_switch::{spawn_switch, SwitchConfig, SwitchHandle};
+use sketchreduce_wire::packet::build;
+use sketchreduce_wire::{DropReason, Header, JobSpec, Kind, Op, Packet, WorkerSpec};
 
 fn cfg(workers: usize, window: u32, rounds: u32) -> WorkloadConfig {
     WorkloadConfig {
@@ -74,14 +77,12 @@ fn concurrent_jobs_are_isolated() {
         let a = s.spawn(|| {
             let mut c = cfg(3, 16, 100);
             c.job = 1;
-            c.token = 111;
             c.slot_base = 0;
             (run_aggregation(&sw, &c).unwrap(), c)
         });
         let b = s.spawn(|| {
             let mut c = cfg(2, 16, 100);
             c.job = 2;
-            c.token = 222;
             c.slot_base = 32;
             c.lanes = 256;
             (run_aggregation(&sw, &c).unwrap(), c)
@@ -94,102 +95,16 @@ fn concurrent_jobs_are_isolated() {
 }
 
 #[test]
-fn control_endpoint() {
-    let mut sc = SwitchConfig::loopback(4, 100);
-    sc.stats_interval = Some(Duration::from_millis(50));
-    let sw = spawn_switch(sc).unwrap();
-    let t = Duration::from_secs(5);
-    let ctl = sw.control_addr();
-    match call(ctl, &ControlRequest::Info, t).unwrap() {
-        ControlResponse::Info {
-            data_port,
-            data_ports,
-            slots,
-        } => {
-            assert_eq!(data_port, sw.local_data_addr().port());
-            assert_eq!(data_ports, 4);
-            assert_eq!(slots, 100);
-        }
-        other => panic!("{other:?}"),
-    }
-    let spec = JobSpec {
-        id: 3,
-        token: 1,
-        lanes: 32,
-        slot_base: 0,
-        slot_count: 10,
-        workers: vec![WorkerSpec::at("127.0.0.1:9".parse().unwrap())],
-    };
-    assert_eq!(
-        call(ctl, &ControlRequest::Register(spec.clone()), t).unwrap(),
-        ControlResponse::Ok
-    );
-    assert_eq!(
-        call(ctl, &ControlRequest::Register(spec.clone()), t).unwrap(),
-        ControlResponse::Ok
-    );
-    let mut other = spec.clone();
-    other.id = 4;
-    assert!(matches!(
-        call(ctl, &ControlRequest::Register(other), t).unwrap(),
-        ControlResponse::Error(_)
-    ));
-    match call(ctl, &ControlRequest::Counters, t).unwrap() {
-        ControlResponse::Counters(c) => assert_eq!(c.jobs.len(), 1),
-        other => panic!("{other:?}"),
-    }
-    // Several requests on one connection.
-    let mut s = std::net::TcpStream::connect(ctl).unwrap();
-    for _ in 0..3 {
-        sketchreduce_wire::control::write_frame(&mut s, &ControlRequest::Info).unwrap();
-        let r: ControlResponse = sketchreduce_wire::control::read_frame(&mut s).unwrap();
-        assert!(matches!(r, ControlResponse::Info { .. }));
-    }
-    drop(s);
-    std::thread::sleep(Duration::from_millis(120)); // a periodic counters log
-    assert_eq!(
-        call(ctl, &ControlRequest::Unregister { job: 3 }, t).unwrap(),
-        ControlResponse::Ok
-    );
-    assert!(matches!(
-        call(ctl, &ControlRequest::Unregister { job: 3 }, t).unwrap(),
-        ControlResponse::Error(_)
-    ));
-    sw.shutdown();
-}
-
-#[test]
 fn misrouted_slots_and_garbage_over_udp() {
     let sw = spawn_switch(SwitchConfig::loopback(2, 8)).unwrap();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let spec = JobSpec {
-        id: 1,
-        token: 5,
-        lanes: 32,
-        slot_base: 0,
-        slot_count: 8,
-        workers: vec![WorkerSpec::at(sock.local_addr().unwrap())],
-    };
-    sw.register(spec).unwrap();
+    let spec = sw
+        .create(spec_for(1, 32, &[sock.local_addr().unwrap()]))
+        .unwrap();
     sock.send_to(b"garbage", sw.local_data_addr()).unwrap();
     // Slot 1 belongs to port base+1 but is sent to base: still answered, from base.
-    let h = sketchreduce_wire::Header {
-        kind: sketchreduce_wire::Kind::Data,
-        op: sketchreduce_wire::Op::Add,
-        rank: 0,
-        job: 1,
-        lanes: 32,
-        token: 5,
-        slot: 1,
-        set: 0,
-        count: 0,
-        round: 0,
-        offset: 0,
-        bitmap: 0,
-    };
-    let mut b = vec![0u8; h.packet_len()];
-    sketchreduce_wire::packet::build(&h, &[3; 32], &mut b);
+    let b = data(&spec, 0, 1, &[3; 32]);
     sock.send_to(&b, sw.local_data_addr()).unwrap();
     let mut r = [0u8; 2048];
     let (n, from) = sock.recv_from(&mut r).unwrap();
@@ -198,6 +113,172 @@ fn misrouted_slots_and_garbage_over_udp() {
     assert_eq!(r[1], 2);
     let c = sw.shutdown();
     assert_eq!(c.drops[DropReason::Malformed as usize], 1);
+}
+
+fn spec_for(id: u16, lanes: u16, addrs: &[SocketAddr]) -> JobSpec {
+    JobSpec {
+        id,
+        epoch: 0,
+        lanes,
+        slot_base: 0,
+        slot_count: 8,
+        workers: addrs.iter().map(|a| WorkerSpec::at(*a)).collect(),
+    }
+}
+
+fn data(j: &JobSpec, rank: u8, slot: u32, lanes: &[u32]) -> Vec<u8> {
+    let h = Header {
+        kind: Kind::Data,
+        op: Op::Add,
+        rank,
+        job: j.id,
+        lanes: lanes.len() as u16,
+        epoch: j.epoch,
+        slot,
+        set: 0,
+        count: 0,
+        flags: 0,
+        round: 0,
+        offset: 0,
+        bitmap: 0,
+    };
+    let mut b = vec![0u8; h.packet_len()];
+    build(&h, lanes, &mut b).unwrap();
+    b
+}
+
+/// Waits until the switch has received `n` datagrams (the data path is asynchronous).
+fn wait_packets_in(sw: &SwitchHandle, n: u64) -> sketchreduce_wire::Counters {
+    let t = Instant::now();
+    loop {
+        let c = sw.counters();
+        if c.packets_in >= n || t.elapsed() > Duration::from_secs(10) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// docs/wire.md: a datagram whose IPv4 header has options (IHL ≠ 5) is malformed, counted in
+/// packets_in and the global malformed drops. A real datagram with IP options (NOP, NOP, NOP,
+/// EOL, set with setsockopt(IP_OPTIONS) on the sending socket) over loopback.
+#[test]
+fn ipv4_options_are_malformed() {
+    let sw = spawn_switch(SwitchConfig::loopback(1, 8)).unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let spec = sw
+        .create(spec_for(1, 32, &[sock.local_addr().unwrap()]))
+        .unwrap();
+    let opts: [u8; 4] = [1, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
+                                      // SAFETY: setsockopt with a 4-byte option buffer on a valid socket.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            opts.as_ptr() as *const libc::c_void,
+            opts.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "IP_OPTIONS: {}", std::io::Error::last_os_error());
+    // A valid, complete (1-worker) DATA packet: without options it would produce a RESULT.
+    sock.send_to(&data(&spec, 0, 0, &[5; 32]), sw.local_data_addr())
+        .unwrap();
+    let c = wait_packets_in(&sw, 1);
+    assert_eq!(c.packets_in, 1);
+    assert_eq!(c.drops[DropReason::Malformed as usize], 1);
+    assert_eq!(c.job(1).unwrap().data_in, 0);
+    let mut buf = [0u8; 64];
+    assert!(sock.recv_from(&mut buf).is_err(), "no RESULT for it");
+    // The same packet without options is accepted.
+    // SAFETY: an empty option list clears the options.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            std::ptr::null(),
+            0,
+        )
+    };
+    assert_eq!(r, 0);
+    sock.send_to(&data(&spec, 0, 0, &[5; 32]), sw.local_data_addr())
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = sock.recv_from(&mut buf).expect("RESULT");
+    assert_eq!(n, 32 + 128);
+    let c = sw.shutdown();
+    assert_eq!(c.packets_in, 2);
+    assert_eq!(c.drops[DropReason::Malformed as usize], 1);
+    assert_eq!(c.job(1).unwrap().data_in, 1);
+}
+
+/// Off-path injection over real UDP: right job, epoch, rank and slot, but from a socket that
+/// is not the rank's registered address: bad_source, no register changes, no reply.
+#[test]
+fn off_path_injection_over_udp_is_bad_source() {
+    let sw = spawn_switch(SwitchConfig::loopback(1, 8)).unwrap();
+    let w0 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let w1 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let evil = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&w0, &w1, &evil] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    let spec = sw
+        .create(spec_for(
+            1,
+            32,
+            &[w0.local_addr().unwrap(), w1.local_addr().unwrap()],
+        ))
+        .unwrap();
+    evil.send_to(&data(&spec, 0, 2, &[666; 32]), sw.local_data_addr())
+        .unwrap();
+    let mut p = data(&spec, 1, 2, &[]);
+    p[1] = Kind::Probe as u8;
+    evil.send_to(&p, sw.local_data_addr()).unwrap();
+    let c = wait_packets_in(&sw, 2);
+    assert_eq!(
+        c.job(1).unwrap().drops[DropReason::BadSource as usize],
+        2,
+        "{c:?}"
+    );
+    assert_eq!(sw.core().shard(0).slot_set(2, 0).unwrap().1, 0);
+    w0.send_to(&data(&spec, 0, 2, &[1; 32]), sw.local_data_addr())
+        .unwrap();
+    w1.send_to(&data(&spec, 1, 2, &[2; 32]), sw.local_data_addr())
+        .unwrap();
+    let mut buf = [0u8; 256];
+    for w in [&w0, &w1] {
+        let (n, _) = w.recv_from(&mut buf).unwrap();
+        let p = Packet::new_checked(&buf[..n]).unwrap();
+        assert!(p.lanes().all(|x| x == 3), "1 + 2, not 666 + 2");
+    }
+    evil.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        evil.recv_from(&mut buf).is_err(),
+        "nothing for the injector"
+    );
+    sw.shutdown();
+}
+
+/// A datagram longer than the largest packet (4096 lanes) is truncated by the receive buffer
+/// and counted malformed, whether or not its job exists (docs/wire.md, lane counts).
+#[test]
+fn oversized_lane_count_is_malformed() {
+    let sw = spawn_switch(SwitchConfig::loopback(1, 8)).unwrap();
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let spec = sw
+        .create(spec_for(1, 64, &[sock.local_addr().unwrap()]))
+        .unwrap();
+    sock.send_to(&data(&spec, 0, 0, &vec![1; 4096]), sw.local_data_addr())
+        .unwrap();
+    let c = wait_packets_in(&sw, 1);
+    assert_eq!(c.drops[DropReason::Malformed as usize], 1);
+    assert_eq!(c.job(1).unwrap().drops, [0; DropReason::COUNT]);
+    sw.shutdown();
 }
 
 #[test]

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sketchreduce_switch::{spawn_switch, QuicSettings, SwitchConfig, SwitchHandle};
+use sketchreduce_wire::control::{Request, Response};
 use sketchreduce_wire::packet::build;
-use sketchreduce_wire::{
-    ControlRequest, ControlResponse, Header, JobSpec, Kind, Op, Packet, WorkerSpec,
-};
+use sketchreduce_wire::{Header, JobSpec, Kind, Op, Packet, WorkerSpec};
 
 fn switch(tag: &str) -> (SwitchHandle, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("sr-switch-quic-{tag}-{}", std::process::id()));
@@ -22,30 +21,31 @@ fn switch(tag: &str) -> (SwitchHandle, std::path::PathBuf) {
     (spawn_switch(sc).unwrap(), dir)
 }
 
-fn data(rank: u8, slot: u32, round: u32, v: u32) -> Vec<u8> {
+fn data(epoch: u32, rank: u8, slot: u32, round: u32, v: u32) -> Vec<u8> {
     let h = Header {
         kind: Kind::Data,
         op: Op::Add,
         rank,
         job: 7,
         lanes: 32,
-        token: 77,
+        epoch,
         slot,
         set: (round & 1) as u8,
         count: 0,
+        flags: 0,
         round,
         offset: slot,
         bitmap: 0,
     };
     let mut b = vec![0u8; h.packet_len()];
-    build(&h, &[v; 32], &mut b);
+    build(&h, &[v; 32], &mut b).unwrap();
     b
 }
 
 fn spec(addrs: &[SocketAddr]) -> JobSpec {
     JobSpec {
         id: 7,
-        token: 77,
+        epoch: 0,
         lanes: 32,
         slot_base: 0,
         slot_count: 4,
@@ -84,27 +84,38 @@ fn two_quic_workers_aggregate() {
         let (e0, c0) = client(&sw, &fp).await.unwrap();
         let (e1, c1) = client(&sw, &fp).await.unwrap();
         let addrs = [e0.local_addr().unwrap(), e1.local_addr().unwrap()];
-        // Both workers register (identical spec), over QUIC control streams.
-        for c in [&c0, &c1] {
-            let r = sketchreduce_quic::control_call(c, &ControlRequest::Register(spec(&addrs)))
-                .await
-                .unwrap();
-            assert_eq!(r, ControlResponse::Ok);
-        }
-        match sketchreduce_quic::control_call(&c0, &ControlRequest::Info)
+        // Worker 0 creates the job, worker 1 joins it, over QUIC control streams.
+        let create = Request::Create {
+            spec: spec(&addrs),
+            replace: false,
+            lease_ms: 60_000,
+        };
+        let epoch = match sketchreduce_quic::control_call(&c0, None, &create)
             .await
             .unwrap()
         {
-            ControlResponse::Info {
-                data_ports, slots, ..
-            } => assert_eq!((data_ports, slots), (2, 16)),
+            Response::Created { epoch } => epoch,
+            other => panic!("{other:?}"),
+        };
+        match sketchreduce_quic::control_call(&c1, None, &Request::Join { job: 7 })
+            .await
+            .unwrap()
+        {
+            Response::Joined(s) => assert_eq!(s.epoch, epoch),
+            other => panic!("{other:?}"),
+        }
+        match sketchreduce_quic::control_call(&c0, None, &Request::Info {})
+            .await
+            .unwrap()
+        {
+            Response::Info(i) => assert_eq!((i.data_ports, i.slots, i.auth), (2, 16, false)),
             other => panic!("{other:?}"),
         }
         for round in 0..3u32 {
             for slot in 0..4u32 {
                 for (r, c) in [&c0, &c1].into_iter().enumerate() {
                     let v = (r as u32 + 1) * 100 + round * 10 + slot;
-                    c.send_datagram(data(r as u8, slot, round, v).into())
+                    c.send_datagram(data(epoch, r as u8, slot, round, v).into())
                         .unwrap();
                 }
             }
@@ -116,7 +127,7 @@ fn two_quic_workers_aggregate() {
                         .expect("result in time")
                         .unwrap();
                     let p = Packet::new_checked(&d[..]).unwrap();
-                    let h = p.header();
+                    let h = Header::parse(&p).unwrap();
                     assert_eq!(
                         (h.kind, h.round, h.count, h.bitmap),
                         (Kind::Result, round, 2, 0b11)
@@ -128,11 +139,11 @@ fn two_quic_workers_aggregate() {
                 assert_eq!(seen, [true; 4]);
             }
         }
-        match sketchreduce_quic::control_call(&c1, &ControlRequest::Counters)
+        match sketchreduce_quic::control_call(&c1, None, &Request::Counters {})
             .await
             .unwrap()
         {
-            ControlResponse::Counters(c) => {
+            Response::Counters(c) => {
                 assert_eq!(c.jobs[0].1.completions, 12);
                 assert_eq!(c.jobs[0].1.results_multicast, 24);
             }
@@ -168,18 +179,20 @@ fn quic_and_udp_workers_mix() {
     udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     rt().block_on(async {
         let (e0, c0) = client(&sw, &fp).await.unwrap();
-        sw.register(spec(&[e0.local_addr().unwrap(), udp.local_addr().unwrap()]))
-            .unwrap();
+        let epoch = sw
+            .create(spec(&[e0.local_addr().unwrap(), udp.local_addr().unwrap()]))
+            .unwrap()
+            .epoch;
         // Slot 1: QUIC worker first (the UDP worker's packet completes it on the UDP path and the
         // result goes to the QUIC worker as a datagram); slot 2: the reverse order.
-        c0.send_datagram(data(0, 1, 0, 5).into()).unwrap();
+        c0.send_datagram(data(epoch, 0, 1, 0, 5).into()).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        udp.send_to(&data(1, 1, 0, 6), sw.data_addr_for_slot(1))
+        udp.send_to(&data(epoch, 1, 1, 0, 6), sw.data_addr_for_slot(1))
             .unwrap();
-        udp.send_to(&data(1, 2, 0, 1), sw.data_addr_for_slot(2))
+        udp.send_to(&data(epoch, 1, 2, 0, 1), sw.data_addr_for_slot(2))
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        c0.send_datagram(data(0, 2, 0, 2).into()).unwrap();
+        c0.send_datagram(data(epoch, 0, 2, 0, 2).into()).unwrap();
         let mut got = Vec::new();
         for _ in 0..2 {
             let d = tokio::time::timeout(Duration::from_secs(5), c0.read_datagram())
@@ -187,7 +200,7 @@ fn quic_and_udp_workers_mix() {
                 .unwrap()
                 .unwrap();
             let p = Packet::new_checked(&d[..]).unwrap();
-            got.push((p.header().slot, p.lane(0)));
+            got.push((Header::parse(&p).unwrap().slot, p.lane(0)));
         }
         got.sort();
         assert_eq!(got, vec![(1, 11), (2, 3)]);
@@ -196,8 +209,9 @@ fn quic_and_udp_workers_mix() {
         for _ in 0..2 {
             let (n, from) = udp.recv_from(&mut buf).unwrap();
             let p = Packet::new_checked(&buf[..n]).unwrap();
-            assert_eq!(from, sw.data_addr_for_slot(p.header().slot));
-            got.push((p.header().slot, p.lane(0)));
+            let h = Header::parse(&p).unwrap();
+            assert_eq!(from, sw.data_addr_for_slot(h.slot));
+            got.push((h.slot, p.lane(0)));
         }
         got.sort();
         assert_eq!(got, vec![(1, 11), (2, 3)]);

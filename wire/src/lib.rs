@@ -5,15 +5,16 @@
 //!
 //! - [`packet`]: the aggregation header and its lanes, as a zero-copy view
 //!   ([`Packet`]) over a UDP payload plus a validated representation ([`Header`]).
-//! - [`job`]: a job's description (workers, lanes, slot range, token), the file format the
+//! - [`job`]: a job's description (workers, lanes, slot range, epoch), the file format the
 //!   switch, the P4 config generator and the workers read.
-//! - [`control`]: messages on the TCP control endpoint (register, unregister, counters).
+//! - [`control`]: control protocol v2 (length-prefixed JSON, HMAC-SHA256): message types,
+//!   framing and limits. The server logic and the client live in `sketchreduce-control`.
 
 pub mod control;
 pub mod job;
 pub mod packet;
 
-pub use control::{ControlRequest, ControlResponse, Counters, DropReason, JobCounters};
+pub use control::{Counters, DropReason, ErrorKind, Info, JobCounters, Request, Response};
 pub use job::{JobFile, JobSpec, WorkerSpec};
 pub use packet::{Header, Kind, Op, Packet, WireError};
 
@@ -29,5 +30,9 @@ pub const DATA_PORT_MASK: u16 = !(DATA_PORT_COUNT - 1);
 pub const DEFAULT_CONTROL_PORT: u16 = DEFAULT_DATA_PORT + DATA_PORT_COUNT; // 39440
 /// Most workers a job may have: the per-slot "workers seen" bitmap is one 32-bit register.
 pub const MAX_WORKERS: usize = 32;
-/// Lane counts a job may use per packet.
-pub const LANE_CHOICES: [u16; 4] = [32, 64, 128, 256];
+/// Lane counts a job may use per packet. A switch supports those up to its `max_lanes`
+/// capability; above 256 lanes a packet needs jumbo frames (2048 lanes: an 8,224-byte UDP
+/// payload, MTU ≥ 8,252).
+pub const LANE_CHOICES: [u16; 7] = [32, 64, 128, 256, 512, 1024, 2048];
+/// The largest lane count of [`LANE_CHOICES`].
+pub const MAX_LANES: u16 = LANE_CHOICES[LANE_CHOICES.len() - 1];

@@ -17,7 +17,8 @@
 
 use std::time::Duration;
 
-use sketchreduce_wire::{ControlRequest, ControlResponse, JobSpec};
+use sketchreduce_wire::control::{Request, Response, DEFAULT_LEASE_MS};
+use sketchreduce_wire::{ErrorKind, JobSpec};
 
 use crate::aggregation::AggConfig;
 use crate::error::AgentError;
@@ -31,7 +32,9 @@ pub struct AgentConfig {
     pub agg: AggConfig,
     /// Codec settings (identical on every worker; checked at every all-reduce).
     pub innet: InnetConfig,
-    /// Register the job at the switch on construction (idempotent for identical specs).
+    /// Create the job at the switch on construction, or join it if another worker created it
+    /// (the spec must then match, epoch aside); the switch's epoch is used either way. Without
+    /// it, the spec's epoch is used as given.
     pub register: bool,
 }
 
@@ -64,38 +67,32 @@ impl<T: Transport> std::fmt::Debug for Agent<T> {
 }
 
 impl<T: Transport> Agent<T> {
-    /// Connects worker `rank` of `job` over `transport` (registering the job if asked).
-    /// The job spec must name `transport.local_addr()` as this rank's address.
+    /// Connects worker `rank` of `job` over `transport` (creating or joining the job if
+    /// asked). The job spec must name `transport.local_addr()` as this rank's address.
     pub fn new(
         mut transport: T,
         job: &JobSpec,
         rank: u8,
         cfg: AgentConfig,
     ) -> Result<Self, AgentError> {
-        let core = InnetCore::new(job, rank, cfg.agg, cfg.innet)?;
+        // Checks the spec before anything is registered.
+        InnetCore::new(job, rank, cfg.agg, cfg.innet.clone())?;
         if let Some(w) = job.workers.get(rank as usize) {
             let local = transport.local_addr();
-            if w.addr != local && !w.addr.ip().is_unspecified() {
-                tracing::warn!(spec = %w.addr, %local, rank, "job spec names another address for this rank; results will go there");
+            if w.addr != local {
+                tracing::warn!(spec = %w.addr, %local, rank, "job spec names another address for this rank; the switch drops its packets as bad_source");
             }
         }
-        if cfg.register {
-            match transport.control(&ControlRequest::Register(job.clone()))? {
-                ControlResponse::Ok => {}
-                ControlResponse::Error(e) => {
-                    return Err(AgentError::Refused(format!("register job {}: {e}", job.id)))
-                }
-                other => {
-                    return Err(AgentError::Refused(format!(
-                        "unexpected answer to Register: {other:?}"
-                    )))
-                }
-            }
-        }
+        let job = if cfg.register {
+            create_or_join(&mut transport, job)?
+        } else {
+            job.clone()
+        };
+        let core = InnetCore::new(&job, rank, cfg.agg, cfg.innet)?;
         Ok(Agent {
             core,
             transport,
-            job: job.clone(),
+            job,
             rank,
         })
     }
@@ -143,5 +140,50 @@ impl<T: Transport> Agent<T> {
     /// The transport, mutably (e.g. to query the switch's counters).
     pub fn transport_mut(&mut self) -> &mut T {
         &mut self.transport
+    }
+}
+
+/// Creates `job` at the switch (lease [`DEFAULT_LEASE_MS`]) or, if it exists, joins it and
+/// checks that the registered spec is `job` (epoch aside; a nonzero epoch in `job` must match
+/// too). Returns the spec with the switch's epoch.
+fn create_or_join<T: Transport + ?Sized>(t: &mut T, job: &JobSpec) -> Result<JobSpec, AgentError> {
+    let refused = |what: &str, kind: ErrorKind, message: String| {
+        AgentError::Refused(format!("{what} job {}: {kind}: {message}", job.id))
+    };
+    let req = Request::Create {
+        spec: job.clone(),
+        replace: false,
+        lease_ms: DEFAULT_LEASE_MS,
+    };
+    match t.control(&req)? {
+        Response::Created { epoch } => {
+            let mut j = job.clone();
+            j.epoch = epoch;
+            Ok(j)
+        }
+        Response::Error {
+            kind: ErrorKind::Exists,
+            ..
+        } => match t.control(&Request::Join { job: job.id })? {
+            Response::Joined(have) => {
+                let mut want = job.clone();
+                want.epoch = have.epoch;
+                if want != have || (job.epoch != 0 && job.epoch != have.epoch) {
+                    return Err(AgentError::Refused(format!(
+                        "job {} is registered on the switch with another spec: {have:?}",
+                        job.id
+                    )));
+                }
+                Ok(have)
+            }
+            Response::Error { kind, message } => Err(refused("join", kind, message)),
+            other => Err(AgentError::Refused(format!(
+                "unexpected answer to join: {other:?}"
+            ))),
+        },
+        Response::Error { kind, message } => Err(refused("create", kind, message)),
+        other => Err(AgentError::Refused(format!(
+            "unexpected answer to create: {other:?}"
+        ))),
     }
 }

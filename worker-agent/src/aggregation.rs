@@ -183,7 +183,7 @@ pub enum AggState {
 #[derive(Debug)]
 pub struct Aggregation {
     job: u16,
-    token: u32,
+    epoch: u32,
     rank: u8,
     lanes: usize,
     slot_base: u32,
@@ -240,7 +240,7 @@ impl Aggregation {
         let window = cfg.window.clamp(1, job.slot_count) as usize;
         Ok(Aggregation {
             job: job.id,
-            token: job.token,
+            epoch: job.epoch,
             rank,
             lanes: job.lanes as usize,
             slot_base: job.slot_base,
@@ -431,10 +431,11 @@ impl Aggregation {
             } else {
                 0
             },
-            token: self.token,
+            epoch: self.epoch,
             slot: self.slot_base + w as u32,
             set: (st.round & 1) as u8,
             count: 0,
+            flags: 0,
             round: st.round,
             offset: st.chunk,
             bitmap: 0,
@@ -448,9 +449,14 @@ impl Aggregation {
             self.stats.ignored += 1;
             return;
         };
-        let h = p.header();
+        let Ok(h) = Header::parse(&p) else {
+            self.stats.ignored += 1;
+            return;
+        };
         if h.job != self.job
-            || h.token != self.token
+            || h.epoch != self.epoch
+            // A NACK STATUS (job unknown or re-created on the switch) is not a slot's status.
+            || h.flags != 0
             || h.slot < self.slot_base
             || h.slot - self.slot_base >= self.window as u32
         {
@@ -520,7 +526,16 @@ impl Aggregation {
         let start = ci * self.lanes;
         let words = &mut self.streams[si].words;
         let end = (start + self.lanes).min(words.len());
-        p.read_lanes(&mut self.scratch);
+        if let Err(e) = p.read_lanes(&mut self.scratch) {
+            let slot = h.slot;
+            self.fail(AgentError::Desync {
+                job: self.job,
+                slot,
+                detail: e.to_string(),
+            });
+            return;
+        }
+        let words = &mut self.streams[si].words;
         words[start..end].copy_from_slice(&self.scratch[..end - start]);
         if st.sends == 1 {
             if let Some(t0) = st.first_sent {
@@ -649,9 +664,9 @@ impl Aggregation {
                     let end = (start + self.lanes).min(words.len());
                     let mut p = Packet::new_unchecked(&mut buf[..len]);
                     p.set_header(&h);
-                    p.write_lanes(&words[start..end]);
-                    for i in (end - start)..self.lanes {
-                        p.set_lane(i, 0);
+                    if let Err(e) = p.write_lanes_padded(&words[start..end]) {
+                        self.fail(AgentError::Config(e.to_string()));
+                        return None;
                     }
                     let s = &mut self.slots[w];
                     if s.sends > 0 {
@@ -671,7 +686,13 @@ impl Aggregation {
                 Pending::Probe => {
                     self.slots[w].queued_probe = false;
                     let h = self.header(w, Kind::Probe);
-                    let len = packet::build(&h, &[], buf);
+                    let len = match packet::build(&h, &[], buf) {
+                        Ok(len) => len,
+                        Err(e) => {
+                            self.fail(AgentError::Config(e.to_string()));
+                            return None;
+                        }
+                    };
                     self.stats.probes += 1;
                     return Some(Transmit { len, slot: h.slot });
                 }

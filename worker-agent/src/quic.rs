@@ -7,10 +7,11 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sketchreduce_wire::{ControlRequest, ControlResponse};
+use sketchreduce_control::Secret;
+use sketchreduce_wire::control::{Request, Response};
 
 use crate::error::AgentError;
-use crate::transport::{Transport, CONTROL_TIMEOUT};
+use crate::transport::{env_secret, Transport, CONTROL_TIMEOUT};
 
 /// A QUIC connection to the switch.
 pub struct QuicTransport {
@@ -18,6 +19,7 @@ pub struct QuicTransport {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     local: SocketAddr,
+    secret: Option<Arc<Secret>>,
 }
 
 impl std::fmt::Debug for QuicTransport {
@@ -43,6 +45,7 @@ impl QuicTransport {
         fingerprint: &str,
     ) -> Result<Self, AgentError> {
         let local = sock.local_addr()?;
+        let secret = env_secret()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -77,6 +80,7 @@ impl QuicTransport {
             endpoint,
             conn,
             local,
+            secret,
         })
     }
 
@@ -126,12 +130,16 @@ impl Transport for QuicTransport {
         }
     }
 
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError> {
         let conn = &self.conn;
+        let secret = self.secret.clone();
         self.rt
             .block_on(async {
-                tokio::time::timeout(CONTROL_TIMEOUT, sketchreduce_quic::control_call(conn, req))
-                    .await
+                tokio::time::timeout(
+                    CONTROL_TIMEOUT,
+                    sketchreduce_quic::control_call(conn, secret, req),
+                )
+                .await
             })
             .map_err(|_| terr("control")(format_args!("timed out")))?
             .map_err(|e| terr("control")(format_args!("{e}")))

@@ -12,10 +12,11 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sketchreduce_wire::control;
-use sketchreduce_wire::{ControlRequest, ControlResponse};
+use sketchreduce_control::Secret;
+use sketchreduce_wire::control::{Request, Response};
 
 use crate::error::AgentError;
 use crate::sim::SplitMix64;
@@ -34,8 +35,8 @@ pub trait Transport {
     }
     /// Waits at most `timeout` for one datagram; `Ok(None)` on timeout.
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, AgentError>;
-    /// One request to the switch's control endpoint.
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError>;
+    /// One request to the switch's control endpoint (refusals are `Ok(Response::Error)`).
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError>;
     /// The local address results are sent to (what the job spec must name for this rank).
     fn local_addr(&self) -> SocketAddr;
     /// Short name ("udp", "quic", ...).
@@ -52,7 +53,7 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     fn recv(&mut self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>, AgentError> {
         (**self).recv(buf, timeout)
     }
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError> {
         (**self).control(req)
     }
     fn local_addr(&self) -> SocketAddr {
@@ -114,6 +115,13 @@ pub fn drive<E: Endpoint, T: Transport + ?Sized>(
     }
 }
 
+/// The control secret from the environment, if any.
+pub(crate) fn env_secret() -> Result<Option<Arc<Secret>>, AgentError> {
+    Secret::from_env()
+        .map(|s| s.map(Arc::new))
+        .map_err(|e| AgentError::Config(e.to_string()))
+}
+
 /// Datagrams per `sendmmsg`/`recvmmsg`.
 pub const BATCH: usize = 64;
 const SLOT_BYTES: usize = 2048;
@@ -123,6 +131,7 @@ pub struct UdpTransport {
     sock: UdpSocket,
     local: SocketAddr,
     control: SocketAddr,
+    secret: Option<Arc<Secret>>,
     data_ip: std::net::IpAddr,
     data_port: u16,
     data_ports: u16,
@@ -159,26 +168,29 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, AgentError> {
 }
 
 impl UdpTransport {
-    /// Wraps a bound socket and asks the switch's control endpoint for its data ports.
+    /// Wraps a bound socket and asks the switch's control endpoint for its data ports. The
+    /// control secret comes from the environment (`SKETCHREDUCE_SECRET_FILE` or
+    /// `SKETCHREDUCE_SECRET`).
     pub fn new(sock: UdpSocket, control: SocketAddr) -> Result<Self, AgentError> {
-        let (data_port, data_ports) =
-            match control::call(control, &ControlRequest::Info, CONTROL_TIMEOUT) {
-                Ok(ControlResponse::Info {
-                    data_port,
-                    data_ports,
-                    ..
-                }) => (data_port, data_ports.max(1)),
-                Ok(other) => {
-                    return Err(AgentError::Refused(format!(
-                        "unexpected answer to Info from {control}: {other:?}"
-                    )))
-                }
-                Err(e) => {
-                    return Err(AgentError::Transport(format!(
-                        "switch control endpoint {control}: {e}"
-                    )))
-                }
-            };
+        let secret = env_secret()?;
+        let (data_port, data_ports) = match sketchreduce_control::client::call(
+            control,
+            secret.clone(),
+            &Request::Info {},
+            CONTROL_TIMEOUT,
+        ) {
+            Ok(Response::Info(i)) => (i.data_port, i.data_ports.max(1)),
+            Ok(other) => {
+                return Err(AgentError::Refused(format!(
+                    "unexpected answer to Info from {control}: {other:?}"
+                )))
+            }
+            Err(e) => {
+                return Err(AgentError::Transport(format!(
+                    "switch control endpoint {control}: {e}"
+                )))
+            }
+        };
         Ok(Self::with_ports(
             sock,
             control,
@@ -200,10 +212,15 @@ impl UdpTransport {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let dummy: socket2::SockAddr = SocketAddr::from(([0, 0, 0, 0], 0)).into();
+        let secret = env_secret().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "ignoring the control secret");
+            None
+        });
         UdpTransport {
             sock,
             local,
             control,
+            secret,
             data_ip,
             data_port,
             data_ports: data_ports.max(1),
@@ -389,10 +406,11 @@ impl Transport for UdpTransport {
         Ok(Some(n))
     }
 
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
-        control::call(self.control, req, CONTROL_TIMEOUT).map_err(|e| {
-            AgentError::Transport(format!("switch control endpoint {}: {e}", self.control))
-        })
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError> {
+        sketchreduce_control::client::call(self.control, self.secret.clone(), req, CONTROL_TIMEOUT)
+            .map_err(|e| {
+                AgentError::Transport(format!("switch control endpoint {}: {e}", self.control))
+            })
     }
 
     fn local_addr(&self) -> SocketAddr {
@@ -457,7 +475,7 @@ impl<T: Transport> Transport for Lossy<T> {
             }
         }
     }
-    fn control(&mut self, req: &ControlRequest) -> Result<ControlResponse, AgentError> {
+    fn control(&mut self, req: &Request) -> Result<Response, AgentError> {
         self.inner.control(req)
     }
     fn local_addr(&self) -> SocketAddr {

@@ -36,7 +36,7 @@ fn switch(quic: bool) -> SwitchHandle {
 fn job(id: u16, socks: &[UdpSocket]) -> JobSpec {
     JobSpec {
         id,
-        token: 0x5151 + id as u32,
+        epoch: 0, // assigned by the switch (create or join)
         lanes: 256,
         slot_base: id as u32 * 64,
         slot_count: 64,

@@ -141,7 +141,7 @@ fn start_job(ws: &mut [Worker], id: u16) -> (JobSpec, Vec<SocketAddr>) {
         .collect();
     let job = JobSpec {
         id,
-        token: 0xabcd,
+        epoch: 0, // assigned by the switch (create or join)
         lanes: 128,
         slot_base: 0,
         slot_count: 64,
@@ -291,6 +291,12 @@ fn namespaces_with_kernel_random_loss_are_exact() {
     let sw_ip: IpAddr = format!("10.213.{subnet}.254").parse().unwrap();
     let mut cfg = SwitchConfig::loopback(2, 256);
     cfg.listen = SocketAddr::new(sw_ip, 0);
+    // The workers reach the control endpoint over the bridge: not loopback, so authenticated.
+    const SECRET: &str = "processes-test-secret-0123456789";
+    cfg.control = Some(SocketAddr::new(sw_ip, 0));
+    cfg.secret = Some(std::sync::Arc::new(
+        sketchreduce_control::Secret::new(SECRET).unwrap(),
+    ));
     let sw = spawn_switch(cfg).unwrap();
     let mut ws: Vec<Worker> = (0..n)
         .map(|r| {
@@ -303,6 +309,7 @@ fn namespaces_with_kernel_random_loss_are_exact() {
                 ],
                 &[
                     ("SKR_BIND", format!("10.213.{subnet}.{}", r + 1)),
+                    ("SKETCHREDUCE_SECRET", SECRET.into()),
                     ("SKR_CONTROL", sw.control_addr().to_string()),
                     ("SKR_RANK", r.to_string()),
                     ("SKR_WORKERS", n.to_string()),

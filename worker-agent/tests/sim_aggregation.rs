@@ -11,7 +11,7 @@ use sketchreduce_wire::{JobSpec, Op, WorkerSpec};
 fn job(n: usize, lanes: u16, slots: u32) -> JobSpec {
     JobSpec {
         id: 3,
-        token: 0xfeed,
+        epoch: 0xfeed,
         lanes,
         slot_base: 8,
         slot_count: slots,
@@ -35,7 +35,7 @@ fn expected(inputs: &[Vec<Vec<u32>>], ops: &[Op]) -> Vec<Vec<u32>> {
 fn run_case(n: usize, loss: f64, dup: f64, seed: u64, ops_count: usize) {
     let spec = job(n, 32, 16);
     let mut core = SwitchCore::new(64);
-    core.register(spec.clone()).unwrap();
+    core.create(spec.clone()).unwrap();
     let cfg = SimConfig {
         loss,
         duplicate: dup,
@@ -116,7 +116,7 @@ fn dead_worker_is_named_within_the_timeout() {
     let n = 4;
     let spec = job(n, 32, 16);
     let mut core = SwitchCore::new(64);
-    core.register(spec.clone()).unwrap();
+    core.create(spec.clone()).unwrap();
     let mut net = SimNet::new(
         SimConfig {
             loss: 0.02,

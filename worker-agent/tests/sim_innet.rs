@@ -16,7 +16,7 @@ use sketchreduce_wire::{JobSpec, WorkerSpec};
 fn job(n: usize) -> JobSpec {
     JobSpec {
         id: 11,
-        token: 77,
+        epoch: 77,
         lanes: 64,
         slot_base: 0,
         slot_count: 32,
@@ -37,7 +37,7 @@ fn check(r: &Reduced, want: &[i64], f: &FixedPoint) {
 fn run(n: usize, loss: f64, seed: u64, iters: usize, cfg: InnetConfig) -> Vec<u64> {
     let spec = job(n);
     let mut core = SwitchCore::new(64);
-    core.register(spec.clone()).unwrap();
+    core.create(spec.clone()).unwrap();
     let mut net = SimNet::new(
         SimConfig {
             loss,
@@ -119,7 +119,7 @@ fn run_once(
 ) -> (Vec<Result<Reduced, AgentError>>, Duration) {
     let spec = job(n);
     let mut core = SwitchCore::new(64);
-    core.register(spec.clone()).unwrap();
+    core.create(spec.clone()).unwrap();
     let mut net = SimNet::new(
         SimConfig::default(),
         n,
