@@ -181,7 +181,10 @@ fn control(a: ControlArgs) -> anyhow::Result<()> {
         listen: a.listen,
         secret,
         jobs,
-        server: Default::default(),
+        server: sketchreduce_control::ServerConfig {
+            sweep_interval: sketchreduce_p4gen::control::SWEEP_INTERVAL,
+            ..Default::default()
+        },
     })?;
     let info = sketchreduce_control::Backend::info(running.plane.backend());
     println!(

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sketchreduce_control::{
-    check_bind, Backend, BackendError, BackendInfo, ConnLimit, ControlPlane, PlaneConfig,
-    Secret, ServerConfig, TcpServer,
+    check_bind, Backend, BackendError, BackendInfo, ConnLimit, ControlPlane, PlaneConfig, Secret,
+    ServerConfig, TcpServer,
 };
 use sketchreduce_wire::{Counters, JobSpec, DATA_PORT_COUNT, DEFAULT_DATA_PORT};
 use thiserror::Error;
@@ -20,6 +20,10 @@ use crate::portmap::PortMap;
 use crate::runtime::Runtime;
 use crate::switch::{Bmv2Error, Bmv2Switch};
 use crate::MAX_JOBS;
+
+/// How often `p4 control` sweeps leases: every sweep reads all counters through one CLI run
+/// (a Python process), so less often than the software switch (leases are 60 s by default).
+pub const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A bmv2 switch as a control-plane [`Backend`].
 pub struct Bmv2Backend<R: Runtime> {
@@ -74,7 +78,7 @@ impl<R: Runtime> Backend for Bmv2Backend<R> {
 
     fn create(&self, spec: &JobSpec) -> Result<(), BackendError> {
         let t = Instant::now();
-        let r = self.lock().install(spec, spec.epoch).map_err(backend_error);
+        let r = self.lock().install(spec).map_err(backend_error);
         match &r {
             Ok(()) => tracing::info!(
                 job = spec.id,

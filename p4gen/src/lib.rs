@@ -21,6 +21,7 @@
 
 pub mod cli_output;
 pub mod commands;
+pub mod control;
 pub mod portmap;
 pub mod program;
 pub mod runtime;
@@ -29,7 +30,9 @@ pub mod switch;
 use std::fmt::Write as _;
 
 use sketchreduce_wire::job::JobError;
-use sketchreduce_wire::packet::{Kind, Op, FIELDS, HEADER_LEN, VERSION};
+use sketchreduce_wire::packet::{
+    Kind, Op, FIELDS, HEADER_LEN, NACK_BAD_EPOCH, NACK_UNKNOWN_JOB, VERSION,
+};
 use sketchreduce_wire::{
     DropReason, JobFile, DATA_PORT_MASK, DEFAULT_DATA_PORT, LANE_CHOICES, MAX_WORKERS,
 };
@@ -254,6 +257,11 @@ pub fn generate_headers(lanes: u16) -> String {
         "// Multicast receivers: one (egress_rid, egress_port) entry per job worker.",
     );
     def(w, "SR_MAX_RECEIVERS", receivers as u64);
+    ln(
+        w,
+        "// Rank table: one (job, rank) entry per job worker (registered address, switch port).",
+    );
+    def(w, "SR_MAX_RANKS", receivers as u64);
     ln(w, "");
     ln(w, "// Wire constants.");
     def(w, "SR_VERSION", VERSION as u64);
@@ -272,6 +280,12 @@ pub fn generate_headers(lanes: u16) -> String {
     def(w, "SR_OP_ADD", Op::Add as u64);
     def(w, "SR_OP_OR", Op::Or as u64);
     def(w, "SR_OP_MAX", Op::Max as u64);
+    ln(
+        w,
+        "// STATUS flags of a NACK (the answer to a PROBE of an unknown job or another epoch).",
+    );
+    let _ = writeln!(w, "#define SR_NACK_UNKNOWN_JOB 16w{NACK_UNKNOWN_JOB}");
+    let _ = writeln!(w, "#define SR_NACK_BAD_EPOCH 16w{NACK_BAD_EPOCH}");
     ln(w, "");
     ln(
         w,

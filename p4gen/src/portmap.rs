@@ -199,7 +199,7 @@ mod tests {
 
     fn job(addrs: &[&str]) -> JobSpec {
         let mut j: JobSpec = serde_json::from_str(
-            r#"{"id": 3, "token": 1, "lanes": 64, "slot_base": 0, "slot_count": 4, "workers": []}"#,
+            r#"{"id": 3, "epoch": 1, "lanes": 64, "slot_base": 0, "slot_count": 4, "workers": []}"#,
         )
         .unwrap();
         j.workers = addrs

@@ -127,35 +127,19 @@ impl ProgramInfo {
 pub(crate) mod tests {
     use super::*;
 
-    /// A minimal bmv2 JSON with the objects the control plane uses.
-    pub(crate) fn fake_json(lanes: usize, reg: u64) -> String {
-        let named = |xs: &[&str]| {
-            xs.iter()
-                .map(|n| serde_json::json!({"name": n, "size": reg}))
-                .collect::<Vec<_>>()
-        };
-        let lane_fields: Vec<serde_json::Value> = (0..lanes)
-            .map(|i| serde_json::json!([format!("l{i}"), 32, false]))
-            .collect();
-        serde_json::json!({
-            "header_types": [
-                {"name": "sr_agg_t", "fields": [["version", 8, false], ["epoch", 32, false]]},
-                {"name": "sr_lanes_t", "fields": lane_fields},
-            ],
-            "pipelines": [
-                {"name": "ingress", "tables": named(&names::TABLES[..3])},
-                {"name": "egress", "tables": named(&names::TABLES[3..])},
-            ],
-            "actions": named(&names::ACTIONS),
-            "counter_arrays": named(&names::COUNTERS),
-            "register_arrays": named(&names::REGISTERS),
-        })
-        .to_string()
+    /// A minimal bmv2 JSON of a 64-lane program with 1024 slots: the objects the control
+    /// plane reads, shaped as p4c writes them.
+    pub(crate) const FIXTURE: &str = include_str!("../tests/fixtures/program-64.json");
+
+    fn edit(f: impl FnOnce(&mut serde_json::Value)) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(FIXTURE).unwrap();
+        f(&mut v);
+        v.to_string()
     }
 
     #[test]
     fn reads_lanes_and_pool() {
-        let p = ProgramInfo::from_json(&fake_json(64, 2048)).unwrap();
+        let p = ProgramInfo::from_json(FIXTURE).unwrap();
         assert_eq!(
             p,
             ProgramInfo {
@@ -163,20 +147,21 @@ pub(crate) mod tests {
                 pool_slots: 1024
             }
         );
-        assert_eq!(
-            ProgramInfo::from_json(&fake_json(48, 2048)),
-            Err(ProgramError::Lanes(48))
-        );
+        let j = edit(|v| {
+            let f = v["header_types"][1]["fields"].as_array_mut().unwrap();
+            f.truncate(48);
+        });
+        assert_eq!(ProgramInfo::from_json(&j), Err(ProgramError::Lanes(48)));
     }
 
     #[test]
     fn missing_objects_and_garbage() {
-        let j = fake_json(64, 2048).replace(names::RANKS_TABLE, "SrIngress.other");
+        let j = FIXTURE.replace(names::RANKS_TABLE, "SrIngress.other");
         assert!(matches!(
             ProgramInfo::from_json(&j),
             Err(ProgramError::Missing { kind: "table", .. })
         ));
-        let j = fake_json(64, 2048).replace("\"epoch\"", "\"token\"");
+        let j = FIXTURE.replace("\"epoch\"", "\"token\"");
         assert!(matches!(
             ProgramInfo::from_json(&j),
             Err(ProgramError::Missing {

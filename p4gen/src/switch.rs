@@ -209,7 +209,8 @@ impl<R: Runtime> Bmv2Switch<R> {
                 spec.id, spec.lanes, self.program.lanes
             )));
         }
-        spec.validate(self.program.pool_slots)
+        spec.validate(self.program.pool_slots, self.program.lanes)
+            .and_then(|()| spec.check_epoch())
             .map_err(|e| Bmv2Error::Invalid(e.to_string()))?;
         if let Some(other) = self
             .jobs
@@ -239,12 +240,13 @@ impl<R: Runtime> Bmv2Switch<R> {
         Ok(placements)
     }
 
-    /// Creates job `spec` with `epoch`, or replaces the installed job with the same id: the
+    /// Creates job `spec` under its epoch, or replaces the installed job with the same id: the
     /// old job's packets become `bad_epoch` at once, its entries are replaced and its slots
     /// and counters reset. On failure nothing of the new job remains installed (for a
     /// replacement, neither does the old job).
-    pub fn install(&mut self, spec: &JobSpec, epoch: u32) -> Result<(), Bmv2Error> {
+    pub fn install(&mut self, spec: &JobSpec) -> Result<(), Bmv2Error> {
         let placements = self.plan(spec)?;
+        let epoch = spec.epoch;
         let index = match self.jobs.get(&spec.id) {
             Some(old) => old.entry.job_index,
             None => (0..MAX_JOBS as u32)
@@ -469,7 +471,7 @@ mod tests {
     use std::collections::BTreeSet;
     use std::sync::{Arc, Mutex};
 
-    use crate::program::tests::fake_json;
+    use crate::program::tests::FIXTURE;
 
     /// What the fake switch holds.
     #[derive(Debug, Default)]
@@ -518,7 +520,7 @@ mod tests {
                     String::new()
                 }
                 "write_config_to_file" => {
-                    std::fs::write(a[1], fake_json(64, 2048)).unwrap();
+                    std::fs::write(a[1], FIXTURE).unwrap();
                     String::new()
                 }
                 "counter_reset" | "register_reset" | "register_write" => String::new(),
@@ -642,7 +644,7 @@ mod tests {
 
     fn spec(id: u16, base: u32, hosts: &[u8]) -> JobSpec {
         let mut j: JobSpec = serde_json::from_str(&format!(
-            r#"{{"id": {id}, "token": 0, "lanes": 64, "slot_base": {base}, "slot_count": 4, "workers": []}}"#
+            r#"{{"id": {id}, "epoch": 1, "lanes": 64, "slot_base": {base}, "slot_count": 4, "workers": []}}"#
         ))
         .unwrap();
         j.workers = hosts
@@ -652,6 +654,11 @@ mod tests {
             })
             .collect();
         j
+    }
+
+    fn epoch(mut s: JobSpec, e: u32) -> JobSpec {
+        s.epoch = e;
+        s
     }
 
     fn switch() -> (Fake, Bmv2Switch<Fake>) {
@@ -680,7 +687,7 @@ mod tests {
     #[test]
     fn install_uses_the_handles_bmv2_returns() {
         let (fake, mut sw) = switch();
-        sw.install(&spec(5, 8, &[2, 1, 3]), 0xabcd).unwrap();
+        sw.install(&epoch(spec(5, 8, &[2, 1, 3]), 0xabcd)).unwrap();
         assert_eq!(
             fake.entries(names::JOBS_TABLE),
             ["table_add SrIngress.sr_jobs SrIngress.sr_set_job 5 => 43981 3 64 8 4 1 0"]
@@ -716,8 +723,8 @@ mod tests {
     #[test]
     fn remove_leaves_nothing_behind() {
         let (fake, mut sw) = switch();
-        sw.install(&spec(5, 8, &[1, 2]), 1).unwrap();
-        sw.install(&spec(6, 0, &[3]), 2).unwrap();
+        sw.install(&epoch(spec(5, 8, &[1, 2]), 1)).unwrap();
+        sw.install(&epoch(spec(6, 0, &[3]), 2)).unwrap();
         sw.remove(5).unwrap();
         assert!(matches!(sw.remove(5), Err(Bmv2Error::UnknownJob(5))));
         let s = fake.state();
@@ -736,7 +743,7 @@ mod tests {
         );
         drop(s);
         // The freed index is reused.
-        sw.install(&spec(7, 100, &[1]), 3).unwrap();
+        sw.install(&epoch(spec(7, 100, &[1]), 3)).unwrap();
         assert!(
             fake.entries(names::JOBS_TABLE)
                 .iter()
@@ -748,9 +755,9 @@ mod tests {
     #[test]
     fn replace_retires_the_old_epoch_first() {
         let (fake, mut sw) = switch();
-        sw.install(&spec(5, 8, &[1, 2]), 111).unwrap();
+        sw.install(&epoch(spec(5, 8, &[1, 2]), 111)).unwrap();
         fake.state().log.clear();
-        sw.install(&spec(5, 16, &[2, 3, 1]), 222).unwrap();
+        sw.install(&epoch(spec(5, 16, &[2, 3, 1]), 222)).unwrap();
         let s = fake.state();
         // First command: the job entry gets the new epoch with the old parameters.
         assert!(
@@ -771,7 +778,7 @@ mod tests {
     #[test]
     fn a_failure_undoes_everything() {
         let (fake, mut sw) = switch();
-        sw.install(&spec(6, 0, &[3]), 9).unwrap();
+        sw.install(&epoch(spec(6, 0, &[3]), 9)).unwrap();
         let before: Vec<_> = fake.state().entries.keys().cloned().collect();
         for fail in [
             "table_add SrIngress.sr_ranks",
@@ -780,7 +787,7 @@ mod tests {
             "mc_node_create",
         ] {
             fake.state().fail = Some(fail.into());
-            let e = sw.install(&spec(5, 8, &[1, 2]), 1).unwrap_err();
+            let e = sw.install(&epoch(spec(5, 8, &[1, 2]), 1)).unwrap_err();
             assert!(
                 matches!(e, Bmv2Error::Cli(CliError::Command { .. })),
                 "{fail}: {e}"
@@ -798,7 +805,7 @@ mod tests {
             assert_eq!(sw.job_ids(), [6]);
         }
         // And the job can be created afterwards.
-        sw.install(&spec(5, 8, &[1, 2]), 1).unwrap();
+        sw.install(&epoch(spec(5, 8, &[1, 2]), 1)).unwrap();
     }
 
     #[test]
@@ -806,27 +813,30 @@ mod tests {
         let (_, mut sw) = switch();
         let mut s = spec(5, 8, &[1]);
         s.lanes = 128;
-        let e = sw.install(&s, 1).unwrap_err();
+        let e = sw.install(&epoch(s.clone(), 1)).unwrap_err();
         assert!(e.to_string().contains("compiled for exactly 64"), "{e}");
-        let e = sw.install(&spec(5, 8, &[9]), 1).unwrap_err();
+        let e = sw.install(&epoch(spec(5, 8, &[9]), 1)).unwrap_err();
         assert!(matches!(e, Bmv2Error::Place(_)), "{e}");
-        sw.install(&spec(5, 8, &[1]), 1).unwrap();
+        sw.install(&epoch(spec(5, 8, &[1]), 1)).unwrap();
         assert!(matches!(
-            sw.install(&spec(6, 10, &[1]), 1),
+            sw.install(&epoch(spec(6, 10, &[1]), 1)),
             Err(Bmv2Error::Overlap { job: 6, other: 5 })
         ));
         let mut moved = spec(7, 20, &[1]);
         moved.workers[0].port = Some(4);
         assert!(
-            matches!(sw.install(&moved, 1), Err(Bmv2Error::Invalid(_))),
+            matches!(
+                sw.install(&epoch(moved.clone(), 1)),
+                Err(Bmv2Error::Invalid(_))
+            ),
             "MAC on another port"
         );
         for id in 100..163u16 {
-            sw.install(&spec(id, 100 + 4 * (id as u32 - 100), &[2]), 1)
+            sw.install(&epoch(spec(id, 100 + 4 * (id as u32 - 100), &[2]), 1))
                 .unwrap();
         }
         assert!(matches!(
-            sw.install(&spec(200, 900, &[2]), 1),
+            sw.install(&epoch(spec(200, 900, &[2]), 1)),
             Err(Bmv2Error::Full)
         ));
     }
@@ -834,8 +844,8 @@ mod tests {
     #[test]
     fn counters_are_read_from_their_indices() {
         let (fake, mut sw) = switch();
-        sw.install(&spec(5, 8, &[1, 2]), 1).unwrap();
-        sw.install(&spec(6, 0, &[3]), 2).unwrap();
+        sw.install(&epoch(spec(5, 8, &[1, 2]), 1)).unwrap();
+        sw.install(&epoch(spec(6, 0, &[3]), 2)).unwrap();
         let r = DropReason::ALL.len() as u64;
         {
             let mut s = fake.state();

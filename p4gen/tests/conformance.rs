@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{skip, Switch, Topology, CONTROL_PORT, SECRET, SWITCH_IP};
+use common::{Switch, Topology, CONTROL_PORT, SECRET, SWITCH_IP};
 use sketchreduce_control::{Client, ClientError, Secret};
 use sketchreduce_wire::control::ErrorKind;
 use sketchreduce_wire::packet::{build, NACK_BAD_EPOCH, NACK_UNKNOWN_JOB};
@@ -74,8 +74,13 @@ static JSON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 
 /// The program compiled once per test binary.
 fn program_json() -> Result<PathBuf, String> {
-    JSON.get_or_init(|| common::compile(&common::temp_dir("conf-p4c"), sketchreduce_p4gen::DEFAULT_LANES))
-        .clone()
+    JSON.get_or_init(|| {
+        common::compile(
+            &common::temp_dir("conf-p4c"),
+            sketchreduce_p4gen::DEFAULT_LANES,
+        )
+    })
+    .clone()
 }
 
 fn run_bmv2(rule: &str) {
@@ -106,11 +111,25 @@ fn run(rule: &str, switch: Switch) {
         // Worker 2's namespace also holds worker 1's address: the prober sends from there to
         // show that bmv2 checks the switch port too.
         let h2 = format!("{}h2", t.tag);
-        common::sh(&["ip", "-n", &t.ns_worker(1), "addr", "add", "10.0.0.1/32", "dev", &h2])
-            .unwrap_or_else(|e| panic!("{e}"));
+        common::sh(&[
+            "ip",
+            "-n",
+            &t.ns_worker(1),
+            "addr",
+            "add",
+            "10.0.0.1/32",
+            "dev",
+            &h2,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         let ports = t.port_map_json();
-        t.spawn(&sw, "control_process", "p4-control", &[("SRP4_PORTS", ports)])
-            .unwrap_or_else(|e| panic!("{e}"));
+        t.spawn(
+            &sw,
+            "control_process",
+            "p4-control",
+            &[("SRP4_PORTS", ports)],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     } else {
         t.spawn(&sw, "emulator_process", "emulator", &[])
             .unwrap_or_else(|e| panic!("{e}"));
@@ -119,7 +138,10 @@ fn run(rule: &str, switch: Switch) {
     let env = [
         ("SRP4_RULE", rule.to_string()),
         ("SRP4_BMV2", (bmv2 as u8).to_string()),
-        ("SRP4_SPOOF_NS", format!("/var/run/netns/{}", t.ns_worker(1))),
+        (
+            "SRP4_SPOOF_NS",
+            format!("/var/run/netns/{}", t.ns_worker(1)),
+        ),
     ];
     let prober = t
         .start(&ns1, "prober_process", &format!("prober-{rule}"), &env)
@@ -181,7 +203,10 @@ fn control_process() {
         listen: control_addr(),
         secret: Some(secret()),
         jobs: Vec::new(),
-        server: Default::default(),
+        server: sketchreduce_control::ServerConfig {
+            sweep_interval: sketchreduce_p4gen::control::SWEEP_INTERVAL,
+            ..Default::default()
+        },
     })
     .expect("starting the bmv2 control plane");
     println!("SRP4-CONTROL-READY {}", running.local_addr());
@@ -214,6 +239,8 @@ const LANES: u16 = 64;
 
 struct Prober {
     bmv2: bool,
+    /// The switch's data port range (`info`): slot `s` goes to `data_port + s % data_ports`.
+    ports: (u16, u16),
     ctl: Client,
     /// Rank sockets: 10.0.0.1:41000 + i.
     socks: Vec<UdpSocket>,
@@ -228,7 +255,11 @@ impl Prober {
         // The control plane may still be starting (bmv2: resetting the switch).
         let deadline = Instant::now() + Duration::from_secs(90);
         let ctl = loop {
-            match Client::connect(control_addr(), Some(Arc::new(secret())), Duration::from_secs(20)) {
+            match Client::connect(
+                control_addr(),
+                Some(Arc::new(secret())),
+                Duration::from_secs(20),
+            ) {
                 Ok(c) => break c,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("control endpoint not ready: {e}");
@@ -237,6 +268,8 @@ impl Prober {
                 Err(e) => panic!("control endpoint: {e}"),
             }
         };
+        let mut ctl = ctl;
+        let info = ctl.info().expect("info");
         let socks = (0..4)
             .map(|i| {
                 let s = UdpSocket::bind(worker_addr(i)).expect("bind");
@@ -244,7 +277,12 @@ impl Prober {
                 s
             })
             .collect();
-        Prober { bmv2, ctl, socks }
+        Prober {
+            bmv2,
+            ports: (info.data_port, info.data_ports),
+            ctl,
+            socks,
+        }
     }
 
     /// A job of `n` workers on this host's sockets 0..n, slots `base..base + 4`.
@@ -271,7 +309,7 @@ impl Prober {
 
     /// Sends `h` (with `lanes` values) from socket `from` to the data port of its slot.
     fn send(&self, from: usize, h: &Header, lanes: &[u32]) {
-        send_on(&self.socks[from], h, lanes);
+        send_on(&self.socks[from], h, lanes, self.ports);
     }
 
     /// The next datagram on socket `at` within `wait`, with its source.
@@ -284,7 +322,11 @@ impl Prober {
         let (from, bytes) = self
             .recv(at, REPLY)
             .unwrap_or_else(|| panic!("{what}: no reply on {}", worker_addr(at)));
-        assert_eq!(from.ip(), IpAddr::from(SWITCH_IP), "{what}: reply from {from}");
+        assert_eq!(
+            from.ip(),
+            IpAddr::from(SWITCH_IP),
+            "{what}: reply from {from}"
+        );
         let port = from.port();
         assert!(
             (DEFAULT_DATA_PORT..DEFAULT_DATA_PORT + 16).contains(&port),
@@ -299,18 +341,27 @@ impl Prober {
     /// Asserts that nothing arrives on any socket for a while.
     fn quiet(&self, what: &str) {
         for (i, _) in self.socks.iter().enumerate() {
-            let wait = if i == 0 { QUIET } else { Duration::from_millis(20) };
+            let wait = if i == 0 {
+                QUIET
+            } else {
+                Duration::from_millis(20)
+            };
             if let Some((from, b)) = self.recv(i, wait) {
-                panic!("{what}: unexpected datagram of {} bytes from {from} on socket {i}", b.len());
+                panic!(
+                    "{what}: unexpected datagram of {} bytes from {from} on socket {i}",
+                    b.len()
+                );
             }
         }
     }
 }
 
-fn send_on(s: &UdpSocket, h: &Header, lanes: &[u32]) {
+/// Sends `h` from `s` to the switch's data port for its slot (`ports`: first port, count).
+fn send_on(s: &UdpSocket, h: &Header, lanes: &[u32], ports: (u16, u16)) {
     let mut buf = vec![0u8; h.packet_len()];
     let n = build(h, lanes, &mut buf).expect("build");
-    let to = SocketAddr::new(SWITCH_IP.into(), DEFAULT_DATA_PORT + (h.slot % 16) as u16);
+    let port = ports.0 + (h.slot % ports.1.max(1) as u32) as u16;
+    let to = SocketAddr::new(SWITCH_IP.into(), port);
     s.send_to(&buf[..n], to).expect("send");
 }
 
@@ -361,7 +412,10 @@ fn probe(id: u16, epoch: u32, rank: u8, slot: u32, round: u32) -> Header {
 /// Lane values of a contribution (near u32::MAX, so sums wrap).
 fn values(seed: u32) -> Vec<u32> {
     (0..LANES as u32)
-        .map(|i| seed.wrapping_mul(0x9E37_79B9).wrapping_add(i.wrapping_mul(0x85EB_CA6B)))
+        .map(|i| {
+            seed.wrapping_mul(0x9E37_79B9)
+                .wrapping_add(i.wrapping_mul(0x85EB_CA6B))
+        })
         .collect()
 }
 
@@ -413,12 +467,13 @@ fn ipv4_options(p: &mut Prober) {
     let epoch = p.create(&p.spec(11, 0, 2));
     // Rank 0's socket sends with IP options (NOP, NOP, NOP, EOL: IHL 6), so that nothing but
     // the options is wrong with the datagram.
+    use std::os::fd::AsRawFd;
+    let fd = p.socks[0].as_raw_fd();
     let set_options = |opts: &[u8]| {
         // SAFETY: plain setsockopt on an open socket with a valid buffer and length.
         let rc = unsafe {
-            use std::os::fd::AsRawFd;
             libc::setsockopt(
-                p.socks[0].as_raw_fd(),
+                fd,
                 libc::IPPROTO_IP,
                 libc::IP_OPTIONS,
                 opts.as_ptr().cast(),
@@ -449,12 +504,47 @@ fn request_flags_and_set(p: &mut Prober) {
     let epoch = p.create(&p.spec(12, 0, 2));
     let before = p.counters();
     let v = values(1);
-    p.send(0, &Header { flags: 1, ..data(12, epoch, 0, 0, 0, 0) }, &v);
-    p.send(0, &Header { flags: 0x8000, ..probe(12, epoch, 0, 0, 0) }, &[]);
+    p.send(
+        0,
+        &Header {
+            flags: 1,
+            ..data(12, epoch, 0, 0, 0, 0)
+        },
+        &v,
+    );
+    p.send(
+        0,
+        &Header {
+            flags: 0x8000,
+            ..probe(12, epoch, 0, 0, 0)
+        },
+        &[],
+    );
     // A PROBE of an unknown job with flags: still malformed, so no NACK either.
-    p.send(0, &Header { flags: NACK_UNKNOWN_JOB, ..probe(999, 1, 0, 0, 0) }, &[]);
-    p.send(0, &Header { set: 1, ..data(12, epoch, 0, 0, 0, 0) }, &v);
-    p.send(0, &Header { set: 0, ..probe(12, epoch, 0, 1, 1) }, &[]);
+    p.send(
+        0,
+        &Header {
+            flags: NACK_UNKNOWN_JOB,
+            ..probe(999, 1, 0, 0, 0)
+        },
+        &[],
+    );
+    p.send(
+        0,
+        &Header {
+            set: 1,
+            ..data(12, epoch, 0, 0, 0, 0)
+        },
+        &v,
+    );
+    p.send(
+        0,
+        &Header {
+            set: 0,
+            ..probe(12, epoch, 0, 1, 1)
+        },
+        &[],
+    );
     p.quiet("malformed requests");
     let d = delta(&before, &p.counters(), 12);
     assert_eq!(
@@ -558,7 +648,7 @@ fn source_check(p: &mut Prober) {
         // port map puts 10.0.0.1 on port 1).
         let spoof = socket_in_namespace(&common::env::<String>("SRP4_SPOOF_NS"), worker_addr(0));
         let before = p.counters();
-        send_on(&spoof, &data(14, epoch, 0, 0, 0, 0), &values(3));
+        send_on(&spoof, &data(14, epoch, 0, 0, 0, 0), &values(3), p.ports);
         p.quiet("datagram from another switch port");
         let d = delta(&before, &p.counters(), 14);
         assert_eq!(d.packets_in, 1);
@@ -615,7 +705,11 @@ fn first_contribution(p: &mut Prober) {
     p.send(2, &data(15, epoch, 2, 1, 2, 1), &values(9));
     let (_, lanes) = p.reply(0, "RESULT of round 2");
     let want: Vec<u32> = (0..LANES as usize)
-        .map(|i| values(7)[i].wrapping_add(values(8)[i]).wrapping_add(values(9)[i]))
+        .map(|i| {
+            values(7)[i]
+                .wrapping_add(values(8)[i])
+                .wrapping_add(values(9)[i])
+        })
         .collect();
     assert_eq!(lanes, want);
 }
@@ -701,14 +795,39 @@ fn counters_semantics(p: &mut Prober) {
     // wrong slot, wrong lane count.
     p.send(0, &probe(17, epoch, 0, 0, 2), &[]);
     p.reply(0, "STATUS");
-    p.send(0, &Header { kind: Kind::Result, ..data(17, epoch, 0, 1, 0, 0) }, &v);
-    p.send(0, &Header { kind: Kind::Status, lanes: 0, ..data(17, epoch, 0, 1, 0, 0) }, &[]);
+    p.send(
+        0,
+        &Header {
+            kind: Kind::Result,
+            ..data(17, epoch, 0, 1, 0, 0)
+        },
+        &v,
+    );
+    p.send(
+        0,
+        &Header {
+            kind: Kind::Status,
+            lanes: 0,
+            ..data(17, epoch, 0, 1, 0, 0)
+        },
+        &[],
+    );
     p.send(0, &data(17, epoch, 9, 1, 0, 0), &v);
     p.send(0, &data(17, epoch, 0, 4, 0, 0), &v);
-    p.send(0, &Header { lanes: 32, ..data(17, epoch, 0, 1, 0, 0) }, &v[..32]);
+    p.send(
+        0,
+        &Header {
+            lanes: 32,
+            ..data(17, epoch, 0, 1, 0, 0)
+        },
+        &v[..32],
+    );
     // A malformed datagram (too short) and a PROBE of an unknown job (NACK).
     p.socks[0]
-        .send_to(&[2u8; 10], SocketAddr::new(SWITCH_IP.into(), DEFAULT_DATA_PORT))
+        .send_to(
+            &[2u8; 10],
+            SocketAddr::new(SWITCH_IP.into(), DEFAULT_DATA_PORT),
+        )
         .unwrap();
     p.send(0, &probe(998, 1, 0, 0, 0), &[]);
     p.reply(0, "NACK");
@@ -765,7 +884,14 @@ fn lane_counts(p: &mut Prober) {
     let before = p.counters();
     for lanes in [32u16, 128, 256] {
         let v: Vec<u32> = (0..lanes as u32).collect();
-        p.send(0, &Header { lanes, ..data(18, epoch, 0, 0, 0, 0) }, &v);
+        p.send(
+            0,
+            &Header {
+                lanes,
+                ..data(18, epoch, 0, 0, 0, 0)
+            },
+            &v,
+        );
     }
     p.quiet("DATA with another lane count");
     let d = delta(&before, &p.counters(), 18);
@@ -789,15 +915,18 @@ fn control_endpoint(p: &mut Prober) {
     }
     // A client with the wrong secret is refused.
     let wrong = Secret::new(b"not-the-secret-0123456789".to_vec()).unwrap();
-    let bad = Client::connect(control_addr(), Some(Arc::new(wrong)), REPLY)
-        .and_then(|mut c| c.info());
+    let bad =
+        Client::connect(control_addr(), Some(Arc::new(wrong)), REPLY).and_then(|mut c| c.info());
     assert!(bad.is_err(), "a client with the wrong secret got {bad:?}");
 
     let spec = p.spec(19, 0, 2);
     let e1 = p.create(&spec);
     assert_ne!(e1, 0);
     match p.ctl.create(&spec, false, 60_000) {
-        Err(ClientError::Refused { kind: ErrorKind::Exists, .. }) => {}
+        Err(ClientError::Refused {
+            kind: ErrorKind::Exists,
+            ..
+        }) => {}
         other => panic!("create of an existing id: {other:?}"),
     }
     let joined = p.ctl.join(19).expect("join");
@@ -813,7 +942,11 @@ fn control_endpoint(p: &mut Prober) {
     p.quiet("old epoch after replace");
     p.send(0, &probe(19, e2, 0, 0, 0), &[]);
     let (s, _) = p.reply(0, "STATUS under the new epoch");
-    assert_eq!((s.flags, s.count, s.bitmap, s.round), (0, 0, 0, 0), "slots reset");
+    assert_eq!(
+        (s.flags, s.count, s.bitmap, s.round),
+        (0, 0, 0, 0),
+        "slots reset"
+    );
     p.send(0, &probe(19, e1, 0, 0, 0), &[]);
     let (s, _) = p.reply(0, "NACK under the old epoch");
     assert_eq!(s.flags, NACK_BAD_EPOCH);
@@ -822,7 +955,10 @@ fn control_endpoint(p: &mut Prober) {
     assert_eq!(d.job.probes, 1);
     // Unregister with the old epoch: refused; with the current one: gone.
     match p.ctl.unregister(19, e1) {
-        Err(ClientError::Refused { kind: ErrorKind::BadEpoch, .. }) => {}
+        Err(ClientError::Refused {
+            kind: ErrorKind::BadEpoch,
+            ..
+        }) => {}
         other => panic!("unregister with the old epoch: {other:?}"),
     }
     p.ctl.unregister(19, e2).expect("unregister");
@@ -831,7 +967,10 @@ fn control_endpoint(p: &mut Prober) {
     let (s, _) = p.reply(0, "NACK after unregister");
     assert_eq!(s.flags, NACK_UNKNOWN_JOB);
     match p.ctl.join(19) {
-        Err(ClientError::Refused { kind: ErrorKind::UnknownJob, .. }) => {}
+        Err(ClientError::Refused {
+            kind: ErrorKind::UnknownJob,
+            ..
+        }) => {}
         other => panic!("join after unregister: {other:?}"),
     }
 }

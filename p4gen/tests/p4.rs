@@ -293,13 +293,13 @@ fn config_errors_are_clear() {
 
     for bad in [
         WorkerSpec {
-            addr: "10.0.0.1:40000".parse().unwrap(),
+            addr: "10.0.0.2:40000".parse().unwrap(),
             mac: Some("02:00:00:00:01".into()),
-            port: Some(1),
+            port: Some(2),
         },
         WorkerSpec {
-            addr: "10.0.0.1:40000".parse().unwrap(),
-            mac: Some("02:00:00:00:00:01".into()),
+            addr: "10.0.0.2:40000".parse().unwrap(),
+            mac: Some("02:00:00:00:00:02".into()),
             port: Some(511),
         },
         WorkerSpec {
@@ -316,8 +316,10 @@ fn config_errors_are_clear() {
         let mut j = base.clone();
         j.jobs[0].workers[1] = bad.clone();
         let e = generate_config(&j, &opts).unwrap_err();
+        let msg = e.to_string();
         assert!(
-            matches!(e, ConfigError::Place(_)) && e.to_string().contains("worker 1"),
+            matches!(e, ConfigError::Place(_) | ConfigError::Invalid(_))
+                && (msg.contains("worker 1") || msg.contains("rank 1")),
             "{bad:?}: {e}"
         );
     }
@@ -396,5 +398,92 @@ fn p4c_compiles_if_available() {
             }
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Identifiers in the hand-written program that must be declared somewhere: every `SR_*`
+/// constant (generated file or program), every `hdr.agg.*` field (the wire crate's FIELDS),
+/// every `meta.*` field (the metadata struct), every `hdr.*` header (the headers struct).
+/// p4c is absent on the development machine; this catches the typos it would.
+#[test]
+fn program_uses_only_declared_names() {
+    let main = strip_comments(&std::fs::read_to_string(p4_dir().join(PROGRAM_FILE)).unwrap());
+    let generated = generate_headers(DEFAULT_LANES);
+    let idents = |src: &str, prefix: &str| -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = src;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().last();
+            let tail = &rest[at + prefix.len()..];
+            let name: String = tail
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+                out.insert(name);
+            }
+            rest = tail;
+        }
+        out
+    };
+    let defined: BTreeSet<String> = generated
+        .lines()
+        .chain(main.lines())
+        .filter_map(|l| l.trim().strip_prefix("#define "))
+        .chain(
+            main.lines()
+                .filter_map(|l| l.trim().strip_prefix("const "))
+                .filter_map(|l| l.split_whitespace().nth(1)),
+        )
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    for c in idents(&main, "SR_") {
+        assert!(
+            defined.contains(&format!("SR_{c}")),
+            "SR_{c} is not defined"
+        );
+    }
+    let fields: BTreeSet<&str> = sketchreduce_wire::packet::FIELDS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    for f in idents(&main, "hdr.agg.") {
+        assert!(
+            fields.contains(f.as_str())
+                || ["isValid", "setValid", "setInvalid"].contains(&f.as_str()),
+            "hdr.agg.{f} is not a wire field"
+        );
+    }
+    let block = |start: &str| -> String {
+        let at = main.find(start).unwrap_or_else(|| panic!("{start}"));
+        main[at..at + main[at..].find('}').unwrap()].to_string()
+    };
+    let meta = block("struct sr_meta_t {");
+    for m in idents(&main, "meta.") {
+        assert!(
+            meta.contains(&format!(" {m};")),
+            "meta.{m} is not a field of sr_meta_t"
+        );
+    }
+    let headers = block("struct headers_t {");
+    for h in idents(&main, "hdr.") {
+        assert!(
+            headers.contains(&format!(" {h};")),
+            "hdr.{h} is not a header of headers_t"
+        );
+    }
+    // Every header type field the program reads exists in its header type.
+    for (hdr, ty) in [
+        ("ethernet", "ethernet_t"),
+        ("ipv4", "ipv4_t"),
+        ("udp", "udp_t"),
+    ] {
+        let decl = block(&format!("header {ty} {{"));
+        for f in idents(&main, &format!("hdr.{hdr}.")) {
+            assert!(
+                decl.contains(&format!(" {f};")) || f == "isValid",
+                "hdr.{hdr}.{f} is not a field of {ty}"
+            );
+        }
     }
 }

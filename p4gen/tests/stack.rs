@@ -18,7 +18,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{skip, Switch, Topology, CONTROL_PORT, SECRET, SWITCH_IP};
+use common::{Switch, Topology, CONTROL_PORT, SECRET, SWITCH_IP};
 use sketchreduce_codec::{max_exponent, FixedPoint, LaneWidth};
 use sketchreduce_collectives::{Algo, Communicator, Config};
 
@@ -29,7 +29,9 @@ const MASTER_PORT: u16 = 29517;
 #[test]
 fn stack_emulator() {
     if !common::can_create_netns() {
-        skip!("skipped: cannot create network namespaces (needs iproute2 and root) (stack_emulator)");
+        skip!(
+            "skipped: cannot create network namespaces (needs iproute2 and root) (stack_emulator)"
+        );
         return;
     }
     let _heavy = common::heavy();
@@ -56,8 +58,13 @@ fn run(switch: Switch) {
     let sw = t.ns_switch();
     if bmv2 {
         let ports = t.port_map_json();
-        t.spawn(&sw, "stack_control_process", "p4-control", &[("SRP4_PORTS", ports)])
-            .unwrap_or_else(|e| panic!("{e}"));
+        t.spawn(
+            &sw,
+            "stack_control_process",
+            "p4-control",
+            &[("SRP4_PORTS", ports)],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     } else {
         t.spawn(&sw, "stack_emulator_process", "emulator", &[])
             .unwrap_or_else(|e| panic!("{e}"));
@@ -93,14 +100,24 @@ fn run(switch: Switch) {
             ];
             let ns = t.ns_worker(r);
             let h = t
-                .start(&ns, "stack_worker_process", &format!("{phase}-rank{r}"), &env)
+                .start(
+                    &ns,
+                    "stack_worker_process",
+                    &format!("{phase}-rank{r}"),
+                    &env,
+                )
                 .unwrap_or_else(|e| panic!("{e}"));
             workers.push(h);
         }
         let mut errors = Vec::new();
         for h in workers {
-            if let Err(e) = h.wait(Duration::from_secs(600), "SRP4-STACK-OK") {
-                errors.push(e);
+            match h.wait(Duration::from_secs(600), "SRP4-STACK-OK") {
+                Ok(log) => {
+                    for l in log.lines().filter(|l| l.contains(" case ")) {
+                        eprintln!("{phase}: {l}");
+                    }
+                }
+                Err(e) => errors.push(e),
             }
         }
         assert!(
@@ -162,7 +179,10 @@ fn stack_control_process() {
         listen: control_addr(),
         secret: Some(secret()),
         jobs: Vec::new(),
-        server: Default::default(),
+        server: sketchreduce_control::ServerConfig {
+            sweep_interval: sketchreduce_p4gen::control::SWEEP_INTERVAL,
+            ..Default::default()
+        },
     })
     .expect("starting the bmv2 control plane");
     println!("SRP4-CONTROL-READY {}", running.local_addr());
@@ -174,7 +194,8 @@ fn stack_control_process() {
 /// Deterministic input of `rank` for tensor `t`: `dim` values, about `density` of them
 /// nonzero, with magnitudes spread over a few binades and both signs.
 fn input(rank: usize, t: u64, dim: usize, density: f64) -> Vec<f32> {
-    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ (rank as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407) ^ t;
+    let mut s =
+        0x9E37_79B9_7F4A_7C15u64 ^ (rank as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407) ^ t;
     let mut next = move || {
         s ^= s << 7;
         s ^= s >> 9;
@@ -232,15 +253,23 @@ fn stack_worker_process() {
     let comm = Communicator::new(cfg).expect("joining the job");
     // (tensor id, dimension, density): sparse (sketch), the same id again (sizing from
     // history), dense (dense mode), sparse with a wide spread.
-    let cases: [(u64, usize, f64); 4] = [(1, 4000, 0.02), (1, 4000, 0.03), (2, 600, 1.0), (3, 20_000, 0.004)];
+    let cases: [(u64, usize, f64); 4] = [
+        (1, 4000, 0.02),
+        (1, 4000, 0.03),
+        (2, 600, 1.0),
+        (3, 20_000, 0.004),
+    ];
     for (n, &(t, dim, density)) in cases.iter().enumerate() {
         let seed = t * 100 + n as u64;
         let mine = input(rank, seed, dim, density);
-        let (sums, fp) = comm
+        let ((sums, fp), info) = comm
             .start_fixed(mine.clone(), Algo::Innet)
             .wait()
-            .unwrap_or_else(|e| panic!("rank {rank}, case {n}: innet all-reduce: {e}"))
-            .0;
+            .unwrap_or_else(|e| panic!("rank {rank}, case {n}: innet all-reduce: {e}"));
+        println!(
+            "rank {rank} case {n}: dim {dim}, density {density}: {:?}, {} bytes sent, {:?}",
+            info.algo, info.bytes_sent, info.elapsed
+        );
         let (want_fp, want, f64s) = reference(seed, dim, density, world);
         assert_eq!(fp, want_fp, "case {n}: agreed fixed point");
         assert_eq!(sums.len(), dim);
