@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the software switch (UDP data path + TCP control endpoint).
+    /// Run the software switch (UDP data path + control endpoint), or query a running one.
     Switch(switch_cmd::Args),
     /// Benchmarks with a stable JSON contract.
     #[command(subcommand)]

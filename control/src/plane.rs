@@ -40,8 +40,9 @@ pub enum BackendError {
     Failed(String),
 }
 
-/// The operations a control plane needs from a data plane. Calls are serialised by the
-/// [`ControlPlane`] (one at a time), and always consistent with its registry: `create` is
+/// The operations a control plane needs from a data plane. The [`ControlPlane`] serialises
+/// `create`, `unregister` and `counters` (one at a time; `info` may come at any time and should
+/// be a cheap constant), and keeps them consistent with its registry: `create` is
 /// called with a validated spec (nonzero epoch, slot range free of other jobs, within
 /// `info()`'s limits) and replaces any job with the same id; `unregister` only for a job
 /// that exists.
@@ -200,11 +201,14 @@ impl<B: Backend> ControlPlane<B> {
                 tracing::info!(job, epoch, "job unregistered");
                 Response::Done
             }),
-            Request::Counters {} => self
-                .backend
-                .counters()
-                .map(Response::Counters)
-                .map_err(backend_err),
+            Request::Counters {} => {
+                // Under the registry lock, so that backend calls never overlap.
+                let _jobs = self.lock();
+                self.backend
+                    .counters()
+                    .map(Response::Counters)
+                    .map_err(backend_err)
+            }
         };
         r.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "control request refused");
@@ -273,6 +277,12 @@ impl<B: Backend> ControlPlane<B> {
         let b = self.backend.info();
         spec.validate(b.slots, b.max_lanes)
             .map_err(|e| PlaneError::new(ErrorKind::Invalid, e.to_string()))?;
+        if !jobs.contains_key(&spec.id) && jobs.len() >= self.cfg.max_jobs {
+            return Err(PlaneError::new(
+                ErrorKind::Limit,
+                format!("the switch holds its maximum of {} jobs", self.cfg.max_jobs),
+            ));
+        }
         if let Some(o) = jobs
             .values()
             .find(|o| o.spec.id != spec.id && o.spec.overlaps(&spec))
@@ -288,12 +298,6 @@ impl<B: Backend> ControlPlane<B> {
                     o.spec.slot_base,
                     o.spec.slot_base as u64 + o.spec.slot_count as u64
                 ),
-            ));
-        }
-        if !jobs.contains_key(&spec.id) && jobs.len() >= self.cfg.max_jobs {
-            return Err(PlaneError::new(
-                ErrorKind::Limit,
-                format!("the switch holds its maximum of {} jobs", self.cfg.max_jobs),
             ));
         }
         self.backend.create(&spec).map_err(backend_err)?;
@@ -530,6 +534,11 @@ mod tests {
         assert_eq!((info.max_jobs, info.max_lanes, info.auth), (2, 256, true));
     }
 
+    /// Changes job 1's counters in the fake data plane (traffic).
+    fn bump(p: &ControlPlane<Fake>, f: impl FnOnce(&mut JobCounters)) {
+        f(&mut p.backend().jobs.lock().unwrap().get_mut(&1).unwrap().1);
+    }
+
     #[test]
     fn leases_expire_without_traffic_only() {
         let p = plane(4);
@@ -541,24 +550,10 @@ mod tests {
         p.create(spec(2, 20), false, None, t0).unwrap();
         assert!(p.sweep(s(500)).is_empty());
         // Traffic at 900 ms: the lease restarts at the sweep that sees it.
-        p.backend()
-            .jobs
-            .lock()
-            .unwrap()
-            .get_mut(&1)
-            .unwrap()
-            .1
-            .data_in = 3;
+        bump(&p, |c| c.data_in = 3);
         assert!(p.sweep(s(900)).is_empty());
         assert!(p.sweep(s(1800)).is_empty());
-        p.backend()
-            .jobs
-            .lock()
-            .unwrap()
-            .get_mut(&1)
-            .unwrap()
-            .1
-            .probes = 1;
+        bump(&p, |c| c.probes = 1);
         assert!(p.sweep(s(1850)).is_empty());
         assert!(p.sweep(s(2800)).is_empty());
         assert_eq!(p.sweep(s(2850)), vec![(1, e)]);

@@ -307,6 +307,74 @@ mod tests {
         assert!(r.frame.starts_with(r#"{"seq":0,"#), "{}", r.frame);
     }
 
+    /// The example exchange of docs/wire.md ("Control protocol", example), byte for byte; the
+    /// MACs were computed independently with Python's `hmac` module.
+    #[test]
+    fn docs_example_exchange() {
+        use sketchreduce_wire::control::Info;
+        use sketchreduce_wire::{JobSpec, WorkerSpec};
+        let nonce = "00112233445566778899aabbccddeeff".to_string();
+        let mut srv = ServerSession::with_nonce(secret(), nonce);
+        let hello = srv.hello();
+        assert_eq!(
+            hello,
+            r#"{"hello":"sketchreduce-control/2","nonce":"00112233445566778899aabbccddeeff","auth":true}"#
+        );
+        assert_eq!(hello.len(), 0x59);
+        let mut cli = ClientSession::from_hello(hello.as_bytes(), secret()).unwrap();
+        let req = cli.request(&Request::Info {});
+        assert_eq!(
+            req,
+            r#"{"seq":1,"body":"{\"op\":\"info\"}","mac":"4e4779ac6f15c3147add611a4ef5ebd547c65536f3e75e29397760b10594fe62"}"#
+        );
+        assert_eq!(req.len(), 0x6d);
+        let info = Info {
+            version: 2,
+            data_port: 39424,
+            data_ports: 16,
+            slots: 4096,
+            max_lanes: 2048,
+            max_workers: 32,
+            max_jobs: 64,
+            auth: true,
+        };
+        let r = srv.handle(req.as_bytes(), |_| Response::Info(info));
+        assert_eq!(
+            r.frame,
+            r#"{"seq":1,"body":"{\"ok\":true,\"info\":{\"version\":2,\"data_port\":39424,\"data_ports\":16,\"slots\":4096,\"max_lanes\":2048,\"max_workers\":32,\"max_jobs\":64,\"auth\":true}}","mac":"f8459d69dd9b766ba880cd2be4aaaf50c208585b3a1a30bf741000e30ef764be"}"#
+        );
+        assert_eq!(r.frame.len(), 0xfb);
+        assert_eq!(
+            cli.response(r.frame.as_bytes()).unwrap(),
+            Response::Info(info)
+        );
+        let spec = JobSpec {
+            id: 1,
+            epoch: 0,
+            lanes: 64,
+            slot_base: 0,
+            slot_count: 128,
+            workers: vec![
+                WorkerSpec::at("10.0.0.1:40000".parse().unwrap()),
+                WorkerSpec::at("10.0.0.2:40000".parse().unwrap()),
+            ],
+        };
+        let req = cli.request(&Request::Create {
+            spec,
+            replace: false,
+            lease_ms: 60_000,
+        });
+        assert_eq!(
+            req,
+            r#"{"seq":2,"body":"{\"op\":\"create\",\"spec\":{\"id\":1,\"epoch\":0,\"lanes\":64,\"slot_base\":0,\"slot_count\":128,\"workers\":[{\"addr\":\"10.0.0.1:40000\"},{\"addr\":\"10.0.0.2:40000\"}]},\"replace\":false,\"lease_ms\":60000}","mac":"17e3e88b02a9c1b5937f05b1450d55161d867617e6b134d624a4e4e730540bab"}"#
+        );
+        let r = srv.handle(req.as_bytes(), |_| Response::Created { epoch: 305_419_896 });
+        assert_eq!(
+            r.frame,
+            r#"{"seq":2,"body":"{\"ok\":true,\"epoch\":305419896}","mac":"d950caeaa088dfe7887954dcea5bd4518f8df175c27e444a5ad845ea70fbd06f"}"#
+        );
+    }
+
     #[test]
     fn bad_hellos() {
         for h in [

@@ -274,15 +274,19 @@ async fn control_stream(
     {
         return Ok(());
     }
+    let mut session = ServerSession::new(cfg.secret.clone());
+    write_frame(&mut send, &session.hello(), cfg.frame_timeout).await?;
     match serde_json::from_slice::<ClientHello>(&body) {
         Ok(h) if h.hello == PROTOCOL => {}
         _ => {
-            let _ = send.reset(2u32.into());
+            // Not a client hello (e.g. a v1 client's request): answer it as the bad request
+            // it is (seq 0, bad_request) after the hello, and end the stream.
+            let reply = session.handle(&body, |req| ctx.plane.handle(req, Instant::now()));
+            write_frame(&mut send, &reply.frame, cfg.frame_timeout).await?;
+            let _ = send.finish();
             return Err(StreamEnd::Hello);
         }
     }
-    let mut session = ServerSession::new(cfg.secret.clone());
-    write_frame(&mut send, &session.hello(), cfg.frame_timeout).await?;
     loop {
         let idle = (Instant::now() + cfg.idle_timeout).min(end_of_life);
         if read_frame(&mut recv, idle, cfg.frame_timeout, &mut body)

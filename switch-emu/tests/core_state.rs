@@ -615,6 +615,99 @@ fn every_drop_reason_is_counted() {
     assert_eq!(c.job(5).unwrap().data_in, 2);
 }
 
+/// A packet that fails several checks is counted under the first in the ingress order:
+/// malformed → unknown_job → bad_epoch → bad_rank → bad_source → bad_slot → bad_kind →
+/// bad_lanes.
+#[test]
+fn ingress_order_counts_the_first_failing_check() {
+    let j = job(5, 0xabcd, 32, 4, 4, 2);
+    let mut core = core_with(&[&j], 16);
+    let stranger: SocketAddr = "192.0.2.1:1".parse().unwrap();
+    let base = |kind: Kind, lanes: u16| header(kind, Op::Add, &j, 0, 4, 0, lanes);
+    let cases: Vec<(Header, SocketAddr, Option<DropReason>)> = vec![
+        // malformed (flags) + unknown job
+        (
+            Header {
+                job: 9,
+                flags: 1,
+                ..base(Kind::Data, 32)
+            },
+            stranger,
+            None,
+        ),
+        // unknown job + bad epoch + bad rank + bad source
+        (
+            Header {
+                job: 9,
+                epoch: 1,
+                rank: 7,
+                ..base(Kind::Data, 32)
+            },
+            stranger,
+            None,
+        ),
+        // bad epoch + bad rank + bad source + bad slot + bad kind + bad lanes
+        (
+            Header {
+                epoch: 1,
+                rank: 7,
+                slot: 0,
+                ..base(Kind::Result, 64)
+            },
+            stranger,
+            Some(DropReason::BadEpoch),
+        ),
+        // bad rank + bad source + bad slot
+        (
+            Header {
+                rank: 7,
+                slot: 0,
+                ..base(Kind::Data, 32)
+            },
+            stranger,
+            Some(DropReason::BadRank),
+        ),
+        // bad source + bad slot + bad kind
+        (
+            Header {
+                slot: 0,
+                ..base(Kind::Result, 32)
+            },
+            stranger,
+            Some(DropReason::BadSource),
+        ),
+        // bad slot + bad kind + bad lanes
+        (
+            Header {
+                slot: 0,
+                ..base(Kind::Result, 64)
+            },
+            addr(5, 0),
+            Some(DropReason::BadSlot),
+        ),
+        // bad kind + bad lanes
+        (
+            base(Kind::Result, 64),
+            addr(5, 0),
+            Some(DropReason::BadKind),
+        ),
+    ];
+    let mut want_job = [0u64; DropReason::COUNT];
+    for (h, from, reason) in &cases {
+        let lanes = vec![1; h.lanes as usize];
+        assert!(feed(&mut core, *from, &raw(h, &lanes)).is_empty());
+        if let Some(r) = reason {
+            want_job[*r as usize] += 1;
+        }
+    }
+    let c = core.counters();
+    let mut want_global = [0u64; DropReason::COUNT];
+    want_global[MALFORMED] = 1;
+    want_global[DropReason::UnknownJob as usize] = 1;
+    assert_eq!(c.drops, want_global);
+    assert_eq!(c.job(5).unwrap().drops, want_job);
+}
+
 #[test]
 fn ip_options_are_counted_malformed() {
     let j = job(1, 7, 32, 0, 4, 1);

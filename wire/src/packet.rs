@@ -623,6 +623,37 @@ mod tests {
         assert_eq!(back, lanes);
     }
 
+    /// The DATA example of docs/wire.md, byte for byte.
+    #[test]
+    fn docs_example_packet() {
+        let h = Header {
+            kind: Kind::Data,
+            op: Op::Add,
+            rank: 2,
+            job: 1,
+            lanes: 32,
+            epoch: 0x1234_5678,
+            slot: 77,
+            set: 1,
+            count: 0,
+            flags: 0,
+            round: 3,
+            offset: 12345,
+            bitmap: 0,
+        };
+        let lanes: Vec<u32> = (0..32).collect();
+        let mut buf = vec![0u8; h.packet_len()];
+        assert_eq!(build(&h, &lanes, &mut buf), Ok(160));
+        let head: [u8; 36] = [
+            0x02, 0x01, 0x00, 0x02, 0x00, 0x01, 0x00, 0x20, 0x12, 0x34, 0x56, 0x78, 0x00, 0x00,
+            0x00, 0x4d, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x30, 0x39,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(&buf[..36], &head);
+        assert_eq!(&buf[156..160], &[0, 0, 0, 0x1f]);
+        assert_eq!(parse(&buf), Ok(h));
+    }
+
     #[test]
     fn rejects_malformed() {
         let h = sample(Kind::Data, 2);
@@ -863,8 +894,10 @@ mod tests {
             mutated_packets_roundtrip_or_fail();
             let acc = ACCEPTED.load(Ordering::Relaxed);
             let rej = REJECTED.load(Ordering::Relaxed);
+            eprintln!("round-trip assertion ran on {acc} cases; {rej} mutated packets rejected");
             // 4096 valid cases always accepted, plus the mutations that stay valid (a byte
-            // in the lanes, offset, slot, ... or rewritten to its own value): about half.
+            // in the lanes, offset, slot, ... or rewritten to its own value): measured 5,932
+            // accepted, 2,260 of 4,096 mutations rejected (the v1 test: 0 of 10^6 accepted).
             assert!(acc >= 4096 + 1000, "accepted {acc}, rejected {rej}");
             assert!(rej >= 500, "mutations must also be rejected: {rej}");
         }
