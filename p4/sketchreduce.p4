@@ -106,7 +106,7 @@ struct sr_meta_t {
 }
 
 /*************************************************************************
- * Parser: Ethernet -> IPv4 (not a fragment, UDP) [-> options] -> UDP (data port range)
+ * Parser: Ethernet -> IPv4 (fragment offset 0, UDP) [-> options] -> UDP (data port range)
  *         -> aggregation header -> lanes (DATA/RESULT with SR_LANES lanes only)
  *************************************************************************/
 
@@ -126,9 +126,11 @@ parser SrParser(packet_in packet,
 
     state parse_ipv4 {
         packet.extract(hdr.ipv4);
-        // MF clear, fragment offset 0, UDP.
-        transition select(hdr.ipv4.flags, hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
-            (3w0 &&& 3w1, 13w0, IPPROTO_UDP): parse_ipv4_ihl;
+        // Fragment offset 0 (not fragmented, or a first fragment, whose UDP header is
+        // readable: ingress drops it as malformed) and UDP. Later fragments carry no UDP
+        // header and are other traffic.
+        transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
+            (13w0, IPPROTO_UDP): parse_ipv4_ihl;
             default: accept;
         }
     }
@@ -394,8 +396,12 @@ control SrIngress(inout headers_t hdr,
 
             // 1. Malformed (docs/wire.md): IPv4 options, truncated, bad version/kind/op/set,
             //    length not exactly 32 + 4*L, lanes on PROBE/STATUS or none on DATA/RESULT,
-            //    and for requests (DATA, PROBE) flags != 0 or set != round & 1.
+            //    and for requests (DATA, PROBE) flags != 0 or set != round & 1. Also the first
+            //    fragment of a datagram larger than a frame (MF set): the switch cannot
+            //    reassemble it.
             if (meta.ip_options == 1w1) {
+                sr_drop(SR_DROP_MALFORMED);
+            } else if ((hdr.ipv4.flags & 3w1) != 3w0) {
                 sr_drop(SR_DROP_MALFORMED);
             } else if (!hdr.agg.isValid()) {
                 sr_drop(SR_DROP_MALFORMED);

@@ -158,10 +158,7 @@ fn bmv2_raw_workers_if_available() {
     // run's), packets out ≥ RESULT replicas and the PROBE's STATUS.
     let pin = counter(&mut c, names::CTR_GLOBAL, counters::GLOBAL_PACKETS_IN);
     let pout = counter(&mut c, names::CTR_TX, counters::TX_PACKETS_OUT);
-    assert!(
-        pin > (CHUNKS as usize * WORKERS) as u64,
-        "packets in {pin}"
-    );
+    assert!(pin > (CHUNKS as usize * WORKERS) as u64, "packets in {pin}");
     assert!(
         pout > (CHUNKS as usize * WORKERS) as u64,
         "packets out {pout}"

@@ -60,13 +60,17 @@ macro_rules! rules {
 
 rules!(
     ipv4_options,
+    malformed_fields,
     request_flags_and_set,
+    ingress_order,
     nack_unknown_job_and_bad_epoch,
     source_check,
     first_contribution,
     result_headers,
     counters_semantics,
     lane_counts,
+    jobs_are_isolated,
+    rounds_and_sets,
     control_endpoint,
 );
 
@@ -498,6 +502,171 @@ fn ipv4_options(p: &mut Prober) {
     );
 }
 
+/// Malformed: a datagram shorter than the header, shorter or longer than its lanes, with
+/// version ≠ 2, kind ∉ 1..4, op > 2, set > 1, a DATA/RESULT without lanes or a PROBE/STATUS
+/// with lanes: a global `malformed` drop each, nothing sent, and the slot untouched.
+fn malformed_fields(p: &mut Prober) {
+    let epoch = p.create(&p.spec(20, 0, 2));
+    let good = data(20, epoch, 0, 0, 0, 0);
+    let mut full = vec![0u8; good.packet_len()];
+    build(&good, &values(50), &mut full).unwrap();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("10 bytes", full[..10].to_vec()),
+        ("header only, lanes announced", full[..32].to_vec()),
+        ("one lane short", full[..full.len() - 4].to_vec()),
+        ("4 trailing bytes", [&full[..], &[0, 0, 0, 0]].concat()),
+    ];
+    for (what, at, v) in [
+        ("version 1", 0, 1u8),
+        ("version 3", 0, 3),
+        ("kind 0", 1, 0),
+        ("kind 5", 1, 5),
+        ("op 3", 2, 3),
+        ("set 2", 16, 2),
+    ] {
+        let mut b = full.clone();
+        b[at] = v;
+        cases.push((what, b));
+    }
+    // A DATA without lanes and a PROBE with lanes (lengths consistent with the lane field).
+    let mut b = full[..32].to_vec();
+    b[6..8].copy_from_slice(&0u16.to_be_bytes());
+    cases.push(("DATA with 0 lanes", b));
+    let mut b = full.clone();
+    b[1] = Kind::Probe as u8;
+    cases.push(("PROBE with lanes", b));
+    let before = p.counters();
+    let to = SocketAddr::new(SWITCH_IP.into(), p.ports.0);
+    for (what, b) in &cases {
+        p.socks[0]
+            .send_to(b, to)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    p.quiet("malformed datagrams");
+    let d = delta(&before, &p.counters(), 20);
+    assert_eq!(
+        d,
+        Delta {
+            packets_in: cases.len() as u64,
+            drops: drops(&[(DropReason::Malformed, cases.len() as u64)]),
+            ..Default::default()
+        },
+        "{:?}",
+        cases.iter().map(|c| c.0).collect::<Vec<_>>()
+    );
+    p.send(0, &probe(20, epoch, 0, 0, 0), &[]);
+    let (s, _) = p.reply(0, "STATUS");
+    assert_eq!(
+        (s.count, s.bitmap),
+        (0, 0),
+        "a malformed DATA changed the slot"
+    );
+}
+
+/// Ingress order: a datagram failing several checks is counted for the first one, in the
+/// order unknown_job → bad_epoch → bad_rank → bad_source → bad_slot → bad_kind → bad_lanes
+/// (malformed before all of them).
+fn ingress_order(p: &mut Prober) {
+    let epoch = p.create(&p.spec(21, 4, 2));
+    let wrong = epoch ^ 0x00f0_0001;
+    // Socket 3 is no rank's: every datagram from it also fails the source check.
+    let base = |kind: Kind, lanes: u16| Header {
+        kind,
+        lanes,
+        ..data(21, epoch, 0, 4, 0, 0)
+    };
+    let cases: Vec<(&str, Header, Option<(DropReason, bool)>)> = vec![
+        (
+            "malformed + unknown job",
+            Header {
+                job: 99,
+                flags: 1,
+                ..base(Kind::Data, 32)
+            },
+            Some((DropReason::Malformed, false)),
+        ),
+        (
+            "unknown job + bad epoch + bad rank + bad source",
+            Header {
+                job: 99,
+                epoch: 1,
+                rank: 7,
+                ..base(Kind::Data, 32)
+            },
+            Some((DropReason::UnknownJob, false)),
+        ),
+        (
+            "bad epoch + bad rank + bad source + bad slot + bad kind + bad lanes",
+            Header {
+                epoch: wrong,
+                rank: 7,
+                slot: 0,
+                ..base(Kind::Result, 32)
+            },
+            Some((DropReason::BadEpoch, true)),
+        ),
+        (
+            "bad rank + bad source + bad slot",
+            Header {
+                rank: 7,
+                slot: 0,
+                ..base(Kind::Data, 32)
+            },
+            Some((DropReason::BadRank, true)),
+        ),
+        (
+            "bad source + bad slot + bad kind",
+            Header {
+                slot: 0,
+                ..base(Kind::Result, 32)
+            },
+            Some((DropReason::BadSource, true)),
+        ),
+    ];
+    for (what, h, want) in &cases {
+        let before = p.counters();
+        let v: Vec<u32> = (0..h.lanes as u32).collect();
+        p.send(3, h, &v);
+        p.quiet(what);
+        let d = delta(&before, &p.counters(), 21);
+        let (reason, per_job) = want.unwrap();
+        let mut expect = Delta {
+            packets_in: 1,
+            ..Default::default()
+        };
+        if per_job {
+            expect.job.drops = drops(&[(reason, 1)]);
+        } else {
+            expect.drops = drops(&[(reason, 1)]);
+        }
+        assert_eq!(d, expect, "{what}");
+    }
+    // From rank 0's own socket: bad_slot before bad_kind before bad_lanes.
+    for (what, h, reason) in [
+        (
+            "bad slot + bad kind + bad lanes",
+            Header {
+                slot: 0,
+                ..base(Kind::Result, 32)
+            },
+            DropReason::BadSlot,
+        ),
+        (
+            "bad kind + bad lanes",
+            base(Kind::Result, 32),
+            DropReason::BadKind,
+        ),
+        ("bad lanes", base(Kind::Data, 32), DropReason::BadLanes),
+    ] {
+        let before = p.counters();
+        let v: Vec<u32> = (0..h.lanes as u32).collect();
+        p.send(0, &h, &v);
+        p.quiet(what);
+        let d = delta(&before, &p.counters(), 21);
+        assert_eq!(d.job.drops, drops(&[(reason, 1)]), "{what}");
+    }
+}
+
 /// Requests (DATA, PROBE) with flags ≠ 0, or set ≠ round & 1, are malformed: no reply (not
 /// even a NACK), a global `malformed` drop each.
 fn request_flags_and_set(p: &mut Prober) {
@@ -897,6 +1066,114 @@ fn lane_counts(p: &mut Prober) {
     let d = delta(&before, &p.counters(), 18);
     assert_eq!(d.packets_in, 3);
     assert_eq!(d.job.drops, drops(&[(DropReason::BadLanes, 3)]));
+}
+
+/// Jobs are isolated: a job's packets cannot reach another job's slots (bad_slot), and one
+/// job's traffic moves only its own counters.
+fn jobs_are_isolated(p: &mut Prober) {
+    let ea = p.create(&p.spec(22, 0, 2));
+    let mut sb = p.spec(23, 4, 2);
+    sb.workers = (2..4).map(|i| WorkerSpec::at(worker_addr(i))).collect();
+    let eb = p.create(&sb);
+    let before = p.counters();
+    // Job 22 into job 23's slot 5: bad_slot for job 22, job 23 untouched.
+    p.send(0, &data(22, ea, 0, 5, 0, 0), &values(60));
+    // Job 23 completes slot 5; job 22 completes slot 1.
+    p.send(2, &data(23, eb, 0, 5, 0, 0), &values(61));
+    p.send(3, &data(23, eb, 1, 5, 0, 0), &values(62));
+    p.reply(2, "job 23's RESULT");
+    p.reply(3, "job 23's RESULT");
+    p.send(0, &data(22, ea, 0, 1, 0, 0), &values(63));
+    p.send(1, &data(22, ea, 1, 1, 0, 0), &values(64));
+    let (r, lanes) = p.reply(0, "job 22's RESULT");
+    p.reply(1, "job 22's RESULT");
+    assert_eq!((r.job, r.slot), (22, 1));
+    let want: Vec<u32> = values(63)
+        .iter()
+        .zip(values(64))
+        .map(|(a, b)| a.wrapping_add(b))
+        .collect();
+    assert_eq!(lanes, want);
+    p.quiet("after both completions");
+    let after = p.counters();
+    let a = delta(&before, &after, 22);
+    let b = delta(&before, &after, 23);
+    assert_eq!(a.job.drops, drops(&[(DropReason::BadSlot, 1)]));
+    assert_eq!(
+        (a.job.data_in, a.job.completions, a.job.results_multicast),
+        (2, 1, 2)
+    );
+    assert_eq!(b.job.drops, [0; DropReason::COUNT]);
+    assert_eq!(
+        (b.job.data_in, b.job.completions, b.job.results_multicast),
+        (2, 1, 2)
+    );
+    assert_eq!((a.packets_in, a.packets_out), (5, 4));
+}
+
+/// Shadow sets and serial-number rounds: consecutive rounds alternate sets, a completed
+/// round's result stays readable on its set while the other set runs the next round, a
+/// packet of an older round is stale, and rounds wrap around 2³² (0 is newer than 2³² − 1).
+fn rounds_and_sets(p: &mut Prober) {
+    let epoch = p.create(&p.spec(24, 0, 2));
+    let round = |r: u32, slot: u32, seed: u32| -> Vec<u32> {
+        p.send(0, &data(24, epoch, 0, slot, r, r), &values(seed));
+        p.send(1, &data(24, epoch, 1, slot, r, r), &values(seed + 1));
+        let (h0, l0) = p.reply(0, "RESULT");
+        let (h1, _) = p.reply(1, "RESULT");
+        assert_eq!((h0.round, h1.round, h0.set), (r, r, (r & 1) as u8));
+        l0
+    };
+    // Rounds through the wrap on slot 2. Each set holds its own round and a round is newer
+    // only within 2³¹ of it, so the sets climb from 0 in steps below 2³¹ (set 0 through the
+    // even rounds, set 1 through the odd ones) to 2³² − 2 and 2³² − 1, then 0 and 1.
+    let rounds = [
+        0x7FFF_FFFE,
+        0x7FFF_FFFF,
+        0xBFFF_FFFE,
+        0xBFFF_FFFF,
+        u32::MAX - 1,
+        u32::MAX,
+        0,
+        1,
+    ];
+    let mut last = Vec::new();
+    for (i, r) in rounds.into_iter().enumerate() {
+        last = round(r, 2, 70 + 2 * i as u32);
+    }
+    // Round 0 (set 0) is still readable while round 1 (set 1) completed: rank 0 retransmits
+    // its round-0 packet and gets round 0's result unicast.
+    p.send(0, &data(24, epoch, 0, 2, 0, 0), &values(1));
+    let (h, l) = p.reply(0, "unicast RESULT of round 0");
+    assert_eq!((h.round, h.set), (0, 0));
+    let sum = |a: u32| -> Vec<u32> {
+        values(a)
+            .iter()
+            .zip(values(a + 1))
+            .map(|(x, y)| x.wrapping_add(y))
+            .collect()
+    };
+    assert_eq!(l, sum(82));
+    assert_eq!(last, sum(84));
+    // Round 2 overwrites set 0; a delayed round-0 packet of rank 1 is then stale, and so is
+    // round u32::MAX (older than 2 in serial arithmetic).
+    let before = p.counters();
+    p.send(0, &data(24, epoch, 0, 2, 2, 2), &values(80));
+    p.send(1, &data(24, epoch, 1, 2, 0, 0), &values(81));
+    p.send(1, &data(24, epoch, 1, 2, u32::MAX, 0), &values(82));
+    p.quiet("stale packets");
+    let d = delta(&before, &p.counters(), 24);
+    assert_eq!(d.job.drops, drops(&[(DropReason::Stale, 2)]));
+    assert_eq!(d.job.data_in, 1);
+    p.send(1, &data(24, epoch, 1, 2, 2, 2), &values(83));
+    let (h, l) = p.reply(1, "RESULT of round 2");
+    assert_eq!((h.round, h.set, h.count), (2, 0, 2));
+    let want2: Vec<u32> = values(80)
+        .iter()
+        .zip(values(83))
+        .map(|(a, b)| a.wrapping_add(b))
+        .collect();
+    assert_eq!(l, want2);
 }
 
 /// The control endpoint: info, authentication, create/exists/replace (new epoch, reset

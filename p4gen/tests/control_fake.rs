@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sketchreduce_control::{Client, ClientError, ServerConfig};
-use sketchreduce_p4gen::control::{start, ControlOptions, Running};
+use sketchreduce_p4gen::control::{start, ControlOptions, Running, StartError};
 use sketchreduce_p4gen::portmap::PortMap;
 use sketchreduce_p4gen::runtime::SwitchCli;
 use sketchreduce_wire::control::ErrorKind;
@@ -93,7 +93,7 @@ fn fixtures() -> PathBuf {
         .join("fixtures")
 }
 
-fn launch(dir: &Path) -> Running<SwitchCli> {
+fn fake_cli(dir: &Path) -> SwitchCli {
     let mut cli = SwitchCli::new(9090);
     cli.program = vec![
         "env".into(),
@@ -112,18 +112,25 @@ fn launch(dir: &Path) -> Running<SwitchCli> {
             .to_string(),
     ];
     cli.timeout = Duration::from_secs(30);
-    start(ControlOptions {
-        runtime: cli,
+    cli
+}
+
+fn options(dir: &Path, jobs: Vec<JobSpec>) -> ControlOptions<SwitchCli> {
+    ControlOptions {
+        runtime: fake_cli(dir),
         ports: PortMap::parse(PORTS).unwrap(),
         listen: "127.0.0.1:0".parse().unwrap(),
         secret: None,
-        jobs: Vec::new(),
+        jobs,
         server: ServerConfig {
             sweep_interval: Duration::from_millis(100),
             ..Default::default()
         },
-    })
-    .unwrap_or_else(|e| panic!("starting the control plane: {e}"))
+    }
+}
+
+fn launch(dir: &Path) -> Running<SwitchCli> {
+    start(options(dir, Vec::new())).unwrap_or_else(|e| panic!("starting the control plane: {e}"))
 }
 
 fn spec(id: u16, base: u32, hosts: &[u8]) -> JobSpec {
@@ -369,4 +376,56 @@ fn p4_control_leases_follow_counter_activity() {
     }
     assert!(fake.entries("SrIngress.sr_jobs").is_empty());
     let _ = std::fs::remove_dir_all(&fake.dir);
+}
+
+/// Static jobs (`p4 control --jobs`): installed at start with their explicit epoch, no lease,
+/// and not replaceable or removable through the endpoint. And the startup check: no secret on
+/// a non-loopback address is refused before the switch is touched.
+#[test]
+fn p4_control_static_jobs_and_startup_checks() {
+    if common::on_path("python3").is_none() {
+        skip!("skipped: python3 not found (p4_control_static_jobs_and_startup_checks)");
+        return;
+    }
+    let dir = common::temp_dir("fake-static");
+    let mut o = options(&dir, Vec::new());
+    o.listen = "10.0.0.254:39440".parse().unwrap();
+    match start(o) {
+        Err(StartError::Config(m)) => assert!(m.contains("secret"), "{m}"),
+        other => panic!("no secret on a non-loopback address: {other:?}"),
+    }
+    assert!(
+        !dir.join("log").exists(),
+        "the switch was touched before the check"
+    );
+
+    let mut job = spec(9, 32, &[1, 3]);
+    job.epoch = 0x1234_5678;
+    let running = start(options(&dir, vec![job.clone()])).unwrap();
+    let mut c = Client::connect(running.local_addr(), None, Duration::from_secs(30)).unwrap();
+    assert_eq!(c.join(9).unwrap().epoch, 0x1234_5678);
+    let fake = Fake { dir: dir.clone() };
+    assert_eq!(
+        fake.entries("SrIngress.sr_jobs"),
+        ["SrIngress.sr_jobs SrIngress.sr_set_job 9 => 305419896 2 64 32 8 1 0"]
+    );
+    let (kind, _) = refused(c.create(&job, true, 60_000));
+    assert_eq!(kind, ErrorKind::Conflict);
+    assert!(matches!(
+        c.unregister(9, 0x1234_5678),
+        Err(ClientError::Refused {
+            kind: ErrorKind::Conflict,
+            ..
+        })
+    ));
+    assert_eq!(fake.entries("SrIngress.sr_jobs").len(), 1);
+    // A static job the switch cannot hold stops the start, naming the job.
+    let mut bad = spec(10, 64, &[7]);
+    bad.epoch = 5;
+    match start(options(&dir, vec![bad])) {
+        Err(StartError::Config(m)) => assert!(m.contains("job 10"), "{m}"),
+        other => panic!("a static job on an unknown host: {other:?}"),
+    }
+    drop(running);
+    let _ = std::fs::remove_dir_all(&dir);
 }

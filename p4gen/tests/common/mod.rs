@@ -78,17 +78,20 @@ pub fn sh(args: &[&str]) -> Result<String, String> {
 }
 
 /// Whether this process may create network namespaces (iproute2 present, root or
-/// CAP_NET_ADMIN).
+/// CAP_NET_ADMIN). Probed once per process (tests run in parallel).
 pub fn can_create_netns() -> bool {
-    if on_path("ip").is_none() {
-        return false;
-    }
-    let name = format!("srp4-probe-{}", std::process::id());
-    if sh(&["ip", "netns", "add", &name]).is_err() {
-        return false;
-    }
-    let _ = sh(&["ip", "netns", "del", &name]);
-    true
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        if on_path("ip").is_none() {
+            return false;
+        }
+        let name = format!("srp4-probe-{}", std::process::id());
+        if sh(&["ip", "netns", "add", &name]).is_err() {
+            return false;
+        }
+        let _ = sh(&["ip", "netns", "del", &name]);
+        true
+    })
 }
 
 /// Why the bmv2 tests cannot run here, if they cannot.
