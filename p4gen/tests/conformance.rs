@@ -575,7 +575,8 @@ fn ingress_order(p: &mut Prober) {
         lanes,
         ..data(21, epoch, 0, 4, 0, 0)
     };
-    let cases: Vec<(&str, Header, Option<(DropReason, bool)>)> = vec![
+    // (what, header, reason, counted per job)
+    let cases: Vec<(&str, Header, DropReason, bool)> = vec![
         (
             "malformed + unknown job",
             Header {
@@ -583,7 +584,8 @@ fn ingress_order(p: &mut Prober) {
                 flags: 1,
                 ..base(Kind::Data, 32)
             },
-            Some((DropReason::Malformed, false)),
+            DropReason::Malformed,
+            false,
         ),
         (
             "unknown job + bad epoch + bad rank + bad source",
@@ -593,7 +595,8 @@ fn ingress_order(p: &mut Prober) {
                 rank: 7,
                 ..base(Kind::Data, 32)
             },
-            Some((DropReason::UnknownJob, false)),
+            DropReason::UnknownJob,
+            false,
         ),
         (
             "bad epoch + bad rank + bad source + bad slot + bad kind + bad lanes",
@@ -603,7 +606,8 @@ fn ingress_order(p: &mut Prober) {
                 slot: 0,
                 ..base(Kind::Result, 32)
             },
-            Some((DropReason::BadEpoch, true)),
+            DropReason::BadEpoch,
+            true,
         ),
         (
             "bad rank + bad source + bad slot",
@@ -612,7 +616,8 @@ fn ingress_order(p: &mut Prober) {
                 slot: 0,
                 ..base(Kind::Data, 32)
             },
-            Some((DropReason::BadRank, true)),
+            DropReason::BadRank,
+            true,
         ),
         (
             "bad source + bad slot + bad kind",
@@ -620,24 +625,24 @@ fn ingress_order(p: &mut Prober) {
                 slot: 0,
                 ..base(Kind::Result, 32)
             },
-            Some((DropReason::BadSource, true)),
+            DropReason::BadSource,
+            true,
         ),
     ];
-    for (what, h, want) in &cases {
+    for (what, h, reason, per_job) in &cases {
         let before = p.counters();
         let v: Vec<u32> = (0..h.lanes as u32).collect();
         p.send(3, h, &v);
         p.quiet(what);
         let d = delta(&before, &p.counters(), 21);
-        let (reason, per_job) = want.unwrap();
         let mut expect = Delta {
             packets_in: 1,
             ..Default::default()
         };
-        if per_job {
-            expect.job.drops = drops(&[(reason, 1)]);
+        if *per_job {
+            expect.job.drops = drops(&[(*reason, 1)]);
         } else {
-            expect.drops = drops(&[(reason, 1)]);
+            expect.drops = drops(&[(*reason, 1)]);
         }
         assert_eq!(d, expect, "{what}");
     }
