@@ -12,7 +12,12 @@
 //!
 //! The tensors cover every phase of the in-network all-reduce: agreement (MAX and ADD lanes),
 //! a sparse tensor (index OR + sketch ADD, decoded by peeling), a dense one (dense mode: ADD
-//! lanes), and the same tensor id again (sizing from history).
+//! lanes, where the agent has it), and the same tensor id again (sizing from history). Then
+//! each rank drives a `sketchreduce_agent::Agent` directly with a sketch forced far too small
+//! (16 cells), so peeling stalls and the recovery round runs (exact all the same), and finally
+//! rank 0 re-creates the job on the switch (`create` with `replace`): every rank's next
+//! all-reduce must fail (its packets are `bad_epoch` now, its PROBEs get NACKs), and the
+//! switch counts the drops.
 
 mod common;
 
@@ -97,6 +102,9 @@ fn run(switch: Switch) {
                 // One job per phase: the first may still hold its lease.
                 ("SKETCHREDUCE_JOB", (1 + loss).to_string()),
                 ("SRP4_PHASE", phase.to_string()),
+                ("SRP4_DIR", dir.display().to_string()),
+                // The direct agents' job: another id and slot range per phase.
+                ("SRP4_AGENT_JOB", (20 + loss).to_string()),
             ];
             let ns = t.ns_worker(r);
             let h = t
@@ -301,5 +309,106 @@ fn stack_worker_process() {
             .0;
         assert_eq!(ring, sums, "case {n}: innet and ring differ");
     }
+    drop(comm);
+    direct_agent(rank, world);
     println!("SRP4-STACK-OK rank {rank}");
+}
+
+/// Waits until every rank has created `name-<rank>` in the shared directory (a barrier
+/// between processes in different namespaces; the file system is shared).
+fn barrier(name: &str, rank: usize, world: usize) {
+    let dir = std::path::PathBuf::from(common::env::<String>("SRP4_DIR"));
+    std::fs::write(dir.join(format!("{name}-{rank}")), b"").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(0..world).all(|r| dir.join(format!("{name}-{r}")).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "barrier {name}: ranks missing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The agent API directly: a sketch forced to 16 cells (peeling stalls: the recovery round
+/// gives the exact sums), then a re-created job makes the old workers fail.
+fn direct_agent(rank: usize, world: usize) {
+    use sketchreduce_agent::{Agent, AgentConfig, AggConfig, InnetConfig, UdpTransport};
+    let job_id: u16 = common::env("SRP4_AGENT_JOB");
+    let local = std::net::SocketAddr::new(Topology::worker_ip(rank).into(), 42_000);
+    let spec = sketchreduce_wire::JobSpec {
+        id: job_id,
+        epoch: 0,
+        lanes: sketchreduce_collectives::innet::JOB_LANES,
+        slot_base: 896,
+        slot_count: 32,
+        workers: (0..world)
+            .map(|r| {
+                sketchreduce_wire::WorkerSpec::at(std::net::SocketAddr::new(
+                    Topology::worker_ip(r).into(),
+                    42_000,
+                ))
+            })
+            .collect(),
+    };
+    let sock = std::net::UdpSocket::bind(local).expect("bind the agent's socket");
+    let t = UdpTransport::new(sock, control_addr()).expect("UDP transport");
+    let cfg = AgentConfig {
+        agg: AggConfig::with_timeout(Duration::from_secs(10)),
+        innet: InnetConfig {
+            cells: Some(16),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let mut agent = Agent::new(t, &spec, rank as u8, cfg).expect("creating or joining the job");
+    let epoch = agent.job().epoch;
+    let (dim, density, seed) = (4000, 0.01, 777);
+    let r = agent
+        .all_reduce(seed, &input(rank, seed, dim, density))
+        .unwrap_or_else(|e| panic!("rank {rank}: direct agent all-reduce: {e}"));
+    let (want_fp, want, _) = reference(seed, dim, density, world);
+    assert_eq!(r.fixed, Some(want_fp), "agreed fixed point");
+    assert_eq!(
+        r.decode_retries, 1,
+        "16 cells for ~120 keys must stall and recover"
+    );
+    let mut sums = vec![0i64; dim];
+    r.to_dense_sums(&mut sums).unwrap();
+    assert_eq!(sums, want, "rank {rank}: recovered sums");
+    println!("rank {rank} case recovery: {} cells, exact", r.cells);
+
+    // Re-create the job under a new epoch: the old workers' packets are now bad_epoch.
+    barrier(&format!("{job_id}-done"), rank, world);
+    if rank == 0 {
+        let mut c = sketchreduce_control::Client::connect(
+            control_addr(),
+            Some(std::sync::Arc::new(secret())),
+            Duration::from_secs(30),
+        )
+        .expect("control connection");
+        let e2 = c.create(&spec, true, 60_000).expect("re-create");
+        assert_ne!(e2, epoch);
+    }
+    barrier(&format!("{job_id}-replaced"), rank, world);
+    let err = agent
+        .all_reduce(seed + 1, &input(rank, seed, dim, density))
+        .expect_err("an all-reduce on a re-created job succeeded");
+    println!("rank {rank} case re-created: failed as it must: {err}");
+    barrier(&format!("{job_id}-failed"), rank, world);
+    if rank == 0 {
+        let mut c = sketchreduce_control::Client::connect(
+            control_addr(),
+            Some(std::sync::Arc::new(secret())),
+            Duration::from_secs(30),
+        )
+        .expect("control connection");
+        let k = c.counters().expect("counters");
+        let drops = k.job(job_id).expect("the job").drops;
+        assert!(
+            drops[sketchreduce_wire::DropReason::BadEpoch as usize] > 0,
+            "no bad_epoch drops after the re-create: {drops:?}"
+        );
+        let e2 = c.join(job_id).expect("join").epoch;
+        c.unregister(job_id, e2).expect("unregister");
+    }
 }
