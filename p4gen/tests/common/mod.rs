@@ -432,24 +432,15 @@ impl Topology {
                 "nud",
                 "permanent",
             ])?;
-            // Veths hand over packets with partial checksums when offloading is on; bmv2
-            // forwards what it reads, so let the kernel compute checksums (best effort).
-            for (n, i) in [(&ns, &h), (&sw, &s)] {
-                let _ = sh(&["ip", "netns", "exec", n, "ethtool", "-K", i, "tx", "off"]);
+            if bmv2 {
+                for (n, i) in [(&ns, &h), (&sw, &s)] {
+                    offloads_off(n, i)?;
+                }
             }
         }
         if bmv2 {
-            let _ = sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &sw,
-                "ethtool",
-                "-K",
-                &format!("{}c0", self.tag),
-                "tx",
-                "off",
-            ]);
+            offloads_off(&sw, &format!("{}c0", self.tag))?;
+            offloads_off(&sw, &format!("{}c1", self.tag))?;
             self.start_simple_switch()?;
         }
         Ok(())
@@ -648,6 +639,92 @@ impl Drop for Topology {
             let _ = sh(&["ip", "netns", "del", &ns]);
         }
     }
+}
+
+/// Turns off checksum and segmentation offloads of interface `iface` in namespace `ns` (the
+/// ethtool ioctls, so that ethtool need not be installed). bmv2 reads and writes raw frames:
+/// with offloads on, a veth hands it TCP segments with partial checksums and GSO super-frames
+/// larger than the MTU, which it would forward as they are and the receiver would drop.
+pub fn offloads_off(ns: &str, iface: &str) -> Result<(), String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    // ethtool commands (linux/ethtool.h): set rx/tx checksumming, scatter-gather, TSO, GSO,
+    // GRO; and get tx checksumming to check.
+    const SET: [(u32, &str); 6] = [
+        (0x15, "rx checksumming"),
+        (0x17, "tx checksumming"),
+        (0x19, "scatter-gather"),
+        (0x1f, "TSO"),
+        (0x24, "GSO"),
+        (0x2c, "GRO"),
+    ];
+    const GTXCSUM: u32 = 0x16;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _pad: [u8; 16],
+    }
+    let path = format!("/var/run/netns/{ns}");
+    let iface = iface.to_string();
+    std::thread::spawn(move || -> Result<(), String> {
+        let f = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns on a valid namespace fd; it affects only this thread.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a plain datagram socket for the ioctls, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let call = |cmd: u32, data: u32| -> Result<u32, std::io::Error> {
+            let mut v = EthtoolValue { cmd, data };
+            let mut req = IfReq {
+                name: [0; libc::IFNAMSIZ],
+                data: &mut v,
+                _pad: [0; 16],
+            };
+            for (d, b) in req
+                .name
+                .iter_mut()
+                .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+            {
+                *d = b as libc::c_char;
+            }
+            // SAFETY: SIOCETHTOOL with an ifreq whose data points at a live ethtool_value.
+            if unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(v.data)
+        };
+        let mut result = Ok(());
+        for (cmd, what) in SET {
+            // Some may be fixed for a device (EOPNOTSUPP); checksumming must go off.
+            if let Err(e) = call(cmd, 0) {
+                if cmd == 0x17 {
+                    result = Err(format!("{iface}: turning off {what}: {e}"));
+                }
+            }
+        }
+        if result.is_ok() {
+            match call(GTXCSUM, 0) {
+                Ok(0) => {}
+                Ok(_) => result = Err(format!("{iface}: tx checksumming is still on")),
+                Err(e) => result = Err(format!("{iface}: reading tx checksumming: {e}")),
+            }
+        }
+        // SAFETY: closing the socket opened above.
+        unsafe { libc::close(fd) };
+        result
+    })
+    .join()
+    .map_err(|_| "offloads thread panicked".to_string())?
 }
 
 /// Reads a `SRP4_*` variable of a helper process.
