@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{Switch, Topology, CONTROL_PORT, SECRET, SWITCH_IP};
+use common::{control_addr, Switch, Topology, SWITCH_IP};
 use sketchreduce_control::{Client, ClientError, Secret};
 use sketchreduce_wire::control::ErrorKind;
 use sketchreduce_wire::packet::{build, NACK_BAD_EPOCH, NACK_UNKNOWN_JOB};
@@ -161,61 +161,21 @@ fn run(rule: &str, switch: Switch) {
 // Helper processes.
 // ---------------------------------------------------------------------------------------------
 
-fn secret() -> Secret {
-    Secret::new(SECRET.as_bytes().to_vec()).expect("test secret")
-}
-
-fn control_addr() -> SocketAddr {
-    SocketAddr::new(SWITCH_IP.into(), CONTROL_PORT)
-}
-
-/// The software switch on the switch address (2 data threads), until killed.
+/// The software switch on the switch address, until killed.
 #[test]
 #[ignore = "helper process of the emu:: conformance tests"]
 fn emulator_process() {
-    if !common::is_helper() {
-        return;
-    }
-    let cfg = sketchreduce_switch::SwitchConfig {
-        listen: SocketAddr::new(SWITCH_IP.into(), DEFAULT_DATA_PORT),
-        threads: 2,
-        slots: 1024,
-        control: Some(control_addr()),
-        secret: Some(Arc::new(secret())),
-        ..Default::default()
-    };
-    let _sw = sketchreduce_switch::spawn_switch(cfg).expect("starting the software switch");
-    println!("SRP4-SWITCH-READY");
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    if common::is_helper() {
+        common::serve_emulator();
     }
 }
 
-/// The bmv2 control plane (`sketchreduce p4 control`'s library) on the switch address, with
-/// simple_switch_CLI on the local Thrift port, until killed.
+/// The bmv2 control plane on the switch address, until killed.
 #[test]
 #[ignore = "helper process of the p4:: tests"]
 fn control_process() {
-    if !common::is_helper() {
-        return;
-    }
-    let ports = sketchreduce_p4gen::portmap::PortMap::parse(&common::env::<String>("SRP4_PORTS"))
-        .expect("port map");
-    let running = sketchreduce_p4gen::control::start(sketchreduce_p4gen::control::ControlOptions {
-        runtime: sketchreduce_p4gen::runtime::SwitchCli::new(common::THRIFT_PORT),
-        ports,
-        listen: control_addr(),
-        secret: Some(secret()),
-        jobs: Vec::new(),
-        server: sketchreduce_control::ServerConfig {
-            sweep_interval: sketchreduce_p4gen::control::SWEEP_INTERVAL,
-            ..Default::default()
-        },
-    })
-    .expect("starting the bmv2 control plane");
-    println!("SRP4-CONTROL-READY {}", running.local_addr());
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    if common::is_helper() {
+        common::serve_bmv2_control();
     }
 }
 
@@ -256,23 +216,8 @@ fn worker_addr(i: usize) -> SocketAddr {
 
 impl Prober {
     fn connect(bmv2: bool) -> Prober {
-        // The control plane may still be starting (bmv2: resetting the switch).
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let ctl = loop {
-            match Client::connect(
-                control_addr(),
-                Some(Arc::new(secret())),
-                Duration::from_secs(20),
-            ) {
-                Ok(c) => break c,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("control endpoint not ready: {e}");
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(e) => panic!("control endpoint: {e}"),
-            }
-        };
-        let mut ctl = ctl;
+        // Waits for the control plane (bmv2's resets the switch first).
+        let mut ctl = common::control_client();
         let info = ctl.info().expect("info");
         let socks = (0..4)
             .map(|i| {

@@ -50,6 +50,18 @@ impl Fake {
         v
     }
 
+    /// Handles of the entries of `table`.
+    fn handles(&self, table: &str) -> Vec<String> {
+        let s = self.state();
+        s["entries"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.as_str().unwrap_or("").starts_with(&format!("{table} ")))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     fn count(&self, what: &str) -> usize {
         self.state()[what].as_object().unwrap().len()
     }
@@ -276,13 +288,7 @@ fn p4_control_jobs_through_the_cli() {
     ));
 
     // Replace: same job entry (handle), new epoch and parameters; counters restart.
-    let handle_before: Vec<String> = fake.state()["entries"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, v)| v.as_str().unwrap().starts_with("SrIngress.sr_jobs "))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let handle_before = fake.handles("SrIngress.sr_jobs");
     fake.clear_counters();
     let e2 = c.create(&spec(3, 16, &[1, 2, 3]), true, 60_000).unwrap();
     assert_ne!(e2, e1);
@@ -292,13 +298,7 @@ fn p4_control_jobs_through_the_cli() {
             "SrIngress.sr_jobs SrIngress.sr_set_job 3 => {e2} 3 64 16 8 1 0"
         )]
     );
-    let handle_after: Vec<String> = fake.state()["entries"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(_, v)| v.as_str().unwrap().starts_with("SrIngress.sr_jobs "))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let handle_after = fake.handles("SrIngress.sr_jobs");
     assert_eq!(
         handle_before, handle_after,
         "the job entry is modified, not re-added"

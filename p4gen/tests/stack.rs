@@ -143,32 +143,12 @@ fn run(switch: Switch) {
 // Helper processes.
 // ---------------------------------------------------------------------------------------------
 
-fn secret() -> sketchreduce_control::Secret {
-    sketchreduce_control::Secret::new(SECRET.as_bytes().to_vec()).expect("test secret")
-}
-
-fn control_addr() -> std::net::SocketAddr {
-    std::net::SocketAddr::new(SWITCH_IP.into(), CONTROL_PORT)
-}
-
 /// The software switch on the switch address, until killed.
 #[test]
 #[ignore = "helper process of stack_emulator"]
 fn stack_emulator_process() {
-    if !common::is_helper() {
-        return;
-    }
-    let cfg = sketchreduce_switch::SwitchConfig {
-        listen: std::net::SocketAddr::new(SWITCH_IP.into(), sketchreduce_wire::DEFAULT_DATA_PORT),
-        threads: 2,
-        control: Some(control_addr()),
-        secret: Some(std::sync::Arc::new(secret())),
-        ..Default::default()
-    };
-    let _sw = sketchreduce_switch::spawn_switch(cfg).expect("starting the software switch");
-    println!("SRP4-SWITCH-READY");
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    if common::is_helper() {
+        common::serve_emulator();
     }
 }
 
@@ -176,26 +156,8 @@ fn stack_emulator_process() {
 #[test]
 #[ignore = "helper process of stack_bmv2_if_available"]
 fn stack_control_process() {
-    if !common::is_helper() {
-        return;
-    }
-    let ports = sketchreduce_p4gen::portmap::PortMap::parse(&common::env::<String>("SRP4_PORTS"))
-        .expect("port map");
-    let running = sketchreduce_p4gen::control::start(sketchreduce_p4gen::control::ControlOptions {
-        runtime: sketchreduce_p4gen::runtime::SwitchCli::new(common::THRIFT_PORT),
-        ports,
-        listen: control_addr(),
-        secret: Some(secret()),
-        jobs: Vec::new(),
-        server: sketchreduce_control::ServerConfig {
-            sweep_interval: sketchreduce_p4gen::control::SWEEP_INTERVAL,
-            ..Default::default()
-        },
-    })
-    .expect("starting the bmv2 control plane");
-    println!("SRP4-CONTROL-READY {}", running.local_addr());
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
+    if common::is_helper() {
+        common::serve_bmv2_control();
     }
 }
 
@@ -351,7 +313,7 @@ fn direct_agent(rank: usize, world: usize) {
             .collect(),
     };
     let sock = std::net::UdpSocket::bind(local).expect("bind the agent's socket");
-    let t = UdpTransport::new(sock, control_addr()).expect("UDP transport");
+    let t = UdpTransport::new(sock, common::control_addr()).expect("UDP transport");
     let cfg = AgentConfig {
         agg: AggConfig::with_timeout(Duration::from_secs(10)),
         innet: InnetConfig {
@@ -380,13 +342,9 @@ fn direct_agent(rank: usize, world: usize) {
     // Re-create the job under a new epoch: the old workers' packets are now bad_epoch.
     barrier(&format!("{job_id}-done"), rank, world);
     if rank == 0 {
-        let mut c = sketchreduce_control::Client::connect(
-            control_addr(),
-            Some(std::sync::Arc::new(secret())),
-            Duration::from_secs(30),
-        )
-        .expect("control connection");
-        let e2 = c.create(&spec, true, 60_000).expect("re-create");
+        let e2 = common::control_client()
+            .create(&spec, true, 60_000)
+            .expect("re-create");
         assert_ne!(e2, epoch);
     }
     barrier(&format!("{job_id}-replaced"), rank, world);
@@ -396,12 +354,7 @@ fn direct_agent(rank: usize, world: usize) {
     println!("rank {rank} case re-created: failed as it must: {err}");
     barrier(&format!("{job_id}-failed"), rank, world);
     if rank == 0 {
-        let mut c = sketchreduce_control::Client::connect(
-            control_addr(),
-            Some(std::sync::Arc::new(secret())),
-            Duration::from_secs(30),
-        )
-        .expect("control connection");
+        let mut c = common::control_client();
         let k = c.counters().expect("counters");
         let drops = k.job(job_id).expect("the job").drops;
         assert!(

@@ -727,6 +727,78 @@ pub fn offloads_off(ns: &str, iface: &str) -> Result<(), String> {
     .map_err(|_| "offloads thread panicked".to_string())?
 }
 
+/// The test secret.
+pub fn secret() -> sketchreduce_control::Secret {
+    sketchreduce_control::Secret::new(SECRET.as_bytes().to_vec()).expect("test secret")
+}
+
+/// The control endpoint as workers see it.
+pub fn control_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::new(SWITCH_IP.into(), CONTROL_PORT)
+}
+
+/// An authenticated control connection, waiting up to 90 s for the endpoint (bmv2's control
+/// plane resets the switch before it listens).
+pub fn control_client() -> sketchreduce_control::Client {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match sketchreduce_control::Client::connect(
+            control_addr(),
+            Some(std::sync::Arc::new(secret())),
+            Duration::from_secs(30),
+        ) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("control endpoint not ready: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("control endpoint: {e}"),
+        }
+    }
+}
+
+/// Body of a helper process in the switch namespace: the software switch on the switch
+/// address (2 data threads, authenticated control endpoint), until killed.
+pub fn serve_emulator() {
+    let cfg = sketchreduce_switch::SwitchConfig {
+        listen: std::net::SocketAddr::new(SWITCH_IP.into(), sketchreduce_wire::DEFAULT_DATA_PORT),
+        threads: 2,
+        slots: 1024,
+        control: Some(control_addr()),
+        secret: Some(std::sync::Arc::new(secret())),
+        ..Default::default()
+    };
+    let _sw = sketchreduce_switch::spawn_switch(cfg).expect("starting the software switch");
+    println!("SRP4-SWITCH-READY");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Body of a helper process in the switch namespace: the bmv2 control plane
+/// (`sketchreduce p4 control`'s library) on the switch address, with simple_switch_CLI on
+/// the local Thrift port and the port map in `SRP4_PORTS`, until killed.
+pub fn serve_bmv2_control() {
+    let ports = sketchreduce_p4gen::portmap::PortMap::parse(&env::<String>("SRP4_PORTS"))
+        .expect("port map");
+    let running = sketchreduce_p4gen::control::start(sketchreduce_p4gen::control::ControlOptions {
+        runtime: sketchreduce_p4gen::runtime::SwitchCli::new(THRIFT_PORT),
+        ports,
+        listen: control_addr(),
+        secret: Some(secret()),
+        jobs: Vec::new(),
+        server: sketchreduce_control::ServerConfig {
+            sweep_interval: sketchreduce_p4gen::control::SWEEP_INTERVAL,
+            ..Default::default()
+        },
+    })
+    .expect("starting the bmv2 control plane");
+    println!("SRP4-CONTROL-READY {}", running.local_addr());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
 /// Reads a `SRP4_*` variable of a helper process.
 pub fn env<T: std::str::FromStr>(name: &str) -> T {
     std::env::var(name)
