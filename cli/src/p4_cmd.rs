@@ -23,8 +23,9 @@ use sketchreduce_wire::{JobFile, DEFAULT_CONTROL_PORT, LANE_CHOICES};
 pub enum P4Command {
     /// Regenerate the generated part of the P4 program (`sketchreduce_gen.p4`).
     Gen {
-        /// Lanes per packet the program is compiled for (32, 64, 128 or 256). Packets with
-        /// another lane count are dropped as `bad_lanes`. The committed file uses 64.
+        /// Lanes per packet the program is compiled for (one of the wire format's lane
+        /// choices, 32..=2048; above 256 the links need jumbo frames). Packets with another
+        /// lane count are dropped as `bad_lanes`. The committed file uses 64.
         #[arg(long, default_value_t = DEFAULT_LANES)]
         lanes: u16,
         /// Directory to write `sketchreduce_gen.p4` into (default: the repository's `p4/`).
