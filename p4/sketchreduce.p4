@@ -44,6 +44,12 @@ header ipv4_t {
     bit<32> dst_addr;
 }
 
+// IPv4 options (IHL 6..15): skipped so that the UDP ports behind them can be read; a
+// sketchreduce datagram with options is malformed (docs/wire.md).
+header ipv4_options_t {
+    varbit<320> options;
+}
+
 header udp_t {
     bit<16> src_port;
     bit<16> dst_port;
@@ -52,26 +58,29 @@ header udp_t {
 }
 
 struct headers_t {
-    ethernet_t ethernet;
-    ipv4_t     ipv4;
-    udp_t      udp;
-    sr_agg_t   agg;    // generated: the 32-byte aggregation header
-    sr_lanes_t lanes;  // generated: SR_LANES x bit<32>
+    ethernet_t     ethernet;
+    ipv4_t         ipv4;
+    ipv4_options_t ipv4_options;
+    udp_t          udp;
+    sr_agg_t       agg;    // generated: the 32-byte aggregation header
+    sr_lanes_t     lanes;  // generated: SR_LANES x bit<32>
 }
 
 struct sr_meta_t {
     bit<1>  data_port;   // UDP destination port in the data range: a sketchreduce datagram
+    bit<1>  ip_options;  // ... whose IPv4 header has options (IHL > 5): malformed
     bit<1>  has_job;     // the job table matched (drops are then counted per job)
     bit<1>  drop;
     bit<1>  update;      // write round/bitmap/count of the slot set
     bit<1>  unicast;     // unicast the stored RESULT back to the sender
     bit<1>  mcast;       // RESULT multicast to the job's workers (egress rewrites each replica)
-    bit<1>  reply;       // a datagram the switch sends (counted in egress)
+    bit<1>  reply;       // a datagram the switch sends (counted in egress; IPv4 checksum redone)
+    bit<16> nack;        // STATUS flags of a NACK answering a PROBE (0: no NACK)
     bit<8>  lanes_mode;  // SrLanes mode, SR_LM_*
     bit<32> reason;      // drop reason, SR_DROP_*
     bit<32> want_len;    // UDP length the header announces
     // From the job table.
-    bit<32> token;
+    bit<32> epoch;
     bit<8>  workers;
     bit<16> lanes;
     bit<32> slot_base;
@@ -79,6 +88,11 @@ struct sr_meta_t {
     bit<16> mcast_grp;
     bit<32> job_index;
     bit<32> job_ctr;     // job_index * SR_JOB_CTR_STRIDE
+    // From the rank table: the rank's registered address and switch port.
+    bit<48> r_mac;
+    bit<32> r_ip;
+    bit<16> r_udp;
+    bit<9>  r_port;
     // Slot state.
     bit<32> slot_off;    // slot - slot_base (wrapping)
     bit<32> idx;         // register index, 2 * slot + set
@@ -92,7 +106,7 @@ struct sr_meta_t {
 }
 
 /*************************************************************************
- * Parser: Ethernet -> IPv4 (IHL 5, not a fragment) -> UDP (data port range)
+ * Parser: Ethernet -> IPv4 (fragment offset 0, UDP) [-> options] -> UDP (data port range)
  *         -> aggregation header -> lanes (DATA/RESULT with SR_LANES lanes only)
  *************************************************************************/
 
@@ -102,6 +116,7 @@ parser SrParser(packet_in packet,
                 inout standard_metadata_t standard_metadata) {
     state start {
         meta.data_port = 1w0;
+        meta.ip_options = 1w0;
         packet.extract(hdr.ethernet);
         transition select(hdr.ethernet.ether_type) {
             ETHERTYPE_IPV4: parse_ipv4;
@@ -111,11 +126,48 @@ parser SrParser(packet_in packet,
 
     state parse_ipv4 {
         packet.extract(hdr.ipv4);
-        // No options, MF clear, fragment offset 0, UDP.
-        transition select(hdr.ipv4.ihl, hdr.ipv4.flags, hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
-            (4w5, 3w0 &&& 3w1, 13w0, IPPROTO_UDP): parse_udp;
+        // Fragment offset 0 (not fragmented, or a first fragment, whose UDP header is
+        // readable: ingress drops it as malformed) and UDP. Later fragments carry no UDP
+        // header and are other traffic.
+        transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
+            (13w0, IPPROTO_UDP): parse_ipv4_ihl;
             default: accept;
         }
+    }
+
+    state parse_ipv4_ihl {
+        // IHL 5: no options. IHL < 5 is not IPv4 a host would send: not ours.
+        transition select(hdr.ipv4.ihl) {
+            4w5: parse_udp;
+            4w0: accept;
+            4w1: accept;
+            4w2: accept;
+            4w3: accept;
+            4w4: accept;
+            default: parse_ipv4_options;
+        }
+    }
+
+    state parse_ipv4_options {
+        // (IHL - 5) 32-bit words of options.
+        packet.extract(hdr.ipv4_options, ((bit<32>)hdr.ipv4.ihl << 5) - 32w160);
+        transition parse_udp_after_options;
+    }
+
+    state parse_udp_after_options {
+        packet.extract(hdr.udp);
+        transition select(hdr.udp.dst_port) {
+            SR_DATA_PORT &&& SR_DATA_PORT_MASK: data_port_with_options;
+            default: accept;
+        }
+    }
+
+    state data_port_with_options {
+        // Counted as a sketchreduce datagram and dropped as malformed; the aggregation
+        // header is not parsed.
+        meta.data_port = 1w1;
+        meta.ip_options = 1w1;
+        transition accept;
     }
 
     state parse_udp {
@@ -153,7 +205,7 @@ control SrVerifyChecksum(inout headers_t hdr, inout sr_meta_t meta) {
 }
 
 /*************************************************************************
- * Ingress: validation, job lookup, the slot state machine of docs/wire.md
+ * Ingress: validation, job and rank lookup, the slot state machine of docs/wire.md
  *************************************************************************/
 
 control SrIngress(inout headers_t hdr,
@@ -178,10 +230,10 @@ control SrIngress(inout headers_t hdr,
         meta.reason = reason;
     }
 
-    action sr_set_job(bit<32> token, bit<8> workers, bit<16> lanes, bit<32> slot_base,
+    action sr_set_job(bit<32> epoch, bit<8> workers, bit<16> lanes, bit<32> slot_base,
                       bit<32> slot_count, bit<16> mcast_grp, bit<32> job_index) {
         meta.has_job = 1w1;
-        meta.token = token;
+        meta.epoch = epoch;
         meta.workers = workers;
         meta.lanes = lanes;
         meta.slot_base = slot_base;
@@ -205,6 +257,32 @@ control SrIngress(inout headers_t hdr,
         }
         default_action = sr_no_job();
         size = SR_MAX_JOBS;
+    }
+
+    // The registered address of every rank of every job: its packets must come from there
+    // (bad_source otherwise), and STATUS and unicast RESULTs go there.
+    action sr_set_rank(bit<48> mac, bit<32> ip, bit<16> udp_port, bit<9> port) {
+        meta.r_mac = mac;
+        meta.r_ip = ip;
+        meta.r_udp = udp_port;
+        meta.r_port = port;
+    }
+
+    action sr_no_rank() {
+        meta.r_ip = 32w0;
+    }
+
+    table sr_ranks {
+        key = {
+            hdr.agg.job: exact;
+            hdr.agg.rank: exact;
+        }
+        actions = {
+            sr_set_rank;
+            sr_no_rank;
+        }
+        default_action = sr_no_rank();
+        size = SR_MAX_RANKS;
     }
 
     // Non-sketchreduce traffic: L2 forwarding by destination MAC; anything else is dropped.
@@ -241,7 +319,8 @@ control SrIngress(inout headers_t hdr,
     }
 
     // Turn the request around: reply from the address and port it was sent to, towards the
-    // sender (egress rewrites the destination of multicast replicas).
+    // sender, out of the port it came in on (egress rewrites the destination of multicast
+    // replicas; sr_to_rank that of STATUS and unicast RESULTs).
     action sr_turn_around() {
         bit<48> mac = hdr.ethernet.dst_addr;
         hdr.ethernet.dst_addr = hdr.ethernet.src_addr;
@@ -255,7 +334,16 @@ control SrIngress(inout headers_t hdr,
         hdr.udp.src_port = port;
         hdr.udp.checksum = 16w0;
         hdr.agg.flags = 16w0;
+        standard_metadata.egress_spec = standard_metadata.ingress_port;
         meta.reply = 1w1;
+    }
+
+    // Address a reply to the rank's registered address (equal to the source after the
+    // source check; the ingress port is the registered port).
+    action sr_to_rank() {
+        hdr.ethernet.dst_addr = meta.r_mac;
+        hdr.ipv4.dst_addr = meta.r_ip;
+        hdr.udp.dst_port = meta.r_udp;
     }
 
     action sr_status_reply() {
@@ -263,14 +351,22 @@ control SrIngress(inout headers_t hdr,
         hdr.agg.round = meta.s_round;
         hdr.agg.count = meta.s_count;
         hdr.agg.bitmap = meta.s_bitmap;
-        standard_metadata.egress_spec = standard_metadata.ingress_port;
+    }
+
+    // A PROBE for a job that is not registered (or not with this epoch): the probe's header
+    // with kind STATUS, count, bitmap, round 0 and a NACK flag, back to the sender.
+    action sr_nack_reply() {
+        hdr.agg.kind = SR_KIND_STATUS;
+        hdr.agg.round = 32w0;
+        hdr.agg.count = 8w0;
+        hdr.agg.bitmap = 32w0;
+        hdr.agg.lanes = 16w0;
     }
 
     action sr_result_unicast() {
         hdr.agg.kind = SR_KIND_RESULT;
         hdr.agg.count = meta.s_count;
         hdr.agg.bitmap = meta.s_bitmap;
-        standard_metadata.egress_spec = standard_metadata.ingress_port;
     }
 
     action sr_result_multicast() {
@@ -288,6 +384,7 @@ control SrIngress(inout headers_t hdr,
         meta.unicast = 1w0;
         meta.mcast = 1w0;
         meta.reply = 1w0;
+        meta.nack = 16w0;
         meta.lanes_mode = SR_LM_NONE;
         meta.reason = 32w0;
 
@@ -297,9 +394,16 @@ control SrIngress(inout headers_t hdr,
         } else {
             sr_global.count(SR_G_PACKETS_IN);
 
-            // 1. Malformed (docs/wire.md): truncated, bad version/kind/op/set, length not
-            //    exactly 32 + 4*L, lanes on PROBE/STATUS or none on DATA/RESULT.
-            if (!hdr.agg.isValid()) {
+            // 1. Malformed (docs/wire.md): IPv4 options, truncated, bad version/kind/op/set,
+            //    length not exactly 32 + 4*L, lanes on PROBE/STATUS or none on DATA/RESULT,
+            //    and for requests (DATA, PROBE) flags != 0 or set != round & 1. Also the first
+            //    fragment of a datagram larger than a frame (MF set): the switch cannot
+            //    reassemble it.
+            if (meta.ip_options == 1w1) {
+                sr_drop(SR_DROP_MALFORMED);
+            } else if ((hdr.ipv4.flags & 3w1) != 3w0) {
+                sr_drop(SR_DROP_MALFORMED);
+            } else if (!hdr.agg.isValid()) {
                 sr_drop(SR_DROP_MALFORMED);
             } else {
                 meta.want_len = ((bit<32>)hdr.agg.lanes << 2) + SR_UDP_BASE_LEN;
@@ -322,19 +426,38 @@ control SrIngress(inout headers_t hdr,
                 } else if (hdr.agg.lanes == SR_LANES && !hdr.lanes.isValid()) {
                     // The UDP length announces the lanes but the frame is shorter.
                     sr_drop(SR_DROP_MALFORMED);
+                } else if ((hdr.agg.kind == SR_KIND_DATA || hdr.agg.kind == SR_KIND_PROBE)
+                           && hdr.agg.flags != 16w0) {
+                    sr_drop(SR_DROP_MALFORMED);
+                } else if ((hdr.agg.kind == SR_KIND_DATA || hdr.agg.kind == SR_KIND_PROBE)
+                           && (bit<32>)hdr.agg.set != (hdr.agg.round & 32w1)) {
+                    sr_drop(SR_DROP_MALFORMED);
                 }
             }
 
-            // 2. Job checks, in the order of docs/wire.md.
+            // 2. Job and rank checks, in the order of docs/wire.md.
             if (meta.drop == 1w0) {
                 if (!sr_jobs.apply().hit) {
                     sr_drop(SR_DROP_UNKNOWN_JOB);
+                    if (hdr.agg.kind == SR_KIND_PROBE) {
+                        meta.nack = SR_NACK_UNKNOWN_JOB;
+                    }
                 } else {
                     meta.slot_off = hdr.agg.slot - meta.slot_base;
-                    if (hdr.agg.token != meta.token) {
-                        sr_drop(SR_DROP_BAD_TOKEN);
+                    if (hdr.agg.epoch != meta.epoch) {
+                        sr_drop(SR_DROP_BAD_EPOCH);
+                        if (hdr.agg.kind == SR_KIND_PROBE) {
+                            meta.nack = SR_NACK_BAD_EPOCH;
+                        }
                     } else if (hdr.agg.rank >= meta.workers) {
                         sr_drop(SR_DROP_BAD_RANK);
+                    } else if (!sr_ranks.apply().hit) {
+                        // Every rank of a job has an entry; a miss is a half-configured job.
+                        sr_drop(SR_DROP_BAD_SOURCE);
+                    } else if (hdr.ipv4.src_addr != meta.r_ip
+                               || hdr.udp.src_port != meta.r_udp
+                               || standard_metadata.ingress_port != meta.r_port) {
+                        sr_drop(SR_DROP_BAD_SOURCE);
                     } else if (meta.slot_off >= meta.slot_count) {
                         sr_drop(SR_DROP_BAD_SLOT);
                     } else if (hdr.agg.kind == SR_KIND_RESULT || hdr.agg.kind == SR_KIND_STATUS) {
@@ -352,9 +475,10 @@ control SrIngress(inout headers_t hdr,
                 sr_read_state();
 
                 if (hdr.agg.kind == SR_KIND_PROBE) {
-                    // 3. PROBE -> STATUS to the sender; nothing changes.
+                    // 3. PROBE -> STATUS to the rank's registered address; nothing changes.
                     sr_status_reply();
                     sr_turn_around();
+                    sr_to_rank();
                     sr_job.count(meta.job_ctr + SR_JC_PROBES);
                 } else {
                     // 4. DATA.
@@ -381,9 +505,10 @@ control SrIngress(inout headers_t hdr,
                         // Complete without this rank: cannot happen for a correct worker.
                         sr_drop(SR_DROP_STALE);
                     } else if (meta.s_count == 8w0) {
-                        // First contribution (round 0 on fresh registers).
+                        // First contribution (round 0 on fresh registers): lanes, bitmap and
+                        // count are this packet's alone.
                         meta.lanes_mode = SR_LM_STORE;
-                        meta.n_bitmap = meta.s_bitmap | meta.rank_bit;
+                        meta.n_bitmap = meta.rank_bit;
                         meta.n_count = 8w1;
                         meta.update = 1w1;
                     } else {
@@ -420,13 +545,21 @@ control SrIngress(inout headers_t hdr,
                     } else if (meta.unicast == 1w1) {
                         sr_result_unicast();
                         sr_turn_around();
+                        sr_to_rank();
                         sr_job.count(meta.job_ctr + SR_JC_RESULTS_UNICAST);
                     }
                 }
             }
 
             if (meta.drop == 1w1) {
-                mark_to_drop(standard_metadata);
+                if (meta.nack != 16w0) {
+                    // Still counted as a drop below; the NACK itself counts as sent.
+                    sr_nack_reply();
+                    sr_turn_around();
+                    hdr.agg.flags = meta.nack;
+                } else {
+                    mark_to_drop(standard_metadata);
+                }
                 if (meta.has_job == 1w1) {
                     sr_job.count(meta.job_ctr + meta.reason);
                 } else {
@@ -487,13 +620,15 @@ control SrEgress(inout headers_t hdr,
 }
 
 /*************************************************************************
- * Checksum computation: IPv4 header checksum (the UDP checksum of replies is 0)
+ * Checksum computation: the IPv4 header checksum of the datagrams the switch sends (the UDP
+ * checksum of replies is 0). Forwarded packets are left as they are: their checksum is
+ * right already, and one with options would get a wrong one from this field list.
  *************************************************************************/
 
 control SrComputeChecksum(inout headers_t hdr, inout sr_meta_t meta) {
     apply {
         update_checksum(
-            hdr.ipv4.isValid(),
+            meta.reply == 1w1,
             { hdr.ipv4.version,
               hdr.ipv4.ihl,
               hdr.ipv4.diffserv,
@@ -518,6 +653,7 @@ control SrDeparser(packet_out packet, in headers_t hdr) {
     apply {
         packet.emit(hdr.ethernet);
         packet.emit(hdr.ipv4);
+        packet.emit(hdr.ipv4_options);
         packet.emit(hdr.udp);
         packet.emit(hdr.agg);
         packet.emit(hdr.lanes);

@@ -17,9 +17,11 @@
 #define SR_MAX_WORKERS 32
 // Multicast receivers: one (egress_rid, egress_port) entry per job worker.
 #define SR_MAX_RECEIVERS 2048
+// Rank table: one (job, rank) entry per job worker (registered address, switch port).
+#define SR_MAX_RANKS 2048
 
 // Wire constants.
-#define SR_VERSION 1
+#define SR_VERSION 2
 #define SR_HEADER_BYTES 32
 // UDP length of a datagram with no lanes: 8 (UDP header) + the aggregation header.
 #define SR_UDP_BASE_LEN 40
@@ -32,29 +34,33 @@
 #define SR_OP_ADD 0
 #define SR_OP_OR 1
 #define SR_OP_MAX 2
+// STATUS flags of a NACK (the answer to a PROBE of an unknown job or another epoch).
+#define SR_NACK_UNKNOWN_JOB 16w1
+#define SR_NACK_BAD_EPOCH 16w2
 
 // Drop reasons: indices into the global and per-job counter arrays (DropReason).
 // Counter indices are typed bit<32> literals: counter.count() takes a bit<32> index.
 #define SR_DROP_MALFORMED 32w0
 #define SR_DROP_UNKNOWN_JOB 32w1
-#define SR_DROP_BAD_TOKEN 32w2
+#define SR_DROP_BAD_EPOCH 32w2
 #define SR_DROP_BAD_RANK 32w3
 #define SR_DROP_BAD_SLOT 32w4
 #define SR_DROP_BAD_LANES 32w5
 #define SR_DROP_BAD_KIND 32w6
 #define SR_DROP_DUPLICATE 32w7
 #define SR_DROP_STALE 32w8
-#define SR_DROP_REASONS 9
+#define SR_DROP_BAD_SOURCE 32w9
+#define SR_DROP_REASONS 10
 
 // Counter layout (see p4/README.md).
 #define SR_GLOBAL_CTR_SIZE 16
-#define SR_G_PACKETS_IN 32w9
+#define SR_G_PACKETS_IN 32w10
 #define SR_JOB_CTR_STRIDE 16
 #define SR_JOB_CTR_SIZE 1024
-#define SR_JC_DATA_IN 32w9
-#define SR_JC_COMPLETIONS 32w10
-#define SR_JC_RESULTS_UNICAST 32w11
-#define SR_JC_PROBES 32w12
+#define SR_JC_DATA_IN 32w10
+#define SR_JC_COMPLETIONS 32w11
+#define SR_JC_RESULTS_UNICAST 32w12
+#define SR_JC_PROBES 32w13
 #define SR_TX_PACKETS_OUT 32w0
 
 // SrLanes modes.
@@ -73,7 +79,7 @@ header sr_agg_t {
     bit<8> rank;
     bit<16> job;
     bit<16> lanes;
-    bit<32> token;
+    bit<32> epoch;
     bit<32> slot;
     bit<8> set;
     bit<8> count;

@@ -7,23 +7,38 @@
 //!   and the `SrLanes` control holding one register array per lane with the unrolled
 //!   store / load / ADD / OR / MAX actions. The hand-written `p4/sketchreduce.p4` `#include`s it
 //!   and holds the control flow (docs/wire.md's slot state machine).
-//! - [`generate_config`] emits the control-plane commands for a [`JobFile`]: job table
-//!   entries, slot register resets, multicast groups and nodes, the per-replica destination
-//!   rewrite and the L2 forwarding entries for the workers' MACs.
+//! - [`generate_config`] emits the control-plane commands for a static [`JobFile`] on a
+//!   freshly started switch: job and rank table entries, slot and counter resets, multicast
+//!   groups and nodes, the per-replica destination rewrite and the L2 forwarding entries.
+//! - [`switch::Bmv2Switch`] is the live control plane of a running switch (jobs created and
+//!   removed at run time, counters read back), driven through `simple_switch_CLI`
+//!   ([`runtime`], whose output [`cli_output`] parses); [`portmap`] places workers on switch
+//!   ports, [`program`] reads what a running switch was compiled with.
 //!
 //! The program is compiled for one lane count (default [`DEFAULT_LANES`]); DATA packets with
-//! another lane count are dropped as `bad_lanes`, and [`generate_config`] refuses jobs whose
-//! lane count differs from the compiled one.
+//! another lane count are dropped as `bad_lanes`, and jobs whose lane count differs from the
+//! compiled one are refused.
+
+pub mod cli_output;
+pub mod commands;
+pub mod control;
+pub mod portmap;
+pub mod program;
+pub mod runtime;
+pub mod switch;
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use sketchreduce_wire::job::JobError;
-use sketchreduce_wire::packet::{Kind, Op, FIELDS, HEADER_LEN, VERSION};
+use sketchreduce_wire::packet::{
+    Kind, Op, FIELDS, HEADER_LEN, NACK_BAD_EPOCH, NACK_UNKNOWN_JOB, VERSION,
+};
 use sketchreduce_wire::{
-    DropReason, JobFile, JobSpec, DATA_PORT_MASK, DEFAULT_DATA_PORT, LANE_CHOICES, MAX_WORKERS,
+    DropReason, JobFile, DATA_PORT_MASK, DEFAULT_DATA_PORT, LANE_CHOICES, MAX_WORKERS,
 };
 use thiserror::Error;
+
+use crate::portmap::{PortMap, PortMapError};
 
 /// Lane count the committed `p4/sketchreduce_gen.p4` is generated for.
 pub const DEFAULT_LANES: u16 = 64;
@@ -41,33 +56,47 @@ pub const GENERATED_FILE: &str = "sketchreduce_gen.p4";
 pub const PROGRAM_FILE: &str = "sketchreduce.p4";
 
 /// Counter indices (besides the drop reasons, which use `DropReason as u32` in both the global
-/// and the per-job arrays).
+/// and the per-job arrays, `0..REASONS`).
 pub mod counters {
-    /// `SrIngress.sr_global[9]`: sketchreduce datagrams received (UDP data port range).
-    pub const GLOBAL_PACKETS_IN: u32 = 9;
+    use sketchreduce_wire::DropReason;
+
+    /// Number of drop reasons: indices `0..REASONS` of both counter arrays.
+    pub const REASONS: u32 = DropReason::ALL.len() as u32;
+    /// `SrIngress.sr_global[REASONS]`: sketchreduce datagrams received (UDP data port range).
+    pub const GLOBAL_PACKETS_IN: u32 = REASONS;
     /// Size of `SrIngress.sr_global`.
     pub const GLOBAL_SIZE: u32 = 16;
-    /// `SrIngress.sr_job[base + 9]`: DATA accepted into a slot.
-    pub const JOB_DATA_IN: u32 = 9;
-    /// `SrIngress.sr_job[base + 10]`: slot sets completed (each multicast once).
-    pub const JOB_COMPLETIONS: u32 = 10;
-    /// `SrIngress.sr_job[base + 11]`: RESULTs unicast to a retransmitting worker.
-    pub const JOB_RESULTS_UNICAST: u32 = 11;
-    /// `SrIngress.sr_job[base + 12]`: PROBEs answered with a STATUS.
-    pub const JOB_PROBES: u32 = 12;
-    /// `SrEgress.sr_tx[0]`: sketchreduce datagrams sent (every RESULT replica, unicast RESULT
-    /// and STATUS). `SrEgress.sr_tx_mcast[job_index]` counts a job's RESULT replicas.
+    /// `SrIngress.sr_job[base + REASONS]`: DATA accepted into a slot.
+    pub const JOB_DATA_IN: u32 = REASONS;
+    /// `SrIngress.sr_job[base + REASONS + 1]`: slot sets completed (each multicast once).
+    pub const JOB_COMPLETIONS: u32 = REASONS + 1;
+    /// `SrIngress.sr_job[base + REASONS + 2]`: RESULTs unicast to a retransmitting worker.
+    pub const JOB_RESULTS_UNICAST: u32 = REASONS + 2;
+    /// `SrIngress.sr_job[base + REASONS + 3]`: PROBEs answered with a (non-NACK) STATUS.
+    pub const JOB_PROBES: u32 = REASONS + 3;
+    /// `SrEgress.sr_tx[0]`: sketchreduce datagrams sent (every RESULT replica, unicast RESULT,
+    /// STATUS and NACK STATUS). `SrEgress.sr_tx_mcast[job_index]` counts a job's RESULT
+    /// replicas.
     pub const TX_PACKETS_OUT: u32 = 0;
+
+    // The layout must fit the arrays: a stride of 16 per job, 16 global counters.
+    const _: () =
+        assert!(JOB_PROBES < super::JOB_COUNTER_STRIDE && GLOBAL_PACKETS_IN < GLOBAL_SIZE);
 }
 
 /// Control-plane names of the program's tables, actions and registers, as bmv2 names them
-/// (`<control type name>.<local name>`). The config generator uses these; a test checks they
-/// exist in `p4/sketchreduce.p4`.
+/// (`<control type name>.<local name>`). The control plane uses these; a test checks they
+/// exist in `p4/sketchreduce.p4`, and [`program::ProgramInfo`] that they exist in the JSON a
+/// running switch reports.
 pub mod names {
     /// Job table: `hdr.agg.job` (exact) → `sr_set_job`.
     pub const JOBS_TABLE: &str = "SrIngress.sr_jobs";
-    /// `sr_set_job(token, workers, lanes, slot_base, slot_count, mcast_grp, job_index)`.
+    /// `sr_set_job(epoch, workers, lanes, slot_base, slot_count, mcast_grp, job_index)`.
     pub const SET_JOB: &str = "SrIngress.sr_set_job";
+    /// Rank table: (`hdr.agg.job`, `hdr.agg.rank`) (exact) → `sr_set_rank`.
+    pub const RANKS_TABLE: &str = "SrIngress.sr_ranks";
+    /// `sr_set_rank(mac, ip, udp_port, port)`: the rank's registered address and switch port.
+    pub const SET_RANK: &str = "SrIngress.sr_set_rank";
     /// L2 forwarding for non-sketchreduce traffic: `hdr.ethernet.dst` (exact) → port.
     pub const L2_TABLE: &str = "SrIngress.sr_l2";
     /// `sr_l2_forward(port)`.
@@ -90,6 +119,15 @@ pub mod names {
     pub const CTR_TX: &str = "SrEgress.sr_tx";
     /// RESULT replicas sent by multicast, index `job_index`.
     pub const CTR_TX_MCAST: &str = "SrEgress.sr_tx_mcast";
+
+    /// Every table (ingress ones first).
+    pub const TABLES: [&str; 4] = [JOBS_TABLE, RANKS_TABLE, L2_TABLE, DST_TABLE];
+    /// Every action the control plane installs.
+    pub const ACTIONS: [&str; 4] = [SET_JOB, SET_RANK, L2_FORWARD, SET_DST];
+    /// Every counter array.
+    pub const COUNTERS: [&str; 4] = [CTR_GLOBAL, CTR_JOB, CTR_TX, CTR_TX_MCAST];
+    /// The slot state registers.
+    pub const REGISTERS: [&str; 3] = [REG_ROUND, REG_BITMAP, REG_COUNT];
 }
 
 /// `SrLanes` modes (the `mode` argument of the generated control).
@@ -219,6 +257,11 @@ pub fn generate_headers(lanes: u16) -> String {
         "// Multicast receivers: one (egress_rid, egress_port) entry per job worker.",
     );
     def(w, "SR_MAX_RECEIVERS", receivers as u64);
+    ln(
+        w,
+        "// Rank table: one (job, rank) entry per job worker (registered address, switch port).",
+    );
+    def(w, "SR_MAX_RANKS", receivers as u64);
     ln(w, "");
     ln(w, "// Wire constants.");
     def(w, "SR_VERSION", VERSION as u64);
@@ -237,6 +280,12 @@ pub fn generate_headers(lanes: u16) -> String {
     def(w, "SR_OP_ADD", Op::Add as u64);
     def(w, "SR_OP_OR", Op::Or as u64);
     def(w, "SR_OP_MAX", Op::Max as u64);
+    ln(
+        w,
+        "// STATUS flags of a NACK (the answer to a PROBE of an unknown job or another epoch).",
+    );
+    let _ = writeln!(w, "#define SR_NACK_UNKNOWN_JOB 16w{NACK_UNKNOWN_JOB}");
+    let _ = writeln!(w, "#define SR_NACK_BAD_EPOCH 16w{NACK_BAD_EPOCH}");
     ln(w, "");
     ln(
         w,
@@ -456,30 +505,11 @@ pub enum ConfigError {
         /// The program's lanes.
         compiled: u16,
     },
-    /// A worker lacks a field the P4 configuration needs.
-    #[error(
-        "job {job}, worker {rank}: no `{field}` in the job file; the P4 switch needs each worker's \
-         `mac` (Ethernet address, for the result's destination) and `port` (the switch port it is \
-         attached to, for the multicast group)"
-    )]
-    MissingField {
-        /// Job id.
-        job: u16,
-        /// Worker rank.
-        rank: usize,
-        /// `mac` or `port`.
-        field: &'static str,
-    },
-    /// A worker's field has a value the switch cannot use.
-    #[error("job {job}, worker {rank}: {reason}")]
-    BadWorker {
-        /// Job id.
-        job: u16,
-        /// Worker rank.
-        rank: usize,
-        /// What is wrong.
-        reason: String,
-    },
+    /// A worker cannot be placed: no `mac`/`port`, or unusable values. The P4 switch needs
+    /// each worker's MAC (the replies' destination) and switch port (multicast group and
+    /// source check).
+    #[error(transparent)]
+    Place(#[from] PortMapError),
     /// The same MAC is attached to two different switch ports.
     #[error("MAC {mac} is given both port {a} and port {b}")]
     MacConflict {
@@ -498,7 +528,7 @@ pub enum ConfigError {
 /// Largest bmv2 port number usable for a worker (ports are 9 bits; 511 is the drop port).
 pub const MAX_PORT: u16 = 510;
 
-/// Multicast group id of the job at `job_index` (position in the job file).
+/// Multicast group id of the job at `job_index`.
 pub fn mcast_group(job_index: usize) -> u16 {
     job_index as u16 + 1
 }
@@ -530,69 +560,21 @@ pub fn parse_mac(s: &str) -> Option<String> {
     )
 }
 
-struct Receiver {
-    mac: String,
-    ip: std::net::Ipv4Addr,
-    udp_port: u16,
-    port: u16,
-}
-
-fn receivers(job: &JobSpec) -> Result<Vec<Receiver>, ConfigError> {
-    let mut out = Vec::with_capacity(job.workers.len());
-    for (rank, w) in job.workers.iter().enumerate() {
-        let missing = |field| ConfigError::MissingField {
-            job: job.id,
-            rank,
-            field,
-        };
-        let bad = |reason: String| ConfigError::BadWorker {
-            job: job.id,
-            rank,
-            reason,
-        };
-        let mac_s = w.mac.as_deref().ok_or_else(|| missing("mac"))?;
-        let port = w.port.ok_or_else(|| missing("port"))?;
-        let mac = parse_mac(mac_s).ok_or_else(|| {
-            bad(format!(
-                "`{mac_s}` is not a MAC address (aa:bb:cc:dd:ee:ff)"
-            ))
-        })?;
-        if port > MAX_PORT {
-            return Err(bad(format!(
-                "port {port}: bmv2 ports are 0..={MAX_PORT} (511 is the drop port)"
-            )));
-        }
-        let ip = match w.addr.ip() {
-            IpAddr::V4(ip) => ip,
-            IpAddr::V6(ip) => {
-                return Err(bad(format!(
-                    "address {ip} is IPv6; the P4 program handles IPv4 only"
-                )))
-            }
-        };
-        out.push(Receiver {
-            mac,
-            ip,
-            udp_port: w.addr.port(),
-            port,
-        });
-    }
-    Ok(out)
-}
-
-/// Generates the `simple_switch_CLI` commands that configure a freshly started switch running
-/// the program (compiled as described by `opts`) for `jobs`.
+/// Generates the `simple_switch_CLI` commands that configure a **freshly started** switch
+/// running the program (compiled as described by `opts`) for the static jobs of `jobs`, each
+/// with the epoch its job file gives. `sketchreduce p4 control --jobs FILE` does the same on a
+/// running switch (reading handles back instead of assuming them) and also serves the control
+/// protocol; this is the offline variant.
 ///
-/// Per job, in file order (`job_index` = position): the `register_write`s that zero the
-/// `round`, `bitmap` and `count` registers of both sets of every slot in its range (before
-/// the job becomes visible), the multicast group (`mc_mgrp_create`, one `mc_node_create` per
-/// worker with replication id [`replication_id`] on the worker's port, `mc_node_associate`),
-/// the egress destination rewrite per replica, and finally the job table entry. Then one L2
-/// forwarding entry per distinct worker MAC.
+/// Per job, in file order (`job_index` = position): the `register_write`s and
+/// `counter_write`s that zero its slots and counters, the multicast group (`mc_mgrp_create`,
+/// one `mc_node_create` per worker with replication id [`replication_id`] on the worker's
+/// port, `mc_node_associate`), the egress destination rewrite per replica, the rank table
+/// entries, and finally the job table entry. Then one L2 forwarding entry per distinct worker
+/// MAC.
 ///
 /// Multicast node handles are assumed to be allocated 0, 1, 2, … in creation order, which holds
-/// for a switch whose multicast state is empty (freshly started, or after `mc_node_destroy`
-/// of every node).
+/// for a switch whose multicast state is empty (freshly started).
 pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, ConfigError> {
     if !LANE_CHOICES.contains(&opts.lanes) {
         return Err(ConfigError::UnsupportedLanes(opts.lanes));
@@ -603,10 +585,9 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
     if jobs.jobs.len() > MAX_JOBS {
         return Err(ConfigError::TooManyJobs(jobs.jobs.len()));
     }
+    let no_map = PortMap::default();
     let mut all = Vec::with_capacity(jobs.jobs.len());
     for (i, job) in jobs.jobs.iter().enumerate() {
-        job.validate(opts.pool_slots, opts.lanes)?;
-        job.check_epoch()?;
         if job.lanes != opts.lanes {
             return Err(ConfigError::LanesMismatch {
                 job: job.id,
@@ -614,6 +595,8 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
                 compiled: opts.lanes,
             });
         }
+        job.validate(opts.pool_slots, opts.lanes)?;
+        job.check_epoch()?;
         for other in &jobs.jobs[..i] {
             if other.id == job.id {
                 return Err(ConfigError::DuplicateJob(job.id));
@@ -622,77 +605,61 @@ pub fn generate_config(jobs: &JobFile, opts: &ConfigOptions) -> Result<String, C
                 return Err(ConfigError::Overlap(other.id, job.id));
             }
         }
-        all.push(receivers(job)?);
+        all.push(no_map.place(job)?);
     }
 
-    let mut out = String::new();
-    let o = &mut out;
+    let mut out: Vec<String> = Vec::new();
     let mut node_handle = 0u32;
     let mut l2: Vec<(String, u16)> = Vec::new();
-    for (ji, (job, recv)) in jobs.jobs.iter().zip(&all).enumerate() {
-        // Reset the slot registers first, so no packet sees a half-reset job.
-        for reg in [names::REG_ROUND, names::REG_BITMAP, names::REG_COUNT] {
-            for slot in job.slot_base..job.slot_base + job.slot_count {
-                for set in 0..2u32 {
-                    let _ = writeln!(o, "register_write {reg} {} 0", 2 * slot + set);
-                }
-            }
-        }
+    for (ji, (job, placed)) in jobs.jobs.iter().zip(&all).enumerate() {
+        // Reset first, so no packet sees a half-reset job.
+        out.extend(commands::slot_resets(job.slot_base, job.slot_count));
+        out.extend(commands::counter_resets(ji as u32));
         let grp = mcast_group(ji);
-        let _ = writeln!(o, "mc_mgrp_create {grp}");
-        for (rank, r) in recv.iter().enumerate() {
-            let _ = writeln!(o, "mc_node_create {} {}", replication_id(ji, rank), r.port);
-            let _ = writeln!(o, "mc_node_associate {grp} {node_handle}");
+        out.push(format!("mc_mgrp_create {grp}"));
+        for (rank, p) in placed.iter().enumerate() {
+            out.push(format!(
+                "mc_node_create {} {}",
+                replication_id(ji, rank),
+                p.port
+            ));
+            out.push(format!("mc_node_associate {grp} {node_handle}"));
             node_handle += 1;
         }
-        for (rank, r) in recv.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "table_add {} {} {} {} => {} {} {}",
-                names::DST_TABLE,
-                names::SET_DST,
-                replication_id(ji, rank),
-                r.port,
-                r.mac,
-                r.ip,
-                r.udp_port
-            );
-            match l2.iter().find(|(m, _)| *m == r.mac) {
-                Some((_, p)) if *p != r.port => {
+        for (rank, p) in placed.iter().enumerate() {
+            out.push(commands::dst_add(replication_id(ji, rank), p));
+            match l2.iter().find(|(m, _)| *m == p.mac) {
+                Some((_, port)) if *port != p.port => {
                     return Err(ConfigError::MacConflict {
-                        mac: r.mac.clone(),
-                        a: *p,
-                        b: r.port,
+                        mac: p.mac.clone(),
+                        a: *port,
+                        b: p.port,
                     })
                 }
                 Some(_) => {}
-                None => l2.push((r.mac.clone(), r.port)),
+                None => l2.push((p.mac.clone(), p.port)),
             }
         }
-        let _ = writeln!(
-            o,
-            "table_add {} {} {} => {} {} {} {} {} {} {}",
-            names::JOBS_TABLE,
-            names::SET_JOB,
-            job.id,
-            job.epoch,
-            job.workers.len(),
-            job.lanes,
-            job.slot_base,
-            job.slot_count,
-            grp,
-            ji
-        );
+        for (rank, p) in placed.iter().enumerate() {
+            out.push(commands::rank_add(job.id, rank, p));
+        }
+        out.push(commands::job_add(&commands::JobEntry {
+            id: job.id,
+            epoch: job.epoch,
+            workers: job.workers.len() as u8,
+            lanes: job.lanes,
+            slot_base: job.slot_base,
+            slot_count: job.slot_count,
+            mcast_group: grp,
+            job_index: ji as u32,
+        }));
     }
     for (mac, port) in &l2 {
-        let _ = writeln!(
-            o,
-            "table_add {} {} {mac} => {port}",
-            names::L2_TABLE,
-            names::L2_FORWARD
-        );
+        out.push(commands::l2_add(mac, *port));
     }
-    Ok(out)
+    let mut text = out.join("\n");
+    text.push('\n');
+    Ok(text)
 }
 
 #[cfg(test)]
