@@ -133,6 +133,14 @@ impl JobSpec {
             )));
         }
         for (r, w) in self.workers.iter().enumerate() {
+            // Results go to the registered address and DATA must come from it: an
+            // unspecified address or port can never match a real sender.
+            if w.addr.ip().is_unspecified() || w.addr.port() == 0 {
+                return Err(bad(format!(
+                    "rank {r}: address {} is not a concrete IP address and port (bind the worker's socket to the address the switch sees)",
+                    w.addr
+                )));
+            }
             if self.workers[..r].iter().any(|o| o.addr == w.addr) {
                 return Err(bad(format!(
                     "rank {r} has the address {} of an earlier rank",
