@@ -1,30 +1,41 @@
-//! The index of nonzero positions: exact bitmap or cache-blocked Bloom filter, both combined by
-//! bitwise OR (the OR of Bloom filters built with the same hashes is the filter of the union).
+//! The index of nonzero positions (bitmap, group bitmap or blocked Bloom filter), combined by
+//! bitwise OR in the network (the OR of indexes built with the same hashes is the index of
+//! the union), and the decoder's candidate enumeration.
 
+use crate::error::CodecError;
 use crate::hash;
-use crate::params::{CodecParams, IndexKind, BLOOM_BLOCK_WORDS};
-use crate::prefetch::prefetch;
+use crate::params::{CodecParams, IndexKind, BLOOM_BLOCK_WORDS, BLOOM_GROUP};
 
-/// Where a key goes in the index: `(word, bits)`. Bitmap: the word and the bit number;
-/// Bloom: the first word of the key's 512-bit block and the in-block bit source.
+/// Where a key goes in the index: `(word, bits)`. Bitmaps: the word and the bit number;
+/// Bloom: the first word of the key's block and the in-block hash.
 #[inline(always)]
-pub(crate) fn slot(params: &CodecParams, key: u32, hash: u64) -> (usize, u64) {
+pub(crate) fn slot(params: &CodecParams, key: u32) -> (usize, u64) {
     match params.index_kind() {
         IndexKind::Bitmap => ((key >> 5) as usize, (key & 31) as u64),
+        IndexKind::Groups { shift } => {
+            let g = key >> shift;
+            ((g >> 5) as usize, (g & 31) as u64)
+        }
         IndexKind::Bloom { blocks, .. } => {
-            let (b, g) = hash::bloom_hashes(hash);
+            let (s1, s2) = params.bloom_seeds();
             (
-                hash::fastrange(b, blocks as u64) as usize * BLOOM_BLOCK_WORDS,
-                g,
+                bloom_block(key >> 3, s1, blocks) * BLOOM_BLOCK_WORDS,
+                hash::mix32(key ^ s2) as u64,
             )
         }
     }
 }
 
-/// Records `key` (with base hash `hash`) in the index words.
+/// Block of a group of [`BLOOM_GROUP`] positions.
 #[inline(always)]
-pub(crate) fn insert(params: &CodecParams, words: &mut [u32], key: u32, hash: u64) {
-    let (w, g) = slot(params, key, hash);
+fn bloom_block(group: u32, seed: u32, blocks: u32) -> usize {
+    ((hash::mix32(group ^ seed) as u64 * blocks as u64) >> 32) as usize
+}
+
+/// Records `key` in the index words.
+#[inline(always)]
+pub(crate) fn insert(params: &CodecParams, words: &mut [u32], key: u32) {
+    let (w, g) = slot(params, key);
     insert_at(params, words, w, g);
 }
 
@@ -32,93 +43,317 @@ pub(crate) fn insert(params: &CodecParams, words: &mut [u32], key: u32, hash: u6
 #[inline(always)]
 pub(crate) fn insert_at(params: &CodecParams, words: &mut [u32], base: usize, g: u64) {
     match params.index_kind() {
-        IndexKind::Bitmap => words[base] |= 1 << g,
+        IndexKind::Bitmap | IndexKind::Groups { .. } => words[base] |= 1 << g,
         IndexKind::Bloom { k, .. } => {
-            let block: &mut [u32; BLOOM_BLOCK_WORDS] = (&mut words[base..base + BLOOM_BLOCK_WORDS])
+            let block: &mut [u32; BLOOM_BLOCK_WORDS] = (&mut words
+                [base..base + BLOOM_BLOCK_WORDS])
                 .try_into()
                 .expect("block slice has BLOOM_BLOCK_WORDS words");
-            // Unrolled per k: the k bit positions are independent and need no bounds checks.
-            match k {
-                1 => set_bits::<1>(block, g),
-                2 => set_bits::<2>(block, g),
-                3 => set_bits::<3>(block, g),
-                4 => set_bits::<4>(block, g),
-                5 => set_bits::<5>(block, g),
-                6 => set_bits::<6>(block, g),
-                _ => set_bits::<7>(block, g),
+            let g = g as u32;
+            for &salt in &hash::SALT[..k as usize] {
+                let t = g.wrapping_mul(salt);
+                block[((t >> 24) & 7) as usize] |= 1 << (t >> 27);
             }
         }
     }
 }
 
-/// Sets the `K` bits (9 bits of `g` each) of a key in its 512-bit block.
+/// Whether the `k` bits of in-block hash `g` are all set in a block.
 #[inline(always)]
-fn set_bits<const K: usize>(block: &mut [u32; BLOOM_BLOCK_WORDS], g: u64) {
-    for i in 0..K {
-        let bit = ((g >> (9 * i)) & 511) as usize;
-        block[bit >> 5] |= 1 << (bit & 31);
+fn block_contains(block: &[u32], k: u8, g: u32) -> bool {
+    let mut ok = true;
+    for &salt in &hash::SALT[..k as usize] {
+        let t = g.wrapping_mul(salt);
+        ok &= block[((t >> 24) & 7) as usize] >> (t >> 27) & 1 == 1;
     }
+    ok
 }
 
-/// Appends to `out`, in increasing order, every position the (aggregated) index reports.
-/// `words` must have `params.index_words()` entries (checked by the callers).
-pub(crate) fn candidates(params: &CodecParams, words: &[u32], out: &mut Vec<u32>) {
+/// Replaces `out` with every position the (aggregated) index reports, in increasing order
+/// (bitmap: the union; group bitmap: every position of a marked group; Bloom: the union plus
+/// false positives). Works on the index alone, so a receiver can run it while the sketch is
+/// still arriving.
+pub fn candidates_into(
+    params: &CodecParams,
+    index_words: &[u32],
+    out: &mut Vec<u32>,
+) -> Result<(), CodecError> {
+    if index_words.len() != params.index_words() {
+        return Err(CodecError::ShapeMismatch {
+            what: "index words",
+            expected: params.index_words(),
+            got: index_words.len(),
+        });
+    }
+    candidates(params, index_words, out, usize::MAX)
+}
+
+/// [`candidates_into`] without the shape check, stopping with [`CodecError::Saturated`] as
+/// soon as more than `limit` candidates are found.
+pub(crate) fn candidates(
+    params: &CodecParams,
+    words: &[u32],
+    out: &mut Vec<u32>,
+    limit: usize,
+) -> Result<(), CodecError> {
     out.clear();
+    let dim = params.dim();
+    let saturated = |n: usize| CodecError::Saturated {
+        candidates: n,
+        cells: params.peel_cells(),
+    };
     match params.index_kind() {
         IndexKind::Bitmap => {
+            // Count first (popcount is cheap) so a saturated index fails before any work.
+            let n: usize = words.iter().map(|w| w.count_ones() as usize).sum();
+            if n > limit {
+                return Err(saturated(n));
+            }
+            out.reserve(n);
             for (wi, &w) in words.iter().enumerate() {
                 let mut w = w;
                 while w != 0 {
-                    let b = w.trailing_zeros();
-                    let key = ((wi as u64) << 5) + b as u64;
+                    let key = ((wi as u64) << 5) + w.trailing_zeros() as u64;
                     // Bits past `dim` in the last word are padding; ignore them.
-                    if key < params.dim() {
+                    if key < dim {
                         out.push(key as u32);
                     }
                     w &= w - 1;
                 }
             }
         }
-        IndexKind::Bloom { blocks, k } => {
-            // Groups of 32 keys: hash and prefetch every block first, then test, so the
-            // random block reads overlap instead of stalling one by one.
-            const G: u64 = 32;
-            let mut slot = [(0usize, 0u64); G as usize];
-            let dim = params.dim();
-            let mut start = 0u64;
-            while start < dim {
-                let end = (start + G).min(dim);
-                for (s, key) in slot.iter_mut().zip(start..end) {
-                    let (b, g) = hash::bloom_hashes(params.key_hash(key as u32));
-                    let base = hash::fastrange(b, blocks as u64) as usize * BLOOM_BLOCK_WORDS;
-                    prefetch(words.as_ptr().wrapping_add(base));
-                    prefetch(words.as_ptr().wrapping_add(base + BLOOM_BLOCK_WORDS - 1));
-                    *s = (base, g);
+        IndexKind::Groups { shift } => {
+            let size = 1u64 << shift;
+            let n: u64 = words.iter().map(|w| w.count_ones() as u64).sum::<u64>() * size;
+            if n > limit as u64 {
+                return Err(saturated(n.min(usize::MAX as u64) as usize));
+            }
+            out.reserve(n as usize);
+            for (wi, &w) in words.iter().enumerate() {
+                let mut w = w;
+                while w != 0 {
+                    let g = ((wi as u64) << 5) + w.trailing_zeros() as u64;
+                    let lo = g << shift;
+                    let hi = (lo + size).min(dim);
+                    out.extend((lo..hi.max(lo)).map(|k| k as u32));
+                    w &= w - 1;
                 }
-                for (s, key) in slot.iter().zip(start..end) {
-                    if block_contains(&words[s.0..s.0 + BLOOM_BLOCK_WORDS], k, s.1) {
-                        out.push(key as u32);
-                    }
-                }
-                start = end;
             }
         }
+        IndexKind::Bloom { blocks, k } => {
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 was just detected.
+                return unsafe { bloom_scan_avx2(params, words, blocks, k, out, limit) };
+            }
+            bloom_scan_scalar(params, words, blocks, k, out, limit)?;
+        }
+    }
+    Ok(())
+}
+
+fn bloom_scan_scalar(
+    params: &CodecParams,
+    words: &[u32],
+    blocks: u32,
+    k: u8,
+    out: &mut Vec<u32>,
+    limit: usize,
+) -> Result<(), CodecError> {
+    let (s1, s2) = params.bloom_seeds();
+    let dim = params.dim();
+    let groups = dim.div_ceil(BLOOM_GROUP);
+    for gi in 0..groups {
+        let base = bloom_block(gi as u32, s1, blocks) * BLOOM_BLOCK_WORDS;
+        let block = &words[base..base + BLOOM_BLOCK_WORDS];
+        let lo = gi * BLOOM_GROUP;
+        for key in lo..(lo + BLOOM_GROUP).min(dim) {
+            if block_contains(block, k, hash::mix32(key as u32 ^ s2)) {
+                out.push(key as u32);
+            }
+        }
+        if out.len() > limit {
+            return Err(CodecError::Saturated {
+                candidates: out.len(),
+                cells: params.peel_cells(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The Bloom scan with AVX2: the eight positions of a group share a block, which is loaded
+/// into one register; the eight in-block hashes are computed with 32-bit vector multiplies
+/// and each of the `k` bits is fetched with one in-register permute and one variable shift.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bloom_scan_avx2(
+    params: &CodecParams,
+    words: &[u32],
+    blocks: u32,
+    k: u8,
+    out: &mut Vec<u32>,
+    limit: usize,
+) -> Result<(), CodecError> {
+    match k {
+        1 => bloom_scan_avx2_k::<1>(params, words, blocks, out, limit),
+        2 => bloom_scan_avx2_k::<2>(params, words, blocks, out, limit),
+        3 => bloom_scan_avx2_k::<3>(params, words, blocks, out, limit),
+        4 => bloom_scan_avx2_k::<4>(params, words, blocks, out, limit),
+        5 => bloom_scan_avx2_k::<5>(params, words, blocks, out, limit),
+        6 => bloom_scan_avx2_k::<6>(params, words, blocks, out, limit),
+        7 => bloom_scan_avx2_k::<7>(params, words, blocks, out, limit),
+        _ => bloom_scan_avx2_k::<8>(params, words, blocks, out, limit),
     }
 }
 
-/// Whether the `k` bits of `g` are all set in a 512-bit block.
-#[inline(always)]
-fn block_contains(block: &[u32], k: u8, mut g: u64) -> bool {
-    let mut ok = true;
-    for _ in 0..k {
-        let bit = (g & 511) as usize;
-        ok &= block[bit >> 5] & (1 << (bit & 31)) != 0;
-        g >>= 9;
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bloom_scan_avx2_k<const K: usize>(
+    params: &CodecParams,
+    words: &[u32],
+    blocks: u32,
+    out: &mut Vec<u32>,
+    limit: usize,
+) -> Result<(), CodecError> {
+    use std::arch::x86_64::*;
+    let (s1, s2) = params.bloom_seeds();
+    let dim = params.dim();
+    let groups = dim.div_ceil(BLOOM_GROUP) as usize;
+    let salts: [__m256i; 8] = hash::SALT.map(|s| _mm256_set1_epi32(s as i32));
+    let seed = _mm256_set1_epi32(s2 as i32);
+    let c1 = _mm256_set1_epi32(0x85eb_ca6bu32 as i32);
+    let c2 = _mm256_set1_epi32(0xc2b2_ae35u32 as i32);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    // Candidates are written into spare capacity 8 at a time (branch-free), so keep 8 free.
+    // Blocks are grouped so the bound check on `words` happens once per block.
+    assert_eq!(words.len(), blocks as usize * BLOOM_BLOCK_WORDS);
+    let wp = words.as_ptr();
+    let mut n = 0usize;
+    let mut cap_check = 0usize;
+    out.reserve(4096);
+    for gi in 0..groups {
+        if n >= cap_check {
+            if n > limit {
+                out.set_len(n.min(out.capacity()));
+                return Err(CodecError::Saturated {
+                    candidates: n,
+                    cells: params.peel_cells(),
+                });
+            }
+            out.set_len(n);
+            out.reserve(4096 + n / 4);
+            cap_check = out.capacity() - 8;
+        }
+        let b = bloom_block(gi as u32, s1, blocks);
+        // SAFETY: b < blocks, so the 8 words at b·8 are inside `words` (length checked).
+        let blk = _mm256_loadu_si256(wp.add(b * BLOOM_BLOCK_WORDS) as *const __m256i);
+        if _mm256_testz_si256(blk, blk) == 1 {
+            continue;
+        }
+        let base = (gi as u64 * BLOOM_GROUP) as u32;
+        let mut x = _mm256_xor_si256(_mm256_add_epi32(_mm256_set1_epi32(base as i32), lanes), seed);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32::<16>(x));
+        x = _mm256_mullo_epi32(x, c1);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32::<13>(x));
+        x = _mm256_mullo_epi32(x, c2);
+        x = _mm256_xor_si256(x, _mm256_srli_epi32::<16>(x));
+        let mut acc = _mm256_set1_epi32(-1);
+        for salt in salts.iter().take(K) {
+            let t = _mm256_mullo_epi32(x, *salt);
+            // Word = bits 24..27 of t (permutevar uses the low 3 bits of each index).
+            let sel = _mm256_permutevar8x32_epi32(blk, _mm256_srli_epi32::<24>(t));
+            acc = _mm256_and_si256(acc, _mm256_srlv_epi32(sel, _mm256_srli_epi32::<27>(t)));
+        }
+        let mut mask =
+            _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<31>(acc))) as u32;
+        let end = base as u64 + BLOOM_GROUP;
+        if end > dim {
+            mask &= (1u32 << (dim - base as u64)) - 1;
+        }
+        // SAFETY: n + 8 <= capacity (cap_check), so up to 8 writes stay in the allocation.
+        let o = out.as_mut_ptr().add(n);
+        let mut i = 0;
+        while mask != 0 {
+            *o.add(i) = base + mask.trailing_zeros();
+            i += 1;
+            mask &= mask - 1;
+        }
+        n += i;
     }
-    ok
+    out.set_len(n);
+    if n > limit {
+        return Err(CodecError::Saturated {
+            candidates: n,
+            cells: params.peel_cells(),
+        });
+    }
+    Ok(())
 }
 
 /// Number of set bits (a cheap fill diagnostic for Bloom filters).
 pub fn popcount(words: &[u32]) -> u64 {
     words.iter().map(|w| w.count_ones() as u64).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixed::LaneWidth;
+
+    #[test]
+    fn simd_and_scalar_bloom_scans_agree_and_find_every_key() {
+        for (dim, keys, blocks, k) in [
+            (1000u64, 50usize, 3u32, 3u8),
+            (77, 10, 1, 8),
+            (100_003, 3000, 150, 5),
+            (5000, 4000, 10, 1),
+        ] {
+            let p = CodecParams::explicit(9, 1, dim, LaneWidth::W32, IndexKind::Bloom { blocks, k }, 10, 3, false)
+                .unwrap();
+            let mut words = vec![0u32; p.index_words()];
+            let mut x = 7u64;
+            let mut inserted = Vec::new();
+            for _ in 0..keys {
+                x = hash::mix64(x);
+                let key = (x % dim) as u32;
+                insert(&p, &mut words, key);
+                inserted.push(key);
+            }
+            let mut a = Vec::new();
+            bloom_scan_scalar(&p, &words, blocks, k, &mut a, usize::MAX).unwrap();
+            for key in &inserted {
+                assert!(a.binary_search(key).is_ok());
+            }
+            assert!(a.windows(2).all(|w| w[0] < w[1]));
+            assert!(a.iter().all(|&c| (c as u64) < dim));
+            let mut b = Vec::new();
+            candidates_into(&p, &words, &mut b).unwrap();
+            assert_eq!(a, b);
+            // The limit stops early with a typed error.
+            if a.len() > 5 {
+                let mut c = Vec::new();
+                assert!(matches!(
+                    candidates(&p, &words, &mut c, 5),
+                    Err(CodecError::Saturated { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn group_bitmap_lists_whole_groups() {
+        let p = CodecParams::explicit(1, 1, 70, LaneWidth::W32, IndexKind::Groups { shift: 4 }, 10, 3, false)
+            .unwrap();
+        let mut words = vec![0u32; p.index_words()];
+        insert(&p, &mut words, 3);
+        insert(&p, &mut words, 66);
+        let mut c = Vec::new();
+        candidates_into(&p, &words, &mut c).unwrap();
+        let want: Vec<u32> = (0..16).chain(64..70).collect();
+        assert_eq!(c, want);
+    }
 }

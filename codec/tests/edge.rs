@@ -142,7 +142,7 @@ fn mismatches_are_errors() {
 #[test]
 fn inconsistent_data_is_detected() {
     let params = CodecParams::sized(0, 0, 64, LaneWidth::W32, &Sizing::new(4)).unwrap();
-    let enc = Encoder::<i32>::new(&params).unwrap();
+    let mut enc = Encoder::<i32>::new(&params).unwrap();
     let mut e = enc.new_encoding();
     enc.encode_fixed_sparse(&[3, 10], &[5, -7], &mut e).unwrap();
     // A contribution the index does not report (corruption): caught, not decoded.
@@ -158,9 +158,9 @@ fn params_are_deterministic_per_tensor() {
     let b = CodecParams::sized(42, 7, 1 << 20, LaneWidth::W32, &s).unwrap();
     assert_eq!(a, b);
     let fixed = FixedPoint::new(150, 1, LaneWidth::W32).unwrap();
-    let enc_a = Encoder::<i32>::new(&a).unwrap();
+    let mut enc_a = Encoder::<i32>::new(&a).unwrap();
     let c = CodecParams::sized(42, 8, 1 << 20, LaneWidth::W32, &s).unwrap();
-    let enc_c = Encoder::<i32>::new(&c).unwrap();
+    let mut enc_c = Encoder::<i32>::new(&c).unwrap();
     let (mut ea, mut ec) = (enc_a.new_encoding(), enc_c.new_encoding());
     enc_a
         .encode_sparse(&[12345], &[0.5], &fixed, &mut ea)
@@ -200,7 +200,7 @@ fn sparse_and_dense_encode_agree_and_from_parts_decodes() {
     let mut dec = Decoder::<i64>::new();
     let out = dec.decode(&params, &iw, &cells).unwrap();
     let mut pairs = Vec::new();
-    out.to_sparse(&fixed, &mut pairs);
+    out.to_sparse(&fixed, &mut pairs).unwrap();
     assert_eq!(pairs.len(), idx.len());
     for (k, v) in pairs {
         assert_eq!(v, fixed.to_float(fixed.to_fixed(g[k as usize])));

@@ -89,7 +89,7 @@ proptest! {
         let summed: Vec<(u32, i64)> = sum.into_iter().collect();
         macro_rules! run {
             ($l:ty) => {{
-                let enc = Encoder::<$l>::new(&params).unwrap();
+                let mut enc = Encoder::<$l>::new(&params).unwrap();
                 let (mut ea, mut eb, mut es, mut eu) =
                     (enc.new_encoding(), enc.new_encoding(), enc.new_encoding(), enc.new_encoding());
                 let (ka, va) = split(&a);
@@ -156,7 +156,7 @@ proptest! {
         let mut sizing = Sizing::new(u);
         sizing.index = if bloom { IndexChoice::Bloom } else { IndexChoice::Bitmap };
         sizing.hashes = Some(hashes);
-        sizing.cells = Some(((u as f64 * frac) as usize).max(hashes as usize));
+        sizing.cells = Some(((u as f64 * frac) as usize).max(hashes as usize + CHECK_LANES));
         let params = CodecParams::sized(seed, 9, dim as u64, lane, &sizing).unwrap();
         let res = if lane64 {
             let total = encode_all::<i64>(&params, &inputs, &fixed).unwrap();
@@ -170,6 +170,10 @@ proptest! {
             Err(CodecError::Stalled { unresolved, candidates, cells }) => {
                 prop_assert!(unresolved > 0 && unresolved <= candidates);
                 prop_assert_eq!(cells, params.cells());
+            }
+            Err(CodecError::Saturated { candidates, cells }) => {
+                prop_assert!(candidates > cells);
+                prop_assert_eq!(cells, params.peel_cells());
             }
             Err(e) => prop_assert!(false, "unexpected error {}", e),
         }

@@ -472,6 +472,7 @@ impl InnetCore {
             hashes: self.cfg.hashes,
             cells: self.cfg.cells,
             signs: false,
+            ..Sizing::new(expected)
         };
         let params = CodecParams::sized(
             self.cfg.seed,
@@ -481,7 +482,7 @@ impl InnetCore {
             &sizing,
         )
         .map_err(|e| self.codec_err(e))?;
-        let enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
+        let mut enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
         let (mut iw, mut cw) = std::mem::take(&mut self.bufs);
         iw.clear();
         iw.resize(params.index_words(), 0);
