@@ -27,37 +27,37 @@ use crate::fixed::FixedPoint;
 use crate::hash;
 use crate::index;
 use crate::params::{CodecParams, Layout};
+use crate::prefetch::prefetch;
 use crate::sketch::{check_lane, check_shapes, Encoding, Lane};
 use crate::wide::sign_extend;
 
 pub use crate::index::candidates_into;
 
-/// Per-cell peeling state, kept together so touching a cell costs one cache line: `st` packs
-/// the number of unpeeled candidates in the cell (low 32 bits) and the XOR of their ordinals
-/// (high 32 bits); `work` is the residual cell value.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(16))]
-struct CellState<C> {
-    st: u64,
-    work: C,
-}
-
-/// A candidate in peeling order: its key hash and its rank among the candidates.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(16))]
-struct Entry {
-    hash: u64,
-    ord: u32,
-}
+/// How many queue entries ahead the peel prefetches (cell state, then the candidate's hash).
+const PEEL_AHEAD: usize = 4;
 
 /// Reusable decoder state: every buffer is kept between calls, so decoding tensors of a
 /// stable size does not allocate.
+///
+/// Candidates are renumbered in peeling order `p` (window order for the coupled layout): the
+/// per-candidate arrays are indexed by `p`, so the peel touches them locally, and only the
+/// final gather goes back to key order through `pos` (`pos[i]` = `p` of the `i`-th key).
 #[derive(Debug, Default)]
 pub struct Decoder<L: Lane> {
     out: DecodedSums,
-    entries: Vec<Entry>,
+    /// Key hash by `p`.
+    hashes: Vec<u64>,
+    /// Key hash by key order (scratch of the bucketing).
+    key_hashes: Vec<u64>,
+    /// `p` of each key (key order).
+    pos: Vec<u32>,
+    /// Peeled raw value by `p`.
+    values: Vec<u64>,
     window_start: Vec<u32>,
-    state: Vec<CellState<L::Cell>>,
+    /// Per cell: number of unpeeled candidates (low 32 bits) and XOR of their `p` (high).
+    count_xor: Vec<u64>,
+    /// Per cell: residual value.
+    work: Vec<L::Cell>,
     stack: Vec<u32>,
 }
 
@@ -252,25 +252,15 @@ impl Decoded<'_> {
     }
 }
 
-/// Dense output in one sequential pass: zero runs between keys are filled with `fill`
-/// (memset), keys written in between, so every line of `out` is written once.
+/// Dense output: a memset of the whole buffer, then the keys in increasing order. (Measured
+/// on the development machine against a gap-by-gap fill and against assembling each line and
+/// writing it with non-temporal stores: the plain memset, which the C library runs at
+/// memory speed, plus ordered scattered writes was the fastest.)
 fn write_dense(keys: &[u32], sums: &[i64], fixed: &FixedPoint, out: &mut [f32]) {
-    let mut next = 0usize;
+    out.fill(0.0);
     for (&k, &s) in keys.iter().zip(sums) {
-        let k = k as usize;
-        out[next..k].fill(0.0);
-        out[k] = fixed.to_float(s);
-        next = k + 1;
+        out[k as usize] = fixed.to_float(s);
     }
-    out[next..].fill(0.0);
-}
-
-/// What a peel needs from the parameters, hoisted out of the loops.
-struct PeelCtx {
-    h: usize,
-    signs: bool,
-    mask: u64,
-    bits: u32,
 }
 
 impl<L: Lane> Decoder<L> {
@@ -278,9 +268,13 @@ impl<L: Lane> Decoder<L> {
     pub fn new() -> Self {
         Decoder {
             out: DecodedSums::default(),
-            entries: Vec::new(),
+            hashes: Vec::new(),
+            key_hashes: Vec::new(),
+            pos: Vec::new(),
+            values: Vec::new(),
             window_start: Vec::new(),
-            state: Vec::new(),
+            count_xor: Vec::new(),
+            work: Vec::new(),
             stack: Vec::new(),
         }
     }
@@ -388,33 +382,33 @@ impl<L: Lane> Decoder<L> {
         let n = keys.len();
         let m = params.peel_cells();
         let bits = params.value_bits();
-        let ctx = PeelCtx {
-            h: H,
-            signs: params.signs(),
-            mask: if bits == 64 {
-                u64::MAX
-            } else {
-                (1u64 << bits) - 1
-            },
-            bits,
+        let signs = params.signs();
+        let mask = if bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
         };
-        self.order_entries(params, keys);
+        self.order_candidates(params, keys);
 
-        // Cell states: residual values from the input, then counts and ordinal XORs. In the
-        // coupled layout the entries are in window order, so these updates stay within a
-        // few segments at a time.
-        self.state.clear();
-        self.state
-            .extend(cells[..m].iter().map(|&work| CellState { st: 0, work }));
-        let state = &mut self.state[..];
-        for (p, e) in self.entries.iter().enumerate() {
-            let cs = params.cells_of_n::<H>(e.hash);
+        // Counts and XORs of `p` per cell. In the coupled layout `p` follows the windows, so
+        // these updates stay within a few segments at a time. (Counting each window just
+        // before the sweep reaches it was measured slower.)
+        let cx = &mut self.count_xor;
+        cx.clear();
+        cx.resize(m, 0);
+        for (p, &hash) in self.hashes.iter().enumerate() {
+            let cs = params.cells_of_n::<H>(hash);
             let tag = (p as u64) << 32;
             for &c in &cs[..H] {
-                let s = &mut state[c as usize];
-                s.st = (s.st + 1) ^ tag;
+                let s = &mut cx[c as usize];
+                *s = (*s + 1) ^ tag;
             }
         }
+        self.work.clear();
+        self.work.extend_from_slice(&cells[..m]);
+        let work = &mut self.work[..];
+        self.values.clear();
+        self.values.resize(n, 0);
 
         // Peeling as one sweep over the segments (the plain layout is one segment): cells
         // of the current segment with count 1 are peeled, and so is every cell that drops to
@@ -428,50 +422,78 @@ impl<L: Lane> Decoder<L> {
         };
         let mut resolved = 0usize;
         let mut check = 0u64;
-        self.stack.clear();
+        // A FIFO per segment: the cells of the segment with count 1, then every cell that
+        // drops to count 1 in a swept segment. Each cell enters at most twice (scan, drop),
+        // so 2m entries never reallocate. The chain of dependent reads (cell → p → hash →
+        // cells) is prefetched a few entries ahead.
+        let queue = &mut self.stack;
+        queue.clear();
+        queue.resize(2 * m + 1, 0);
+        let hashes = &self.hashes[..];
+        let values = &mut self.values[..];
+        let (mut head, mut tail) = (0usize, 0usize);
         for seg_start in (0..m).step_by(seg_len) {
             let seg_end = (seg_start + seg_len).min(m);
-            for c0 in seg_start..seg_end {
-                if state[c0].st as u32 != 1 {
-                    continue;
+            for (c0, &s) in cx[seg_start..seg_end].iter().enumerate() {
+                queue[tail] = (seg_start + c0) as u32;
+                tail += (s as u32 == 1) as usize;
+            }
+            while head < tail {
+                if head + 3 * PEEL_AHEAD < tail {
+                    prefetch(cx.as_ptr().wrapping_add(queue[head + 3 * PEEL_AHEAD] as usize));
                 }
-                self.stack.push(c0 as u32);
-                while let Some(c) = self.stack.pop() {
-                    let c = c as usize;
-                    let s = state[c].st;
-                    if s as u32 != 1 {
-                        continue;
-                    }
-                    let p = (s >> 32) as usize;
-                    let e = self.entries[p];
-                    let my = params.cells_of_n::<H>(e.hash);
-                    let jc = my[..H].iter().position(|&x| x as usize == c).unwrap_or(0);
-                    let negated = |j: usize| ctx.signs && (e.hash >> j) & 1 == 1;
-                    let cell_val = state[c].work;
-                    let value = if negated(jc) {
-                        L::sub(L::Cell::default(), cell_val)
-                    } else {
-                        cell_val
-                    };
-                    let neg_value = L::sub(L::Cell::default(), value);
-                    let raw = L::to_u64(value);
-                    sums[e.ord as usize] = sign_extend(raw, ctx.bits);
-                    check = check.wrapping_add(raw.wrapping_mul(hash::check_weight(e.hash)));
-                    let untag = (p as u64) << 32;
-                    for (j, &cj) in my[..H].iter().enumerate() {
-                        let contrib = if negated(j) { neg_value } else { value };
-                        let sj = &mut state[cj as usize];
-                        sj.work = L::sub(sj.work, contrib);
-                        sj.st = (sj.st - 1) ^ untag;
-                        if sj.st as u32 == 1 && (cj as usize) < seg_end {
-                            self.stack.push(cj);
+                if head + 2 * PEEL_AHEAD < tail {
+                    let s = cx[queue[head + 2 * PEEL_AHEAD] as usize];
+                    prefetch(hashes.as_ptr().wrapping_add((s >> 32) as usize));
+                }
+                if head + PEEL_AHEAD < tail {
+                    // May read a stale state or hash: only an address to prefetch.
+                    let s = cx[queue[head + PEEL_AHEAD] as usize];
+                    if let Some(&h) = hashes.get((s >> 32) as usize) {
+                        for &cj in &params.cells_of_n::<H>(h)[..H] {
+                            prefetch(cx.as_ptr().wrapping_add(cj as usize));
+                            prefetch(work.as_ptr().wrapping_add(cj as usize));
                         }
                     }
-                    resolved += 1;
                 }
+                let c = queue[head] as usize;
+                head += 1;
+                let s = cx[c];
+                if s as u32 != 1 {
+                    continue;
+                }
+                let p = (s >> 32) as usize;
+                let hash = hashes[p];
+                let my = params.cells_of_n::<H>(hash);
+                let mut value = work[c];
+                if signs {
+                    let jc = my[..H].iter().position(|&x| x as usize == c).unwrap_or(0);
+                    if (hash >> jc) & 1 == 1 {
+                        value = L::sub(L::Cell::default(), value);
+                    }
+                }
+                let neg_value = L::sub(L::Cell::default(), value);
+                let raw = L::to_u64(value);
+                values[p] = raw;
+                check = check.wrapping_add(raw.wrapping_mul(hash::check_weight(hash)));
+                let untag = (p as u64) << 32;
+                for (j, &cj) in my[..H].iter().enumerate() {
+                    let cj = cj as usize;
+                    let contrib = if signs && (hash >> j) & 1 == 1 {
+                        neg_value
+                    } else {
+                        value
+                    };
+                    work[cj] = L::sub(work[cj], contrib);
+                    let t = (cx[cj] - 1) ^ untag;
+                    cx[cj] = t;
+                    // Branch-free append; only count-1 cells of swept segments advance tail.
+                    queue[tail] = cj as u32;
+                    tail += (t as u32 == 1 && cj < seg_end) as usize;
+                }
+                resolved += 1;
             }
         }
-        let _ = ctx.h;
         if resolved != n {
             return Err(CodecError::Stalled {
                 unresolved: n - resolved,
@@ -479,31 +501,35 @@ impl<L: Lane> Decoder<L> {
                 cells: params.cells(),
             });
         }
-        let nonzero_cells = state
-            .iter()
-            .filter(|s| L::to_u64(s.work) & ctx.mask != 0)
-            .count();
+        let nonzero_cells = work.iter().filter(|&&w| L::to_u64(w) & mask != 0).count();
         if nonzero_cells != 0 {
             return Err(CodecError::Inconsistent { nonzero_cells });
         }
-        let lane_mask = ctx.mask & L::to_u64(L::from_u64(u64::MAX));
+        let lane_mask = mask & L::to_u64(L::from_u64(u64::MAX));
         if (L::to_u64(cells[m]).wrapping_sub(check)) & lane_mask != 0 {
             return Err(CodecError::CheckFailed);
+        }
+        // Back to key order: independent loads, so they overlap.
+        for (s, &p) in sums.iter_mut().zip(&self.pos) {
+            *s = sign_extend(self.values[p as usize], bits);
         }
         Ok(())
     }
 
-    /// Fills `entries` with the candidates in peeling order: bucketed by window for the
-    /// coupled layout (a counting sort, stable so keys stay increasing within a window),
-    /// key order for the plain one.
-    fn order_entries(&mut self, params: &CodecParams, keys: &[u32]) {
-        self.entries.clear();
-        self.entries.resize(keys.len(), Entry::default());
+    /// Renumbers the candidates in peeling order: by window for the coupled layout (a
+    /// counting sort, stable), key order for the plain one. Fills `hashes` (by `p`) and
+    /// `pos` (`p` by key order).
+    fn order_candidates(&mut self, params: &CodecParams, keys: &[u32]) {
+        let n = keys.len();
+        self.hashes.clear();
+        self.hashes.resize(n, 0);
+        self.pos.clear();
+        self.pos.resize(n, 0);
         match params.layout() {
             Layout::Plain => {
-                for (i, (e, &k)) in self.entries.iter_mut().zip(keys).enumerate() {
-                    e.hash = params.key_hash(k);
-                    e.ord = i as u32;
+                for (i, (h, &k)) in self.hashes.iter_mut().zip(keys).enumerate() {
+                    *h = params.key_hash(k);
+                    self.pos[i] = i as u32;
                 }
             }
             Layout::Coupled { .. } => {
@@ -511,20 +537,18 @@ impl<L: Lane> Decoder<L> {
                 let starts = &mut self.window_start;
                 starts.clear();
                 starts.resize(w + 1, 0);
-                // Hashes are computed twice (count, place): cheaper than storing them.
-                for &k in keys {
-                    starts[params.window_of(params.key_hash(k)) as usize + 1] += 1;
+                self.key_hashes.clear();
+                self.key_hashes.extend(keys.iter().map(|&k| params.key_hash(k)));
+                for &h in &self.key_hashes {
+                    starts[params.window_of(h) as usize + 1] += 1;
                 }
                 for i in 1..=w {
                     starts[i] += starts[i - 1];
                 }
-                for (i, &k) in keys.iter().enumerate() {
-                    let hash = params.key_hash(k);
-                    let slot = &mut starts[params.window_of(hash) as usize];
-                    self.entries[*slot as usize] = Entry {
-                        hash,
-                        ord: i as u32,
-                    };
+                for (i, &h) in self.key_hashes.iter().enumerate() {
+                    let slot = &mut starts[params.window_of(h) as usize];
+                    self.hashes[*slot as usize] = h;
+                    self.pos[i] = *slot;
                     *slot += 1;
                 }
             }
