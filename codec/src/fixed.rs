@@ -424,16 +424,24 @@ mod tests {
         ));
     }
 
+    /// At the largest exponent, `f32::MAX` quantizes (without saturating) to the value the
+    /// formula gives, computed here in f64, and `n` of them fit the signed lane.
     #[test]
     fn sums_fit_at_the_edge() {
         for lane in [LaneWidth::W32, LaneWidth::W64] {
             for n in [1u32, 2, 3, 8, 64, 1000] {
                 let fp = FixedPoint::new(MAX_FINITE_EXPONENT, n, lane).unwrap();
-                let q = fp.to_fixed(f32::MAX);
-                assert!(q <= fp.per_worker_limit());
-                let sum = q as i128 * n as i128;
-                assert!(sum < (1i128 << (lane.bits() - 1)));
-                assert!(fp.to_float(q) == f32::MAX || fp.to_float(q).is_infinite());
+                let c = (n as f64).log2().ceil() as i32;
+                let s = (lane.bits() as i32 - 2 - c) - (MAX_FINITE_EXPONENT as i32 - 149);
+                let want = (f32::MAX as f64 * 2f64.powi(s)).round();
+                let q = fp.try_to_fixed(f32::MAX, 0).unwrap();
+                assert_eq!(q as f64, want, "{lane:?} n {n}");
+                assert!((n as i128 * q as i128) < (1i128 << (lane.bits() - 1)));
+                assert_eq!(fp.try_to_fixed(-f32::MAX, 0).unwrap(), -q);
+                // Within half a unit of the input (a coarse scale may round it up to 2^128,
+                // which is then infinite as an f32: the correctly rounded value).
+                let back = q as f64 * 2f64.powi(-s);
+                assert!((back - f32::MAX as f64).abs() <= 2f64.powi(-s - 1));
             }
         }
     }

@@ -11,8 +11,9 @@
 //!
 //! - the **finite-size peeling threshold** measured with the `peel_rate` example (0 stalls
 //!   in 1,000 seeded tables at that ratio or below, plus a margin; see `docs/design.md`):
-//!   plain `t_3 + 5/√c` (`t_3 = 1.222`), `t_4 + 5/√c` (`t_4 = 1.295`); coupled
-//!   [`coupled_ratio`];
+//!   plain `t_3 + 5/√c` (`t_3 = 1.222`), `t_4 + 5/√c` (`t_4 = 1.295`); coupled: a bulk
+//!   ratio `r·(S − h + 1)/S ≥` [`coupled_bulk_ratio`] with at least
+//!   [`COUPLED_MIN_SEGMENTS`] segments;
 //! - the **small-stopping-set floor**: two keys sharing all `h` cells never peel. Their
 //!   expected number must stay below `δ/2`: plain `c²·h!/(2 m^h)`; coupled (same window,
 //!   same offset in each of the `h` segments) `c²/(2 W L^h)` with `W` windows of `L`-cell
@@ -192,22 +193,29 @@ fn plain_ratio(c: f64, h: u8) -> f64 {
     t + 5.0 / c.sqrt()
 }
 
-/// Finite-size peeling ratio of the coupled layout with `h` hashes for `c` keys: measured
-/// (see `docs/design.md`, "Sizing"), 0 stalls in 1,000 tables at this ratio minus the margin.
-pub fn coupled_ratio(c: f64, h: u8) -> f64 {
-    let c = c.max(2.0);
+/// Bulk ratio a coupled table needs: cells per key inside the windows' overlap,
+/// `r · (S − h + 1)/S` for `r` cells per key and `S` segments (the first and last `h − 1`
+/// segments are covered by fewer windows, which is where peeling starts). Measured with the
+/// `peel_rate` example for `h = 4` (table in `docs/design.md`): 1.058 stalled 1.5% of 50,000-key
+/// tables, 1.07 none of 200; larger tables need less. The constant keeps a margin above
+/// that for the 10⁻⁵ target. `h = 3` is only used for very large tables (see the pair floor)
+/// and was not calibrated as finely; its constant is higher (its asymptotic threshold is
+/// 1.089 against 1.024 for `h = 4`).
+pub fn coupled_bulk_ratio(h: u8) -> f64 {
     if h == 3 {
-        (0.875 + 0.25 * (1e6f64).ln() / c.ln()).max(1.125) + 0.01
+        1.14
     } else {
-        (0.77 + 0.305 * (6e5f64).ln() / c.ln()).max(1.075) + 0.01
+        1.085
     }
 }
+
+/// Fewest segments a coupled table may have (below, the wave does not get going: 20,000
+/// keys in 17 segments stalled at every ratio up to 1.2).
+pub const COUPLED_MIN_SEGMENTS: usize = 30;
 
 /// Smallest coupled table a layout is tried for (fewer keys: the plain layout's error floor
 /// is lower and the windows too few to couple).
 pub const COUPLED_MIN_KEYS: f64 = 2000.0;
-/// Fewest windows a coupled table may have.
-const COUPLED_MIN_WINDOWS: usize = 4;
 
 /// Plain shape for `c` candidates.
 fn plain_shape(c: f64, delta: f64, h: u8) -> SketchShape {
@@ -231,7 +239,7 @@ fn plain_shape(c: f64, delta: f64, h: u8) -> SketchShape {
 /// `L^(h−1) ≥ c²/(m·δ)`, and at least the binary fuse filter rule (which keeps the coupling
 /// effective); the segment count is then as large as that allows, and the length is
 /// rounded so `segments · len` is within one segment count of `m`. `None` if fewer than
-/// `h − 1 + COUPLED_MIN_WINDOWS` segments fit or the floor still fails.
+/// [`COUPLED_MIN_SEGMENTS`] segments fit or the floor still fails.
 pub fn coupled_geometry(c: f64, m: f64, h: u8, delta: f64) -> Option<(usize, usize)> {
     if c < COUPLED_MIN_KEYS || m < 1.0 {
         return None;
@@ -246,7 +254,7 @@ pub fn coupled_geometry(c: f64, m: f64, h: u8, delta: f64) -> Option<(usize, usi
     let mut segments = (m / min_len).floor() as usize;
     // The floor with the real window count W = S − h + 1 (the estimate above used m/L):
     // fewer, longer segments until it holds.
-    while segments >= h as usize - 1 + COUPLED_MIN_WINDOWS {
+    while segments >= COUPLED_MIN_SEGMENTS.max(h as usize) {
         let len = (m / segments as f64).ceil() as usize;
         let windows = (segments + 1 - h as usize) as f64;
         let pairs = c * c / (2.0 * windows * (len as f64).powi(h as i32));
@@ -261,17 +269,27 @@ pub fn coupled_geometry(c: f64, m: f64, h: u8, delta: f64) -> Option<(usize, usi
     None
 }
 
-/// Coupled shape for `c` candidates, or `None` if the table is too small to couple.
+/// Coupled shape for `c` candidates, or `None` if the table is too small to couple: the
+/// smallest ratio (steps of 0.0025 from 1.05) whose geometry meets the bulk ratio
+/// [`coupled_bulk_ratio`].
 fn coupled_shape(c: f64, delta: f64, h: u8) -> Option<SketchShape> {
-    let m = coupled_ratio(c, h) * c;
-    let (segments, len) = coupled_geometry(c, m, h, delta)?;
-    Some(SketchShape {
-        layout: Layout::Coupled {
-            segment_len: len as u32,
-        },
-        hashes: h,
-        peel_cells: segments * len,
-    })
+    let mut r = 1.05;
+    while r <= 1.35 {
+        if let Some((segments, len)) = coupled_geometry(c, r * c, h, delta) {
+            let bulk = r * (segments + 1 - h as usize) as f64 / segments as f64;
+            if bulk >= coupled_bulk_ratio(h) {
+                return Some(SketchShape {
+                    layout: Layout::Coupled {
+                        segment_len: len as u32,
+                    },
+                    hashes: h,
+                    peel_cells: segments * len,
+                });
+            }
+        }
+        r += 0.0025;
+    }
+    None
 }
 
 /// The cheapest sketch shape for `candidates` expected candidates.

@@ -60,10 +60,14 @@ fn edge_values_decode_exactly() {
 fn overflow_edge_all_workers_at_limit() {
     for lane in [LaneWidth::W32, LaneWidth::W64] {
         for n in [1u32, 7, 64] {
-            let v = 1.999_999_9f32; // just below 2^1: exponent 151
-            let fixed = FixedPoint::new(exponent_of(v).unwrap(), n, lane).unwrap();
-            let q = fixed.to_fixed(v);
-            assert!(q <= fixed.per_worker_limit());
+            let v = 1.999_999_9f32; // just below 2^1: exponent 150
+            let e = exponent_of(v).unwrap();
+            let fixed = FixedPoint::new(e, n, lane).unwrap();
+            // Independent quantization: round(v · 2^s), s from the documented formula.
+            let c = (n as f64).log2().ceil() as i32;
+            let s = (lane.bits() as i32 - 2 - c) - (e as i32 - 149);
+            let want = (v as f64 * 2f64.powi(s)).round_ties_even() as i64;
+            assert_eq!(fixed.try_to_fixed(v, 0), Ok(want));
             let inputs = vec![vec![v, -v]; n as usize];
             let reference = reference(&inputs, &fixed);
             assert!(reference[0] < (1i128 << (lane.bits() - 1)));
