@@ -30,7 +30,7 @@ pub enum IndexArg {
     Bitmap,
     /// Cache-blocked Bloom filter.
     Bloom,
-    /// Group bitmap (one bit per aligned group of 2^j positions; best j).
+    /// Group index: a bitmap or a Bloom filter over aligned groups of 2^j positions (best).
     Groups,
 }
 
@@ -76,7 +76,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     pub layout: LayoutArg,
     /// Weight of decode CPU in the automatic index choice, in bytes of transfer per
-    /// nanosecond of decode (1.25 = a 10 Gbit/s link; 0 = bytes only).
+    /// nanosecond of decode (0.125 = a 1 Gbit/s link, 1.25 = 10 Gbit/s; 0 = bytes only).
     #[arg(long, default_value_t = sketchreduce_codec::sizing::DEFAULT_DECODE_BYTES_PER_NS)]
     pub decode_weight: f64,
     /// Force the number of sketch cells (too few makes decoding stall, reported as a status).
@@ -358,6 +358,11 @@ fn measure_lane<L: Lane>(
             base.insert("bloom_k".into(), json!(k));
         }
         IndexKind::Groups { shift } => {
+            base.insert("group_size".into(), json!(1u64 << shift));
+        }
+        IndexKind::GroupBloom { blocks, k, shift } => {
+            base.insert("bloom_blocks".into(), json!(blocks));
+            base.insert("bloom_k".into(), json!(k));
             base.insert("group_size".into(), json!(1u64 << shift));
         }
         IndexKind::Bitmap => {}

@@ -16,14 +16,19 @@ pub(crate) fn slot(params: &CodecParams, key: u32) -> (usize, u64) {
             let g = key >> shift;
             ((g >> 5) as usize, (g & 31) as u64)
         }
-        IndexKind::Bloom { blocks, .. } => {
-            let (s1, s2) = params.bloom_seeds();
-            (
-                bloom_block(key >> 3, s1, blocks) * BLOOM_BLOCK_WORDS,
-                hash::mix32(key ^ s2) as u64,
-            )
-        }
+        IndexKind::Bloom { blocks, .. } => bloom_slot(params, key, blocks),
+        IndexKind::GroupBloom { blocks, shift, .. } => bloom_slot(params, key >> shift, blocks),
     }
+}
+
+/// Slot of Bloom key `unit` (a position, or a group id).
+#[inline(always)]
+fn bloom_slot(params: &CodecParams, unit: u32, blocks: u32) -> (usize, u64) {
+    let (s1, s2) = params.bloom_seeds();
+    (
+        bloom_block(unit >> 3, s1, blocks) * BLOOM_BLOCK_WORDS,
+        hash::mix32(unit ^ s2) as u64,
+    )
 }
 
 /// Block of a group of [`BLOOM_GROUP`] positions.
@@ -44,7 +49,7 @@ pub(crate) fn insert(params: &CodecParams, words: &mut [u32], key: u32) {
 pub(crate) fn insert_at(params: &CodecParams, words: &mut [u32], base: usize, g: u64) {
     match params.index_kind() {
         IndexKind::Bitmap | IndexKind::Groups { .. } => words[base] |= 1 << g,
-        IndexKind::Bloom { k, .. } => {
+        IndexKind::Bloom { k, .. } | IndexKind::GroupBloom { k, .. } => {
             let block: &mut [u32; BLOOM_BLOCK_WORDS] = (&mut words
                 [base..base + BLOOM_BLOCK_WORDS])
                 .try_into()
@@ -140,16 +145,57 @@ pub(crate) fn candidates(
                 }
             }
         }
-        IndexKind::Bloom { blocks, k } => {
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 was just detected.
-                return unsafe { bloom_scan_avx2(params, words, blocks, k, out, limit) };
+        IndexKind::Bloom { blocks, k } => bloom_scan(params, words, blocks, k, dim, out, limit)?,
+        IndexKind::GroupBloom { blocks, k, shift } => {
+            let size = 1u64 << shift;
+            let units = dim.div_ceil(size);
+            let r = bloom_scan(params, words, blocks, k, units, out, limit >> shift);
+            if let Err(CodecError::Saturated { candidates, .. }) = r {
+                return Err(saturated(candidates << shift));
             }
-            bloom_scan_scalar(params, words, blocks, k, out, limit)?;
+            r?;
+            // Expand the reported groups to their positions, in place from the back.
+            let groups = out.len();
+            let last_len = |g: u32| ((g as u64 + 1) * size).min(dim) - g as u64 * size;
+            let total = match out.last() {
+                Some(&g) => (groups - 1) * size as usize + last_len(g) as usize,
+                None => 0,
+            };
+            if total > limit {
+                return Err(saturated(total));
+            }
+            out.resize(total, 0);
+            let mut end = total;
+            for gi in (0..groups).rev() {
+                let g = out[gi];
+                let len = last_len(g) as usize;
+                let lo = (g as u64 * size) as u32;
+                for (j, o) in out[end - len..end].iter_mut().enumerate() {
+                    *o = lo + j as u32;
+                }
+                end -= len;
+            }
         }
     }
     Ok(())
+}
+
+/// The Bloom scan over `units` keys (positions, or group ids).
+fn bloom_scan(
+    params: &CodecParams,
+    words: &[u32],
+    blocks: u32,
+    k: u8,
+    units: u64,
+    out: &mut Vec<u32>,
+    limit: usize,
+) -> Result<(), CodecError> {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected.
+        return unsafe { bloom_scan_avx2(params, words, blocks, k, units, out, limit) };
+    }
+    bloom_scan_scalar(params, words, blocks, k, units, out, limit)
 }
 
 fn bloom_scan_scalar(
@@ -157,11 +203,11 @@ fn bloom_scan_scalar(
     words: &[u32],
     blocks: u32,
     k: u8,
+    dim: u64,
     out: &mut Vec<u32>,
     limit: usize,
 ) -> Result<(), CodecError> {
     let (s1, s2) = params.bloom_seeds();
-    let dim = params.dim();
     let groups = dim.div_ceil(BLOOM_GROUP);
     for gi in 0..groups {
         let base = bloom_block(gi as u32, s1, blocks) * BLOOM_BLOCK_WORDS;
@@ -195,18 +241,19 @@ unsafe fn bloom_scan_avx2(
     words: &[u32],
     blocks: u32,
     k: u8,
+    dim: u64,
     out: &mut Vec<u32>,
     limit: usize,
 ) -> Result<(), CodecError> {
     match k {
-        1 => bloom_scan_avx2_k::<1>(params, words, blocks, out, limit),
-        2 => bloom_scan_avx2_k::<2>(params, words, blocks, out, limit),
-        3 => bloom_scan_avx2_k::<3>(params, words, blocks, out, limit),
-        4 => bloom_scan_avx2_k::<4>(params, words, blocks, out, limit),
-        5 => bloom_scan_avx2_k::<5>(params, words, blocks, out, limit),
-        6 => bloom_scan_avx2_k::<6>(params, words, blocks, out, limit),
-        7 => bloom_scan_avx2_k::<7>(params, words, blocks, out, limit),
-        _ => bloom_scan_avx2_k::<8>(params, words, blocks, out, limit),
+        1 => bloom_scan_avx2_k::<1>(params, words, blocks, dim, out, limit),
+        2 => bloom_scan_avx2_k::<2>(params, words, blocks, dim, out, limit),
+        3 => bloom_scan_avx2_k::<3>(params, words, blocks, dim, out, limit),
+        4 => bloom_scan_avx2_k::<4>(params, words, blocks, dim, out, limit),
+        5 => bloom_scan_avx2_k::<5>(params, words, blocks, dim, out, limit),
+        6 => bloom_scan_avx2_k::<6>(params, words, blocks, dim, out, limit),
+        7 => bloom_scan_avx2_k::<7>(params, words, blocks, dim, out, limit),
+        _ => bloom_scan_avx2_k::<8>(params, words, blocks, dim, out, limit),
     }
 }
 
@@ -216,12 +263,12 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
     params: &CodecParams,
     words: &[u32],
     blocks: u32,
+    dim: u64,
     out: &mut Vec<u32>,
     limit: usize,
 ) -> Result<(), CodecError> {
     use std::arch::x86_64::*;
     let (s1, s2) = params.bloom_seeds();
-    let dim = params.dim();
     let groups = dim.div_ceil(BLOOM_GROUP) as usize;
     let salts: [__m256i; 8] = hash::SALT.map(|s| _mm256_set1_epi32(s as i32));
     let seed = _mm256_set1_epi32(s2 as i32);
@@ -324,7 +371,7 @@ mod tests {
                 inserted.push(key);
             }
             let mut a = Vec::new();
-            bloom_scan_scalar(&p, &words, blocks, k, &mut a, usize::MAX).unwrap();
+            bloom_scan_scalar(&p, &words, blocks, k, dim, &mut a, usize::MAX).unwrap();
             for key in &inserted {
                 assert!(a.binary_search(key).is_ok());
             }
@@ -342,6 +389,21 @@ mod tests {
                 ));
             }
         }
+    }
+
+    #[test]
+    fn group_bloom_lists_whole_groups() {
+        let p = CodecParams::explicit(1, 1, 70, LaneWidth::W32, IndexKind::GroupBloom { blocks: 2, k: 6, shift: 4 }, 10, 3, false)
+            .unwrap();
+        let mut words = vec![0u32; p.index_words()];
+        insert(&p, &mut words, 3);
+        insert(&p, &mut words, 66);
+        let mut c = Vec::new();
+        candidates_into(&p, &words, &mut c).unwrap();
+        // Groups 0 and 4 at least (a false positive group may add 16 more positions).
+        assert!((0..16).chain(64..70).all(|k| c.binary_search(&k).is_ok()));
+        assert!(c.windows(2).all(|w| w[0] < w[1]) && c.iter().all(|&k| k < 70));
+        assert_eq!(c.len() % 16, 6);
     }
 
     #[test]

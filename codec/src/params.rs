@@ -23,6 +23,8 @@
 //!   and each key sets `k` bits of it, bit `i` taken from the top bits of
 //!   `mix32(key ^ s) · SALT[i]`. Sharing the block lets the decoder test eight positions at
 //!   once with SIMD against a block held in registers.
+//! - [`IndexKind::GroupBloom`]: that Bloom filter over group ids `key >> shift`; every
+//!   position of a reported group is a candidate.
 
 use crate::error::CodecError;
 use crate::fixed::LaneWidth;
@@ -42,6 +44,8 @@ pub const BLOOM_BLOCK_WORDS: usize = 8;
 pub const BLOOM_GROUP: u64 = 8;
 /// Largest group shift of [`IndexKind::Groups`] (256 positions per bit).
 pub const MAX_GROUP_SHIFT: u8 = 8;
+/// Largest group shift of [`IndexKind::GroupBloom`] (32 positions per group).
+pub const MAX_GROUP_BLOOM_SHIFT: u8 = 5;
 /// Largest supported dimension (indices travel as `u32`).
 pub const MAX_DIM: u64 = u32::MAX as u64;
 /// Check lanes after the peeling cells: `Σ value · weight(key)` over all keys, verified after
@@ -67,6 +71,17 @@ pub enum IndexKind {
         /// Bits set per key (1..=8).
         k: u8,
     },
+    /// The same Bloom filter over group ids (`key >> shift`, `shift` in
+    /// `1..=MAX_GROUP_BLOOM_SHIFT`): every position of a group the filter reports is a
+    /// candidate. For row-sparse supports whose marked groups are few.
+    GroupBloom {
+        /// Number of 256-bit blocks.
+        blocks: u32,
+        /// Bits set per group (1..=8).
+        k: u8,
+        /// log2 of the positions per group.
+        shift: u8,
+    },
 }
 
 impl IndexKind {
@@ -76,6 +91,7 @@ impl IndexKind {
             IndexKind::Bitmap => "bitmap",
             IndexKind::Groups { .. } => "groups",
             IndexKind::Bloom { .. } => "bloom",
+            IndexKind::GroupBloom { .. } => "group_bloom",
         }
     }
 }
@@ -85,7 +101,20 @@ pub fn index_words_for(dim: u64, index: IndexKind) -> usize {
     match index {
         IndexKind::Bitmap => dim.div_ceil(32) as usize,
         IndexKind::Groups { shift } => dim.div_ceil(1u64 << shift).div_ceil(32) as usize,
-        IndexKind::Bloom { blocks, .. } => blocks as usize * BLOOM_BLOCK_WORDS,
+        IndexKind::Bloom { blocks, .. } | IndexKind::GroupBloom { blocks, .. } => {
+            blocks as usize * BLOOM_BLOCK_WORDS
+        }
+    }
+}
+
+impl IndexKind {
+    /// `(blocks, k, shift)` of a Bloom index (plain Bloom has shift 0), `None` for bitmaps.
+    pub fn bloom_parts(&self) -> Option<(u32, u8, u8)> {
+        match *self {
+            IndexKind::Bloom { blocks, k } => Some((blocks, k, 0)),
+            IndexKind::GroupBloom { blocks, k, shift } => Some((blocks, k, shift)),
+            _ => None,
+        }
     }
 }
 
@@ -161,8 +190,15 @@ impl CodecParams {
                 u32::MAX
             )));
         }
+        if let IndexKind::GroupBloom { shift, .. } = index {
+            if !(1..=MAX_GROUP_BLOOM_SHIFT).contains(&shift) {
+                return Err(CodecError::InvalidParams(format!(
+                    "group bloom shift {shift} not in 1..={MAX_GROUP_BLOOM_SHIFT}"
+                )));
+            }
+        }
         match index {
-            IndexKind::Bloom { blocks, k } => {
+            IndexKind::Bloom { blocks, k } | IndexKind::GroupBloom { blocks, k, .. } => {
                 if blocks == 0 || !(1..=8).contains(&k) {
                     return Err(CodecError::InvalidParams(format!(
                         "bloom blocks {blocks} (>0) k {k} (1..=8)"

@@ -27,7 +27,10 @@
 //! (estimated decode nanoseconds × [`Sizing::decode_bytes_per_ns`]).
 
 use crate::fixed::LaneWidth;
-use crate::params::{IndexKind, Layout, BLOOM_BLOCK_BITS, BLOOM_GROUP, MAX_GROUP_SHIFT};
+use crate::params::{
+    IndexKind, Layout, BLOOM_BLOCK_BITS, BLOOM_BLOCK_WORDS, BLOOM_GROUP, MAX_GROUP_BLOOM_SHIFT,
+    MAX_GROUP_SHIFT,
+};
 
 /// Default target probability that decoding stalls for a correctly sized sketch.
 pub const DEFAULT_FAILURE_PROB: f64 = 1e-5;
@@ -35,8 +38,9 @@ pub const DEFAULT_FAILURE_PROB: f64 = 1e-5;
 /// parameters lands in a cell the decoder does not expect and leaves a residue.
 pub const MIN_PEEL_CELLS: usize = 8;
 /// Default weight of decode CPU in the index choice: bytes of network transfer worth one
-/// nanosecond of decode (1.25 bytes/ns = 10 Gbit/s).
-pub const DEFAULT_DECODE_BYTES_PER_NS: f64 = 1.25;
+/// nanosecond of decode. 0.125 bytes/ns is a 1 Gbit/s link, where the project measures its
+/// case (docs/benchmarks.md); on faster links raise it (10 Gbit/s: 1.25).
+pub const DEFAULT_DECODE_BYTES_PER_NS: f64 = 0.125;
 
 /// Which index the sizing function may pick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,9 +52,9 @@ pub enum IndexChoice {
     Bitmap,
     /// Always a Bloom filter (sized for the lowest cost).
     Bloom,
-    /// Always a group bitmap (granularity with the lowest cost; needs a
-    /// [`SupportProfile`] to know how clustered the support is, else a random support is
-    /// assumed).
+    /// Always a group index: group bitmap or Bloom filter over groups (granularity with the
+    /// lowest cost; needs a [`SupportProfile`] to know how clustered the support is, else a
+    /// random support is assumed).
     Groups,
 }
 
@@ -527,17 +531,46 @@ pub fn expected_candidates_with(
             (groups * (1u64 << shift) as f64).min(dim as f64).max(union)
         }
         IndexKind::Bloom { blocks, k } => {
-            let nonkeys = (dim as f64 - union).max(0.0);
-            let (fpr, block_sd) = bloom_fpr_model(dim, union, blocks, k, profile);
-            let fp = nonkeys * fpr;
-            // Blocks are (nearly) independent: Var = Σ_b Var(FP_b) with FP_b ≈ (non-keys
-            // per block) × rate(load_b), plus the Bernoulli part.
-            let per_block = nonkeys / blocks.max(1) as f64;
-            let var = blocks as f64 * (per_block * block_sd).powi(2) + fp;
-            let z = normal_quantile_upper(failure_prob.clamp(1e-12, 0.5) / 2.0);
-            union + fp + z * var.sqrt()
+            bloom_candidates(dim, union, blocks, k, profile, failure_prob)
+        }
+        IndexKind::GroupBloom { blocks, k, shift } => {
+            // The Bloom filter sees group ids: `dim >> shift` units, the nonzero groups as
+            // keys, and the profile shifted by `shift`.
+            let size = (1u64 << shift) as f64;
+            let units = dim.div_ceil(1 << shift);
+            let p = match profile {
+                Some(p) => *p,
+                None => SupportProfile::random(dim, union),
+            };
+            let mut shifted = SupportProfile::default();
+            for (j, g) in shifted.groups.iter_mut().enumerate() {
+                *g = p.groups[(j + shift as usize).min(MAX_GROUP_SHIFT as usize)];
+            }
+            let groups = shifted.groups[0] as f64;
+            let units_cand = bloom_candidates(units, groups, blocks, k, Some(&shifted), failure_prob);
+            (units_cand * size).min(dim as f64).max(union)
         }
     }
+}
+
+/// [`expected_candidates_with`] of a Bloom filter over `dim` units holding `union` keys.
+fn bloom_candidates(
+    dim: u64,
+    union: f64,
+    blocks: u32,
+    k: u8,
+    profile: Option<&SupportProfile>,
+    failure_prob: f64,
+) -> f64 {
+    let nonkeys = (dim as f64 - union).max(0.0);
+    let (fpr, block_sd) = bloom_fpr_model(dim, union, blocks, k, profile);
+    let fp = nonkeys * fpr;
+    // Blocks are (nearly) independent: Var = Σ_b Var(FP_b) with FP_b ≈ (non-keys per
+    // block) × rate(load_b), plus the Bernoulli part.
+    let per_block = nonkeys / blocks.max(1) as f64;
+    let var = blocks as f64 * (per_block * block_sd).powi(2) + fp;
+    let z = normal_quantile_upper(failure_prob.clamp(1e-12, 0.5) / 2.0);
+    union + fp + z * var.sqrt()
 }
 
 /// [`expected_candidates_with`] for a random support and the default failure probability.
@@ -554,6 +587,9 @@ pub fn decode_ns_estimate(dim: u64, index: IndexKind, candidates: f64) -> f64 {
         IndexKind::Bitmap => dim as f64 * 0.01,
         IndexKind::Groups { shift } => dim as f64 * 0.01 / (1u64 << shift) as f64,
         IndexKind::Bloom { k, .. } => dim as f64 * (0.15 + 0.06 * k as f64),
+        IndexKind::GroupBloom { k, shift, .. } => {
+            dim as f64 * (0.15 + 0.06 * k as f64) / (1u64 << shift) as f64
+        }
     };
     scan + candidates * PEEL_NS_PER_CANDIDATE
 }
@@ -599,20 +635,35 @@ pub fn choose_index_with(
             consider(IndexKind::Groups { shift });
         }
     }
-    if bloom {
-        let keys = union.max(1.0);
+    let bloom_grid = |keys: f64, consider: &mut dyn FnMut(u32, u8)| {
+        let keys = keys.max(1.0);
         let mut bpk = 1.0f64;
         let mut last_blocks = 0;
         while bpk <= 64.0 {
             let blocks = ((keys * bpk / BLOOM_BLOCK_BITS as f64).ceil() as u64)
-                .clamp(1, u32::MAX as u64) as u32;
+                .clamp(1, (u32::MAX / BLOOM_BLOCK_WORDS as u32) as u64) as u32;
             if blocks != last_blocks {
                 for k in 1..=8u8 {
-                    consider(IndexKind::Bloom { blocks, k });
+                    consider(blocks, k);
                 }
                 last_blocks = blocks;
             }
             bpk *= 1.1;
+        }
+    };
+    if bloom {
+        bloom_grid(union, &mut |blocks, k| consider(IndexKind::Bloom { blocks, k }));
+    }
+    if groups {
+        let p = match profile {
+            Some(p) => *p,
+            None => SupportProfile::random(dim, union),
+        };
+        for shift in 1..=MAX_GROUP_BLOOM_SHIFT {
+            let keys = p.groups[shift as usize] as f64;
+            bloom_grid(keys, &mut |blocks, k| {
+                consider(IndexKind::GroupBloom { blocks, k, shift })
+            });
         }
     }
     best.1
