@@ -160,7 +160,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     if !(args.decode_weight >= 0.0 && args.decode_weight.is_finite()) {
-        bail!("--decode-weight must be finite and >= 0, got {}", args.decode_weight);
+        bail!(
+            "--decode-weight must be finite and >= 0, got {}",
+            args.decode_weight
+        );
     }
     check_memory(&args)?;
     let inputs = load_inputs(&args)?;
@@ -194,7 +197,10 @@ fn check_memory(args: &Args) -> anyhow::Result<()> {
                 .with_context(|| format!("reading --inputs {}", p.display()))?
                 .len();
         }
-        (total / 4 / args.inputs.len().max(1) as u64, args.inputs.len() as u64)
+        (
+            total / 4 / args.inputs.len().max(1) as u64,
+            args.inputs.len() as u64,
+        )
     };
     let cells = args.cells.map_or(dim, |c| c as u64);
     let need = workers
@@ -376,7 +382,9 @@ fn measure_lane<L: Lane>(
     );
     base.insert(
         "percent_of_dense".into(),
-        json!(round3(100.0 * params.bytes() as f64 / (dim as f64 * 4.0).max(1.0))),
+        json!(round3(
+            100.0 * params.bytes() as f64 / (dim as f64 * 4.0).max(1.0)
+        )),
     );
     base.insert("failure_prob".into(), json!(args.failure_prob));
     base.insert("signs".into(), json!(args.signs));

@@ -31,7 +31,9 @@ fn main() -> Result<(), CodecError> {
         let m = keys as f64 * r;
         let h = shape.hashes;
         let geometry = match (seg, layout) {
-            (Some(len), LayoutChoice::Coupled) => Some(((m / len as f64).ceil() as usize, len as usize)),
+            (Some(len), LayoutChoice::Coupled) => {
+                Some(((m / len as f64).ceil() as usize, len as usize))
+            }
             (None, LayoutChoice::Coupled) => {
                 sizing::coupled_geometry(keys as f64, m, h, params::DEFAULT_FAILURE_PROB)
             }

@@ -190,7 +190,12 @@ impl Decoded<'_> {
         }
         let limit = fixed.sum_limit(n.max(1));
         // One branch-free pass for the max, the error path only when it fails.
-        let max = self.sums.iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
+        let max = self
+            .sums
+            .iter()
+            .map(|s| s.unsigned_abs())
+            .max()
+            .unwrap_or(0);
         if max as i128 > limit {
             let sum = *self
                 .sums
@@ -440,7 +445,10 @@ impl<L: Lane> Decoder<L> {
             }
             while head < tail {
                 if head + 3 * PEEL_AHEAD < tail {
-                    prefetch(cx.as_ptr().wrapping_add(queue[head + 3 * PEEL_AHEAD] as usize));
+                    prefetch(
+                        cx.as_ptr()
+                            .wrapping_add(queue[head + 3 * PEEL_AHEAD] as usize),
+                    );
                 }
                 if head + 2 * PEEL_AHEAD < tail {
                     let s = cx[queue[head + 2 * PEEL_AHEAD] as usize];
@@ -538,7 +546,8 @@ impl<L: Lane> Decoder<L> {
                 starts.clear();
                 starts.resize(w + 1, 0);
                 self.key_hashes.clear();
-                self.key_hashes.extend(keys.iter().map(|&k| params.key_hash(k)));
+                self.key_hashes
+                    .extend(keys.iter().map(|&k| params.key_hash(k)));
                 for &h in &self.key_hashes {
                     starts[params.window_of(h) as usize + 1] += 1;
                 }

@@ -76,7 +76,9 @@ pub enum CodecError {
     },
     /// More encodings were merged than the fixed-point scale was built for, so sums may have
     /// wrapped around the lane.
-    #[error("{contributions} contributions merged but the fixed-point scale is for {workers} workers")]
+    #[error(
+        "{contributions} contributions merged but the fixed-point scale is for {workers} workers"
+    )]
     TooManyContributions {
         /// Contributions counted in the aggregate.
         contributions: u32,
@@ -104,7 +106,9 @@ pub enum CodecError {
     /// Peeling resolved every candidate but the check lane (a seed-derived weighted sum of
     /// all values) disagrees: contributions were made with different parameters (seed,
     /// tensor id, layout) or corrupted.
-    #[error("check lane mismatch after peeling: encodings do not share parameters or were corrupted")]
+    #[error(
+        "check lane mismatch after peeling: encodings do not share parameters or were corrupted"
+    )]
     CheckFailed,
     /// A worker holds a nonzero at a key the aggregated index does not report (union-rank
     /// rounds): its value has no lane.

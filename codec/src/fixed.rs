@@ -355,8 +355,8 @@ pub(crate) fn ceil_log2(n: u32) -> u32 {
 fn to_float_wide(sum: i64, shift: i32) -> f32 {
     let mag = sum.unsigned_abs();
     let len = 64 - mag.leading_zeros() as i32; // bit length, > 53
-    // Keep 24 significant bits, or fewer if the result is subnormal (lowest kept bit has
-    // weight 2^-149, i.e. integer bit shift − 149).
+                                               // Keep 24 significant bits, or fewer if the result is subnormal (lowest kept bit has
+                                               // weight 2^-149, i.e. integer bit shift − 149).
     let drop = (len - 24).max(shift - 149).max(0);
     let rounded = if drop >= 64 {
         0u128

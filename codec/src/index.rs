@@ -5,6 +5,8 @@
 use crate::error::CodecError;
 use crate::hash;
 use crate::params::{CodecParams, IndexKind, BLOOM_BLOCK_WORDS, BLOOM_GROUP};
+#[cfg(target_arch = "x86_64")]
+use crate::prefetch::prefetch;
 
 /// Where a key goes in the index: `(word, bits)`. Bitmaps: the word and the bit number;
 /// Bloom: the first word of the key's block and the in-block hash.
@@ -50,8 +52,7 @@ pub(crate) fn insert_at(params: &CodecParams, words: &mut [u32], base: usize, g:
     match params.index_kind() {
         IndexKind::Bitmap | IndexKind::Groups { .. } => words[base] |= 1 << g,
         IndexKind::Bloom { k, .. } | IndexKind::GroupBloom { k, .. } => {
-            let block: &mut [u32; BLOOM_BLOCK_WORDS] = (&mut words
-                [base..base + BLOOM_BLOCK_WORDS])
+            let block: &mut [u32; BLOOM_BLOCK_WORDS] = (&mut words[base..base + BLOOM_BLOCK_WORDS])
                 .try_into()
                 .expect("block slice has BLOOM_BLOCK_WORDS words");
             let g = g as u32;
@@ -109,8 +110,14 @@ pub(crate) fn candidates(
     };
     match params.index_kind() {
         IndexKind::Bitmap => {
-            // Count first (popcount is cheap) so a saturated index fails before any work.
-            let n: usize = words.iter().map(|w| w.count_ones() as usize).sum();
+            // Count first (popcount is cheap) so a saturated index fails before any work;
+            // padding bits past `dim` in the last word do not count.
+            let mut n: usize = words.iter().map(|w| w.count_ones() as usize).sum();
+            if !dim.is_multiple_of(32) {
+                if let Some(&w) = words.last() {
+                    n -= (w >> (dim % 32)).count_ones() as usize;
+                }
+            }
             if n > limit {
                 return Err(saturated(n));
             }
@@ -129,18 +136,40 @@ pub(crate) fn candidates(
         }
         IndexKind::Groups { shift } => {
             let size = 1u64 << shift;
-            let n: u64 = words.iter().map(|w| w.count_ones() as u64).sum::<u64>() * size;
+            let groups = dim.div_ceil(size);
+            // Exact count first (padding bits past the last group ignored, the last group
+            // cut at `dim`), so a saturated index fails before any work.
+            let valid = |wi: usize, w: u32| -> u32 {
+                let left = groups.saturating_sub(wi as u64 * 32);
+                if left >= 32 {
+                    w
+                } else {
+                    w & ((1u32 << left) - 1)
+                }
+            };
+            let mut n: u64 = 0;
+            for (wi, &w) in words.iter().enumerate() {
+                n += valid(wi, w).count_ones() as u64 * size;
+            }
+            let last = groups.saturating_sub(1);
+            if !dim.is_multiple_of(size)
+                && words
+                    .get((last / 32) as usize)
+                    .is_some_and(|w| w >> (last % 32) & 1 == 1)
+            {
+                n -= size - dim % size;
+            }
             if n > limit as u64 {
                 return Err(saturated(n.min(usize::MAX as u64) as usize));
             }
             out.reserve(n as usize);
             for (wi, &w) in words.iter().enumerate() {
-                let mut w = w;
+                let mut w = valid(wi, w);
                 while w != 0 {
                     let g = ((wi as u64) << 5) + w.trailing_zeros() as u64;
                     let lo = g << shift;
                     let hi = (lo + size).min(dim);
-                    out.extend((lo..hi.max(lo)).map(|k| k as u32));
+                    out.extend((lo..hi).map(|k| k as u32));
                     w &= w - 1;
                 }
             }
@@ -295,6 +324,9 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
             out.reserve(4096 + n / 4);
             cap_check = out.capacity() - 8;
         }
+        // The blocks are random reads: fetch the one PREFETCH_GROUPS groups ahead now.
+        let ahead = bloom_block((gi + PREFETCH_GROUPS) as u32, s1, blocks);
+        prefetch(wp.wrapping_add(ahead * BLOOM_BLOCK_WORDS));
         let b = bloom_block(gi as u32, s1, blocks);
         // SAFETY: b < blocks, so the 8 words at b·8 are inside `words` (length checked).
         let blk = _mm256_loadu_si256(wp.add(b * BLOOM_BLOCK_WORDS) as *const __m256i);
@@ -302,7 +334,10 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
             continue;
         }
         let base = (gi as u64 * BLOOM_GROUP) as u32;
-        let mut x = _mm256_xor_si256(_mm256_add_epi32(_mm256_set1_epi32(base as i32), lanes), seed);
+        let mut x = _mm256_xor_si256(
+            _mm256_add_epi32(_mm256_set1_epi32(base as i32), lanes),
+            seed,
+        );
         x = _mm256_xor_si256(x, _mm256_srli_epi32::<16>(x));
         x = _mm256_mullo_epi32(x, c1);
         x = _mm256_xor_si256(x, _mm256_srli_epi32::<13>(x));
@@ -316,20 +351,21 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
             acc = _mm256_and_si256(acc, _mm256_srlv_epi32(sel, _mm256_srli_epi32::<27>(t)));
         }
         let mut mask =
-            _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<31>(acc))) as u32;
+            _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32::<31>(acc))) as u32 & 0xff;
         let end = base as u64 + BLOOM_GROUP;
         if end > dim {
             mask &= (1u32 << (dim - base as u64)) - 1;
         }
-        // SAFETY: n + 8 <= capacity (cap_check), so up to 8 writes stay in the allocation.
-        let o = out.as_mut_ptr().add(n);
-        let mut i = 0;
-        while mask != 0 {
-            *o.add(i) = base + mask.trailing_zeros();
-            i += 1;
-            mask &= mask - 1;
-        }
-        n += i;
+        // Branch-free emit: move the selected lanes to the front with one permute (indices
+        // from a table by mask) and store all 8; only popcount(mask) of them count.
+        let pos = _mm256_add_epi32(_mm256_set1_epi32(base as i32), lanes);
+        let idx = _mm256_loadu_si256(COMPRESS[mask as usize].as_ptr() as *const __m256i);
+        // SAFETY: n + 8 <= capacity (cap_check), so the 8-lane store stays in the allocation.
+        _mm256_storeu_si256(
+            out.as_mut_ptr().add(n) as *mut __m256i,
+            _mm256_permutevar8x32_epi32(pos, idx),
+        );
+        n += mask.count_ones() as usize;
     }
     out.set_len(n);
     if n > limit {
@@ -340,6 +376,31 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
     }
     Ok(())
 }
+
+/// Groups ahead whose Bloom block the AVX2 scan prefetches.
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_GROUPS: usize = 16;
+
+/// For each 8-bit mask, the indices of its set bits first (the rest arbitrary): the permute
+/// that packs the selected lanes of a vector to the front.
+#[cfg(target_arch = "x86_64")]
+static COMPRESS: [[u32; 8]; 256] = {
+    let mut t = [[0u32; 8]; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut j = 0;
+        let mut b = 0;
+        while b < 8 {
+            if m >> b & 1 == 1 {
+                t[m][j] = b as u32;
+                j += 1;
+            }
+            b += 1;
+        }
+        m += 1;
+    }
+    t
+};
 
 /// Number of set bits (a cheap fill diagnostic for Bloom filters).
 pub fn popcount(words: &[u32]) -> u64 {
@@ -359,8 +420,17 @@ mod tests {
             (100_003, 3000, 150, 5),
             (5000, 4000, 10, 1),
         ] {
-            let p = CodecParams::explicit(9, 1, dim, LaneWidth::W32, IndexKind::Bloom { blocks, k }, 10, 3, false)
-                .unwrap();
+            let p = CodecParams::explicit(
+                9,
+                1,
+                dim,
+                LaneWidth::W32,
+                IndexKind::Bloom { blocks, k },
+                10,
+                3,
+                false,
+            )
+            .unwrap();
             let mut words = vec![0u32; p.index_words()];
             let mut x = 7u64;
             let mut inserted = Vec::new();
@@ -393,8 +463,21 @@ mod tests {
 
     #[test]
     fn group_bloom_lists_whole_groups() {
-        let p = CodecParams::explicit(1, 1, 70, LaneWidth::W32, IndexKind::GroupBloom { blocks: 2, k: 6, shift: 4 }, 10, 3, false)
-            .unwrap();
+        let p = CodecParams::explicit(
+            1,
+            1,
+            70,
+            LaneWidth::W32,
+            IndexKind::GroupBloom {
+                blocks: 2,
+                k: 6,
+                shift: 4,
+            },
+            10,
+            3,
+            false,
+        )
+        .unwrap();
         let mut words = vec![0u32; p.index_words()];
         insert(&p, &mut words, 3);
         insert(&p, &mut words, 66);
@@ -408,8 +491,17 @@ mod tests {
 
     #[test]
     fn group_bitmap_lists_whole_groups() {
-        let p = CodecParams::explicit(1, 1, 70, LaneWidth::W32, IndexKind::Groups { shift: 4 }, 10, 3, false)
-            .unwrap();
+        let p = CodecParams::explicit(
+            1,
+            1,
+            70,
+            LaneWidth::W32,
+            IndexKind::Groups { shift: 4 },
+            10,
+            3,
+            false,
+        )
+        .unwrap();
         let mut words = vec![0u32; p.index_words()];
         insert(&p, &mut words, 3);
         insert(&p, &mut words, 66);

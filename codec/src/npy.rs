@@ -95,10 +95,7 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Vec<f32>, String> {
         .checked_mul(4)
         .ok_or_else(|| format!("shape ({n},) is too large"))?;
     if data.len() != want {
-        return Err(format!(
-            "expected {want} data bytes, found {}",
-            data.len()
-        ));
+        return Err(format!("expected {want} data bytes, found {}", data.len()));
     }
     Ok(data
         .chunks_exact(4)

@@ -32,8 +32,8 @@ use crate::hash;
 
 pub use crate::sizing::{
     bloom_fpr, choose_index, choose_index_with, expected_candidates, expected_candidates_with,
-    sketch_cells_for, sketch_shape, IndexChoice, LayoutChoice, SketchShape, Sizing,
-    SupportProfile, DEFAULT_FAILURE_PROB,
+    sketch_cells_for, sketch_shape, IndexChoice, LayoutChoice, Sizing, SketchShape, SupportProfile,
+    DEFAULT_FAILURE_PROB,
 };
 
 /// Bits per Bloom block.
@@ -245,7 +245,7 @@ impl CodecParams {
             Layout::Coupled { segment_len } => {
                 let len = segment_len as usize;
                 let h = self.hashes as usize;
-                if len == 0 || self.peel % len != 0 || self.peel / len < h {
+                if len == 0 || !self.peel.is_multiple_of(len) || self.peel / len < h {
                     return Err(CodecError::InvalidParams(format!(
                         "{} peeling cells are not a multiple of {len} with at least {h} segments",
                         self.peel
@@ -297,13 +297,8 @@ impl CodecParams {
         let index = crate::sizing::choose_index_with(dim, u, lane, sizing, |c| {
             shape_of(c).peel_cells + CHECK_LANES
         });
-        let cand = expected_candidates_with(
-            dim,
-            u,
-            index,
-            sizing.profile.as_ref(),
-            sizing.failure_prob,
-        );
+        let cand =
+            expected_candidates_with(dim, u, index, sizing.profile.as_ref(), sizing.failure_prob);
         let mut shape = shape_of(cand);
         if let Some(m) = sizing.cells {
             shape = SketchShape {
@@ -416,7 +411,7 @@ impl CodecParams {
             let len = segment_len as u64;
             let first = self.window_of(hash) as u64 * len;
             let (o1, o2) = hash::offset_bits(hash);
-            let at = |j: u64, x: u64| (first + j * len + ((x & 0xffff_ffff) * len >> 32)) as u32;
+            let at = |j: u64, x: u64| (first + j * len + (((x & 0xffff_ffff) * len) >> 32)) as u32;
             let d = if H == 4 { at(3, o2) } else { u32::MAX };
             return [at(0, o1 >> 32), at(1, o1), at(2, o2 >> 32), d];
         }
@@ -480,10 +475,19 @@ mod tests {
 
     #[test]
     fn coupled_cells_are_in_consecutive_segments() {
-        let p = CodecParams::explicit(1, 2, 100, LaneWidth::W32, IndexKind::Bitmap, 1 + 6 * 60, 4, false)
-            .unwrap()
-            .with_layout(Layout::Coupled { segment_len: 60 })
-            .unwrap();
+        let p = CodecParams::explicit(
+            1,
+            2,
+            100,
+            LaneWidth::W32,
+            IndexKind::Bitmap,
+            1 + 6 * 60,
+            4,
+            false,
+        )
+        .unwrap()
+        .with_layout(Layout::Coupled { segment_len: 60 })
+        .unwrap();
         let mut seen = [0u32; 6];
         let mut offsets = [0u32; 60];
         for k in 0..30_000u32 {
@@ -499,7 +503,13 @@ mod tests {
         // Three windows, each used about a third of the time; offsets uniform.
         assert!(seen[..3].iter().all(|&n| n > 9_000), "{seen:?}");
         assert!(seen[3..].iter().all(|&n| n == 0));
-        assert!(offsets.iter().all(|&n| n > 1_700 && n < 2_300), "{offsets:?}");
-        assert!(p.clone().with_layout(Layout::Coupled { segment_len: 70 }).is_err());
+        assert!(
+            offsets.iter().all(|&n| n > 1_700 && n < 2_300),
+            "{offsets:?}"
+        );
+        assert!(p
+            .clone()
+            .with_layout(Layout::Coupled { segment_len: 70 })
+            .is_err());
     }
 }

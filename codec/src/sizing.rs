@@ -471,7 +471,9 @@ pub fn bloom_fpr_model(
     }
     let total: f64 = f.iter().sum();
     // Own group: Binomial(g−1, ρ) more keys in the same block.
-    let own: Vec<f64> = (0..g as usize).map(|a| binom_pmf(g as usize - 1, a, rho)).collect();
+    let own: Vec<f64> = (0..g as usize)
+        .map(|a| binom_pmf(g as usize - 1, a, rho))
+        .collect();
     let (mut e1, mut e2) = (0.0, 0.0);
     for (x, &px) in f.iter().enumerate() {
         if px == 0.0 {
@@ -547,7 +549,8 @@ pub fn expected_candidates_with(
                 *g = p.groups[(j + shift as usize).min(MAX_GROUP_SHIFT as usize)];
             }
             let groups = shifted.groups[0] as f64;
-            let units_cand = bloom_candidates(units, groups, blocks, k, Some(&shifted), failure_prob);
+            let units_cand =
+                bloom_candidates(units, groups, blocks, k, Some(&shifted), failure_prob);
             (units_cand * size).min(dim as f64).max(union)
         }
     }
@@ -641,7 +644,8 @@ pub fn choose_index_with(
         let mut last_blocks = 0;
         while bpk <= 64.0 {
             let blocks = ((keys * bpk / BLOOM_BLOCK_BITS as f64).ceil() as u64)
-                .clamp(1, (u32::MAX / BLOOM_BLOCK_WORDS as u32) as u64) as u32;
+                .clamp(1, (u32::MAX / BLOOM_BLOCK_WORDS as u32) as u64)
+                as u32;
             if blocks != last_blocks {
                 for k in 1..=8u8 {
                     consider(blocks, k);
@@ -652,7 +656,9 @@ pub fn choose_index_with(
         }
     };
     if bloom {
-        bloom_grid(union, &mut |blocks, k| consider(IndexKind::Bloom { blocks, k }));
+        bloom_grid(union, &mut |blocks, k| {
+            consider(IndexKind::Bloom { blocks, k })
+        });
     }
     if groups {
         let p = match profile {
@@ -728,8 +734,8 @@ mod tests {
     fn exact_bloom_rate_is_not_below_the_approximation() {
         for k in 1..=8u8 {
             for load in [1usize, 10, 30, 80, 200] {
-                let approx = (1.0 - (1.0 - 1.0 / 256.0f64).powf(k as f64 * load as f64))
-                    .powi(k as i32);
+                let approx =
+                    (1.0 - (1.0 - 1.0 / 256.0f64).powf(k as f64 * load as f64)).powi(k as i32);
                 let exact = fp_at(k, load);
                 assert!(exact >= approx * (1.0 - 1e-12), "k {k} load {load}");
                 if k == 1 {

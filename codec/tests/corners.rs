@@ -140,8 +140,7 @@ fn union_rank_rejects_keys_outside_the_union() {
 fn saturated_index_fails_early() {
     for index in [IndexKind::Bitmap, IndexKind::Bloom { blocks: 4, k: 3 }] {
         let params =
-            CodecParams::explicit(0, 0, 5_000_000, LaneWidth::W32, index, 101, 3, false)
-                .unwrap();
+            CodecParams::explicit(0, 0, 5_000_000, LaneWidth::W32, index, 101, 3, false).unwrap();
         let iw = vec![u32::MAX; params.index_words()];
         let cw = vec![0u32; params.cells()];
         let mut dec = Decoder::<i32>::new();
@@ -241,27 +240,41 @@ fn decode_is_within_the_stated_bound_of_f64() {
         let c = 3; // ceil(log2 6)
         let shift = (lane.bits() as i32 - 2 - c) - (e as i32 - 149);
         let bound = 6.0 * 2f64.powi(-shift - 1);
-        let params = CodecParams::sized(2, 0, 30_000, lane, &Sizing::new(union_nnz(&inputs, &fixed)))
-            .unwrap();
+        let params =
+            CodecParams::sized(2, 0, 30_000, lane, &Sizing::new(union_nnz(&inputs, &fixed)))
+                .unwrap();
         let mut dense = vec![0f32; 30_000];
         match lane {
             LaneWidth::W32 => {
                 let t = encode_all::<i32>(&params, &inputs, &fixed).unwrap();
                 let mut dec = Decoder::<i32>::new();
-                dec.decode_encoding(&t).unwrap().to_dense(&fixed, &mut dense).unwrap();
+                dec.decode_encoding(&t)
+                    .unwrap()
+                    .to_dense(&fixed, &mut dense)
+                    .unwrap();
             }
             LaneWidth::W64 => {
                 let t = encode_all::<i64>(&params, &inputs, &fixed).unwrap();
                 let mut dec = Decoder::<i64>::new();
-                dec.decode_encoding(&t).unwrap().to_dense(&fixed, &mut dense).unwrap();
+                dec.decode_encoding(&t)
+                    .unwrap()
+                    .to_dense(&fixed, &mut dense)
+                    .unwrap();
             }
         }
         let mut worst = 0f64;
         for (i, &d) in dense.iter().enumerate() {
             let f: f64 = inputs.iter().map(|g| g[i] as f64).sum();
-            let half_ulp = if d == 0.0 { 0.0 } else { (d.abs().next_up() - d.abs()) as f64 / 2.0 };
+            let half_ulp = if d == 0.0 {
+                0.0
+            } else {
+                (d.abs().next_up() - d.abs()) as f64 / 2.0
+            };
             let err = (d as f64 - f).abs();
-            assert!(err <= bound + half_ulp, "{lane:?} position {i}: {err} > {bound}");
+            assert!(
+                err <= bound + half_ulp,
+                "{lane:?} position {i}: {err} > {bound}"
+            );
             worst = worst.max(err / bound);
         }
         // The bound is tight enough to notice a lost bit (errors reach over half of it).
@@ -299,10 +312,16 @@ fn wide_values_through_32_bit_lanes() {
     let fixed = FixedPoint::with_bits(emax, n, bits).unwrap();
     let reference = reference(&inputs, &fixed);
     assert_ne!(reference[11], 0, "the small value survives");
-    let params = CodecParams::sized(4, 0, 20_000, LaneWidth::W64, &Sizing::new(union_nnz(&inputs, &fixed)))
-        .unwrap()
-        .with_value_bits(bits)
-        .unwrap();
+    let params = CodecParams::sized(
+        4,
+        0,
+        20_000,
+        LaneWidth::W64,
+        &Sizing::new(union_nnz(&inputs, &fixed)),
+    )
+    .unwrap()
+    .with_value_bits(bits)
+    .unwrap();
     let mut enc = Encoder::<i64>::new(&params).unwrap();
     let mut one = enc.new_encoding();
     let mut words = vec![0u32; 2 * params.cells()];
@@ -322,7 +341,8 @@ fn wide_values_through_32_bit_lanes() {
     join_wide(&switch, n, &mut cells).unwrap();
     let mut dec = Decoder::<i64>::new();
     let mut out = DecodedSums::new();
-    dec.decode_into(&params, &index, &cells, Some(n), &mut out).unwrap();
+    dec.decode_into(&params, &index, &cells, Some(n), &mut out)
+        .unwrap();
     let mut dense = vec![0i64; 20_000];
     out.view().to_dense_sums(&mut dense).unwrap();
     for (i, (&d, &r)) in dense.iter().zip(&reference).enumerate() {
@@ -358,11 +378,21 @@ fn reused_buffers_and_split_decode_agree() {
         let fixed = FixedPoint::new(global_exponent(&inputs), 3, LaneWidth::W32).unwrap();
         let reference = reference(&inputs, &fixed);
         let mut sizing = Sizing::new(union_nnz(&inputs, &fixed));
-        sizing.index = if seed == 2 { IndexChoice::Bloom } else { IndexChoice::Auto };
+        sizing.index = if seed == 2 {
+            IndexChoice::Bloom
+        } else {
+            IndexChoice::Auto
+        };
         let params = CodecParams::sized(seed, 0, 50_000, LaneWidth::W32, &sizing).unwrap();
         let t = encode_all::<i32>(&params, &inputs, &fixed).unwrap();
-        dec.decode_into(&params, t.index_words(), t.sketch_cells(), Some(3), &mut out)
-            .unwrap();
+        dec.decode_into(
+            &params,
+            t.index_words(),
+            t.sketch_cells(),
+            Some(3),
+            &mut out,
+        )
+        .unwrap();
         let mut dense = vec![0i64; 50_000];
         out.view().to_dense_sums(&mut dense).unwrap();
         for (&d, &r) in dense.iter().zip(&reference) {
@@ -370,7 +400,8 @@ fn reused_buffers_and_split_decode_agree() {
         }
         candidates_into(&params, t.index_words(), &mut keys).unwrap();
         assert_eq!(keys, out.keys());
-        dec.peel_into(&params, &keys, t.sketch_cells(), &mut sums).unwrap();
+        dec.peel_into(&params, &keys, t.sketch_cells(), &mut sums)
+            .unwrap();
         assert_eq!(sums, out.sums());
     }
 }
@@ -402,7 +433,10 @@ fn bloom_false_positive_model_does_not_under_count() {
             model >= measured * 0.97,
             "union {union} bpk {bpk} k {k}: model {model} measured {measured}"
         );
-        assert!(model <= measured * 1.15 + 5.0, "model {model} measured {measured}");
+        assert!(
+            model <= measured * 1.15 + 5.0,
+            "model {model} measured {measured}"
+        );
         // The sizing's candidate estimate includes slack above the mean.
         let est = expected_candidates_with(dim, union as f64, index, None, 1e-5);
         assert!(est > union as f64 + measured);
@@ -429,9 +463,17 @@ fn sized_coupled_tables_do_not_stall() {
     let ints: Vec<i64> = (0..60_000i64).map(|k| k % 97 - 48).collect();
     let mut dec = Decoder::<i32>::new();
     for t in 0..30 {
-        let params =
-            CodecParams::sized(t, 0, 180_001, LaneWidth::W32, &Sizing { index: IndexChoice::Bitmap, ..Sizing::new(60_000) })
-                .unwrap();
+        let params = CodecParams::sized(
+            t,
+            0,
+            180_001,
+            LaneWidth::W32,
+            &Sizing {
+                index: IndexChoice::Bitmap,
+                ..Sizing::new(60_000)
+            },
+        )
+        .unwrap();
         assert!(matches!(params.layout(), Layout::Coupled { .. }));
         assert!((params.cells() as f64) < 1.2 * 60_000.0);
         let mut enc = Encoder::<i32>::new(&params).unwrap();
