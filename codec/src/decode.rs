@@ -396,8 +396,8 @@ impl<L: Lane> Decoder<L> {
         self.order_candidates(params, keys);
 
         // Counts and XORs of `p` per cell. In the coupled layout `p` follows the windows, so
-        // these updates stay within a few segments at a time. (Counting each window just
-        // before the sweep reaches it was measured slower.)
+        // these updates stay within a few segments at a time. (Measured slower: counting each
+        // window just before the sweep reaches it; counts and values in one 16-byte cell.)
         let cx = &mut self.count_xor;
         cx.clear();
         cx.resize(m, 0);

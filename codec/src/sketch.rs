@@ -320,6 +320,16 @@ impl<L: Lane> Encoder<L> {
         &self.params
     }
 
+    /// Switches to other parameters (same lane), keeping the scratch buffers: one encoder can
+    /// serve every operation of a worker without allocating.
+    pub fn set_params(&mut self, params: &CodecParams) -> Result<(), CodecError> {
+        check_lane::<L>(params)?;
+        if &self.params != params {
+            self.params = params.clone();
+        }
+        Ok(())
+    }
+
     /// A fresh zero encoding for these parameters.
     pub fn new_encoding(&self) -> Encoding<L> {
         Encoding {
