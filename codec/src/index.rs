@@ -461,53 +461,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn group_bloom_lists_whole_groups() {
-        let p = CodecParams::explicit(
-            1,
-            1,
-            70,
-            LaneWidth::W32,
-            IndexKind::GroupBloom {
-                blocks: 2,
-                k: 6,
-                shift: 4,
-            },
-            10,
-            3,
-            false,
-        )
-        .unwrap();
+    /// Candidates of an index over 70 positions holding keys 3 and 66.
+    fn candidates_of_3_and_66(index: IndexKind) -> Vec<u32> {
+        let p = CodecParams::explicit(1, 1, 70, LaneWidth::W32, index, 10, 3, false).unwrap();
         let mut words = vec![0u32; p.index_words()];
         insert(&p, &mut words, 3);
         insert(&p, &mut words, 66);
         let mut c = Vec::new();
         candidates_into(&p, &words, &mut c).unwrap();
-        // Groups 0 and 4 at least (a false positive group may add 16 more positions).
-        assert!((0..16).chain(64..70).all(|k| c.binary_search(&k).is_ok()));
-        assert!(c.windows(2).all(|w| w[0] < w[1]) && c.iter().all(|&k| k < 70));
-        assert_eq!(c.len() % 16, 6);
+        c
     }
 
     #[test]
-    fn group_bitmap_lists_whole_groups() {
-        let p = CodecParams::explicit(
-            1,
-            1,
-            70,
-            LaneWidth::W32,
-            IndexKind::Groups { shift: 4 },
-            10,
-            3,
-            false,
-        )
-        .unwrap();
-        let mut words = vec![0u32; p.index_words()];
-        insert(&p, &mut words, 3);
-        insert(&p, &mut words, 66);
-        let mut c = Vec::new();
-        candidates_into(&p, &words, &mut c).unwrap();
+    fn group_indexes_list_whole_groups() {
         let want: Vec<u32> = (0..16).chain(64..70).collect();
-        assert_eq!(c, want);
+        assert_eq!(candidates_of_3_and_66(IndexKind::Groups { shift: 4 }), want);
+        let c = candidates_of_3_and_66(IndexKind::GroupBloom {
+            blocks: 2,
+            k: 6,
+            shift: 4,
+        });
+        // Groups 0 and 4 at least (a false positive group adds 16 more positions).
+        assert!(want.iter().all(|k| c.binary_search(k).is_ok()));
+        assert!(c.windows(2).all(|w| w[0] < w[1]) && c.iter().all(|&k| k < 70));
+        assert_eq!(c.len() % 16, 6);
     }
 }
