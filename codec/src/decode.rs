@@ -34,7 +34,7 @@ use crate::wide::sign_extend;
 pub use crate::index::candidates_into;
 
 /// How many queue entries ahead the peel prefetches (cell state, then the candidate's hash).
-const PEEL_AHEAD: usize = 4;
+const PEEL_AHEAD: usize = 16;
 
 /// Reusable decoder state: every buffer is kept between calls, so decoding tensors of a
 /// stable size does not allocate.
@@ -397,7 +397,8 @@ impl<L: Lane> Decoder<L> {
 
         // Counts and XORs of `p` per cell. In the coupled layout `p` follows the windows, so
         // these updates stay within a few segments at a time. (Measured slower: counting each
-        // window just before the sweep reaches it; counts and values in one 16-byte cell.)
+        // window just before the sweep reaches it; counts and values in one 16-byte cell;
+        // storing each candidate's cells instead of recomputing them from the hash.)
         let cx = &mut self.count_xor;
         cx.clear();
         cx.resize(m, 0);
