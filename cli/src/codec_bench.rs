@@ -503,12 +503,18 @@ fn measure_lane<L: Lane>(
         let _ = decoder.peel_into(&params, &keys, acc.sketch_cells(), &mut peeled);
         t.elapsed()
     });
+    let t_dense = best_of(args.repeat, || {
+        let t = Instant::now();
+        let _ = sums.to_dense(fixed, &mut dense);
+        t.elapsed()
+    });
     base.insert(
         "decode_ms".into(),
         json!({
             "total": round3(t_decode.as_secs_f64() * 1e3),
             "candidates": round3(t_cand.as_secs_f64() * 1e3),
             "peel": round3(t_peel.as_secs_f64() * 1e3),
+            "dense": round3(t_dense.as_secs_f64() * 1e3),
         }),
     );
     let candidates = keys.len();

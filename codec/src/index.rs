@@ -121,18 +121,35 @@ pub(crate) fn candidates(
             if n > limit {
                 return Err(saturated(n));
             }
+            let last = words.len().saturating_sub(1);
+            let valid = |wi: usize, w: u32| -> u32 {
+                // Bits past `dim` in the last word are padding; ignore them.
+                if wi == last && !dim.is_multiple_of(32) {
+                    w & ((1u32 << (dim % 32)) - 1)
+                } else {
+                    w
+                }
+            };
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 was just detected; `n` is the exact number of keys.
+                unsafe { bitmap_keys_avx2(words, &valid, n, out) };
+                return Ok(());
+            }
             out.reserve(n);
+            let mut i = 0usize;
+            let dst = out.spare_capacity_mut();
             for (wi, &w) in words.iter().enumerate() {
-                let mut w = w;
+                let mut w = valid(wi, w);
                 while w != 0 {
-                    let key = ((wi as u64) << 5) + w.trailing_zeros() as u64;
-                    // Bits past `dim` in the last word are padding; ignore them.
-                    if key < dim {
-                        out.push(key as u32);
-                    }
+                    // i < n: n counted exactly these bits above.
+                    dst[i].write(((wi as u32) << 5) + w.trailing_zeros());
+                    i += 1;
                     w &= w - 1;
                 }
             }
+            // SAFETY: the first i <= n entries of the spare capacity were written above.
+            unsafe { out.set_len(i) };
         }
         IndexKind::Groups { shift } => {
             let size = 1u64 << shift;
@@ -377,6 +394,43 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
     Ok(())
 }
 
+/// Bitmap keys with AVX2, branch-free: each byte of a word selects (by table) the positions
+/// of its set bits, all 8 lanes are stored and only `popcount(byte)` of them kept.
+///
+/// # Safety
+/// The CPU must support AVX2; `n` must be the number of set bits of `valid(words)`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bitmap_keys_avx2(
+    words: &[u32],
+    valid: &impl Fn(usize, u32) -> u32,
+    n: usize,
+    out: &mut Vec<u32>,
+) {
+    use std::arch::x86_64::*;
+    out.reserve(n + 8);
+    let p = out.as_mut_ptr();
+    let mut i = 0usize;
+    for (wi, &w) in words.iter().enumerate() {
+        let w = valid(wi, w);
+        if w == 0 {
+            continue;
+        }
+        let base = (wi as u32) << 5;
+        for b in 0..4u32 {
+            let m = ((w >> (8 * b)) & 0xff) as usize;
+            let idx = _mm256_loadu_si256(COMPRESS[m].as_ptr() as *const __m256i);
+            let v = _mm256_add_epi32(idx, _mm256_set1_epi32((base + 8 * b) as i32));
+            // SAFETY: i <= n and the capacity is at least n + 8.
+            _mm256_storeu_si256(p.add(i) as *mut __m256i, v);
+            i += m.count_ones() as usize;
+        }
+    }
+    debug_assert_eq!(i, n);
+    // SAFETY: the first i entries were written.
+    out.set_len(i);
+}
+
 /// Groups ahead whose Bloom block the AVX2 scan prefetches.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_GROUPS: usize = 16;
@@ -458,6 +512,29 @@ mod tests {
                     Err(CodecError::Saturated { .. })
                 ));
             }
+        }
+    }
+
+    #[test]
+    fn bitmap_candidates_match_a_naive_scan() {
+        for dim in [1u64, 31, 32, 33, 1000, 4097] {
+            let p =
+                CodecParams::explicit(1, 1, dim, LaneWidth::W32, IndexKind::Bitmap, 10, 3, false)
+                    .unwrap();
+            let mut x = dim | 1;
+            // Padding bits set too: they must not be listed.
+            let words: Vec<u32> = (0..p.index_words())
+                .map(|_| {
+                    x = hash::mix64(x);
+                    x as u32 & (x >> 32) as u32
+                })
+                .collect();
+            let want: Vec<u32> = (0..dim as u32)
+                .filter(|&k| words[(k >> 5) as usize] >> (k & 31) & 1 == 1)
+                .collect();
+            let mut got = Vec::new();
+            candidates_into(&p, &words, &mut got).unwrap();
+            assert_eq!(got, want, "dim {dim}");
         }
     }
 
