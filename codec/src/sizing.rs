@@ -731,6 +731,20 @@ mod tests {
     }
 
     #[test]
+    fn tables_of_50k_keys_and_more_take_at_most_1_2_cells_per_key() {
+        let mut c = 50_000.0f64;
+        while c < 2e8 {
+            let s = sketch_shape(c, DEFAULT_FAILURE_PROB, None, LayoutChoice::Auto);
+            let r = (s.peel_cells + crate::params::CHECK_LANES) as f64 / c;
+            assert!(r <= 1.2, "{c}: {r} {s:?}");
+            if c >= 400_000.0 {
+                assert!(r <= 1.15, "{c}: {r}");
+            }
+            c *= 1.07;
+        }
+    }
+
+    #[test]
     fn exact_bloom_rate_is_not_below_the_approximation() {
         for k in 1..=8u8 {
             for load in [1usize, 10, 30, 80, 200] {
