@@ -438,6 +438,8 @@ impl<L: Lane> Decoder<L> {
         let hashes = &self.hashes[..];
         let values = &mut self.values[..];
         let (mut head, mut tail) = (0usize, 0usize);
+        const RING: usize = 2 * PEEL_AHEAD;
+        let mut ring = [(u32::MAX, [0u32; 4]); RING];
         for seg_start in (0..m).step_by(seg_len) {
             let seg_end = (seg_start + seg_len).min(m);
             for (c0, &s) in cx[seg_start..seg_end].iter().enumerate() {
@@ -456,13 +458,18 @@ impl<L: Lane> Decoder<L> {
                     prefetch(hashes.as_ptr().wrapping_add((s >> 32) as usize));
                 }
                 if head + PEEL_AHEAD < tail {
-                    // May read a stale state or hash: only an address to prefetch.
+                    // May read a stale state or hash: only an address to prefetch. The
+                    // cells are kept in a small ring, tagged with `p` (cells depend on `p`
+                    // alone, so a matching tag is always right).
                     let s = cx[queue[head + PEEL_AHEAD] as usize];
-                    if let Some(&h) = hashes.get((s >> 32) as usize) {
-                        for &cj in &params.cells_of_n::<H>(h)[..H] {
+                    let pa = (s >> 32) as usize;
+                    if let Some(&h) = hashes.get(pa) {
+                        let cs = params.cells_of_n::<H>(h);
+                        for &cj in &cs[..H] {
                             prefetch(cx.as_ptr().wrapping_add(cj as usize));
                             prefetch(work.as_ptr().wrapping_add(cj as usize));
                         }
+                        ring[(head + PEEL_AHEAD) % RING] = (pa as u32, cs);
                     }
                 }
                 let c = queue[head] as usize;
@@ -473,7 +480,12 @@ impl<L: Lane> Decoder<L> {
                 }
                 let p = (s >> 32) as usize;
                 let hash = hashes[p];
-                let my = params.cells_of_n::<H>(hash);
+                let (tag, cached) = ring[(head - 1) % RING];
+                let my = if tag as usize == p {
+                    cached
+                } else {
+                    params.cells_of_n::<H>(hash)
+                };
                 let mut value = work[c];
                 if signs {
                     let jc = my[..H].iter().position(|&x| x as usize == c).unwrap_or(0);
