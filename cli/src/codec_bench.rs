@@ -16,8 +16,9 @@ use serde_json::{json, Value};
 use sketchreduce_codec::params::choose_index;
 use sketchreduce_codec::synth::{self, Pattern, SynthSpec};
 use sketchreduce_codec::{
-    max_exponent, CodecError, CodecParams, Coo, Decoder, Encoder, Encoding, FixedPoint,
-    IndexChoice, IndexKind, Lane, LaneWidth, Sizing, UnionRank,
+    candidates_into, max_exponent, CodecError, CodecParams, Coo, DecodedSums, Decoder, Encoder,
+    Encoding, FixedPoint, IndexChoice, IndexKind, Lane, LaneWidth, Layout, LayoutChoice, Sizing,
+    SupportProfile, UnionRank,
 };
 
 /// Index choice on the command line.
@@ -29,6 +30,19 @@ pub enum IndexArg {
     Bitmap,
     /// Cache-blocked Bloom filter.
     Bloom,
+    /// Group index: a bitmap or a Bloom filter over aligned groups of 2^j positions (best).
+    Groups,
+}
+
+/// Sketch layout on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutArg {
+    /// Fewest cells.
+    Auto,
+    /// A key's cells anywhere in the table.
+    Plain,
+    /// Spatially coupled: a key's cells in consecutive segments.
+    Coupled,
 }
 
 /// Arguments of `sketchreduce bench codec`.
@@ -58,6 +72,13 @@ pub struct Args {
     /// Index of nonzero positions.
     #[arg(long, value_enum, default_value_t = IndexArg::Auto)]
     pub index: IndexArg,
+    /// Sketch layout.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    pub layout: LayoutArg,
+    /// Weight of decode CPU in the automatic index choice, in bytes of transfer per
+    /// nanosecond of decode (0.125 = a 1 Gbit/s link, 1.25 = 10 Gbit/s; 0 = bytes only).
+    #[arg(long, default_value_t = sketchreduce_codec::sizing::DEFAULT_DECODE_BYTES_PER_NS)]
+    pub decode_weight: f64,
     /// Force the number of sketch cells (too few makes decoding stall, reported as a status).
     #[arg(long)]
     pub cells: Option<usize>,
@@ -65,7 +86,7 @@ pub struct Args {
     #[arg(long, value_parser = clap::value_parser!(u8).range(3..=4))]
     pub hashes: Option<u8>,
     /// Read one gradient per worker from these .npy files (float32, 1-D) instead of generating.
-    #[arg(long, num_args = 1.., value_name = "FILE")]
+    #[arg(long, alias = "npy", num_args = 1.., value_name = "FILE")]
     pub inputs: Vec<PathBuf>,
     /// Print one JSON object on one line.
     #[arg(long)]
@@ -138,12 +159,63 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    if !(args.decode_weight >= 0.0 && args.decode_weight.is_finite()) {
+        bail!(
+            "--decode-weight must be finite and >= 0, got {}",
+            args.decode_weight
+        );
+    }
+    check_memory(&args)?;
     let inputs = load_inputs(&args)?;
     let report = measure(&args, &inputs);
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print_human(&report);
+    }
+    Ok(())
+}
+
+/// Available memory in bytes (MemAvailable of /proc/meminfo), if known.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses sizes whose buffers would not fit in memory, before allocating anything: the
+/// inputs, one encoding per worker, the dense outputs and references.
+fn check_memory(args: &Args) -> anyhow::Result<()> {
+    let lane = (args.lane / 8) as u64;
+    let (dim, workers) = if args.inputs.is_empty() {
+        (args.dim, args.workers as u64)
+    } else {
+        let mut total = 0u64;
+        for p in &args.inputs {
+            total += std::fs::metadata(p)
+                .with_context(|| format!("reading --inputs {}", p.display()))?
+                .len();
+        }
+        (
+            total / 4 / args.inputs.len().max(1) as u64,
+            args.inputs.len() as u64,
+        )
+    };
+    let cells = args.cells.map_or(dim, |c| c as u64);
+    let need = workers
+        .saturating_mul(dim.saturating_mul(4))
+        .saturating_add((workers + 2).saturating_mul(cells.saturating_mul(lane) + dim / 8))
+        .saturating_add(dim.saturating_mul(4 + 4 + 8));
+    if let Some(avail) = available_memory() {
+        if need > avail {
+            bail!(
+                "this run needs about {:.1} GiB ({workers} workers x dim {dim}{}), but only {:.1} GiB are available; use a smaller --dim, --workers or --cells",
+                need as f64 / (1u64 << 30) as f64,
+                args.cells.map(|c| format!(", {c} cells")).unwrap_or_default(),
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
     }
     Ok(())
 }
@@ -253,6 +325,7 @@ fn measure_lane<L: Lane>(
 
     // The sizing estimate is the measured union, as a training loop would take it from the
     // previous step.
+    let profile = union_profile(&union, dim);
     let sizing = Sizing {
         expected_union_nnz: union_nnz,
         failure_prob: args.failure_prob,
@@ -260,10 +333,18 @@ fn measure_lane<L: Lane>(
             IndexArg::Auto => IndexChoice::Auto,
             IndexArg::Bitmap => IndexChoice::Bitmap,
             IndexArg::Bloom => IndexChoice::Bloom,
+            IndexArg::Groups => IndexChoice::Groups,
         },
         hashes: args.hashes,
         cells: args.cells,
         signs: args.signs,
+        layout: match args.layout {
+            LayoutArg::Auto => LayoutChoice::Auto,
+            LayoutArg::Plain => LayoutChoice::Plain,
+            LayoutArg::Coupled => LayoutChoice::Coupled,
+        },
+        profile: Some(profile),
+        decode_bytes_per_ns: args.decode_weight,
     };
     let params = match CodecParams::sized(args.seed, 0, dim as u64, lane, &sizing) {
         Ok(p) => p,
@@ -271,10 +352,26 @@ fn measure_lane<L: Lane>(
     };
     base.insert("cells".into(), json!(params.cells()));
     base.insert("hashes".into(), json!(params.hashes()));
+    base.insert("peel_cells".into(), json!(params.peel_cells()));
+    base.insert("layout".into(), json!(params.layout().name()));
+    if let Layout::Coupled { segment_len } = params.layout() {
+        base.insert("segment_len".into(), json!(segment_len));
+    }
     base.insert("index_kind".into(), json!(params.index_kind().name()));
-    if let IndexKind::Bloom { blocks, k } = params.index_kind() {
-        base.insert("bloom_blocks".into(), json!(blocks));
-        base.insert("bloom_k".into(), json!(k));
+    match params.index_kind() {
+        IndexKind::Bloom { blocks, k } => {
+            base.insert("bloom_blocks".into(), json!(blocks));
+            base.insert("bloom_k".into(), json!(k));
+        }
+        IndexKind::Groups { shift } => {
+            base.insert("group_size".into(), json!(1u64 << shift));
+        }
+        IndexKind::GroupBloom { blocks, k, shift } => {
+            base.insert("bloom_blocks".into(), json!(blocks));
+            base.insert("bloom_k".into(), json!(k));
+            base.insert("group_size".into(), json!(1u64 << shift));
+        }
+        IndexKind::Bitmap => {}
     }
     base.insert("index_bytes".into(), json!(params.index_bytes()));
     base.insert("sketch_bytes".into(), json!(params.sketch_bytes()));
@@ -282,6 +379,12 @@ fn measure_lane<L: Lane>(
     base.insert(
         "compression_ratio".into(),
         json!(round3(dim as f64 * 4.0 / params.bytes().max(1) as f64)),
+    );
+    base.insert(
+        "percent_of_dense".into(),
+        json!(round3(
+            100.0 * params.bytes() as f64 / (dim as f64 * 4.0).max(1.0)
+        )),
     );
     base.insert("failure_prob".into(), json!(args.failure_prob));
     base.insert("signs".into(), json!(args.signs));
@@ -368,21 +471,55 @@ fn measure_lane<L: Lane>(
         json!(round3(gbps(all_bytes, t_memcpy))),
     );
 
-    // Decode.
+    // Decode into reused buffers (as the agent does), then the dense float output; the
+    // phases are also timed separately (candidates from the index alone, peeling, dense).
     let mut decoder = Decoder::<L>::new();
+    let mut sums = DecodedSums::new();
     let mut dense = vec![0f32; dim];
     let mut result = Ok(());
+    let contributions = Some(workers as u32);
     let t_decode = best_of(args.repeat, || {
         let t = Instant::now();
         result = decoder
-            .decode(&params, acc.index_words(), acc.sketch_cells())
-            .and_then(|d| d.to_dense(fixed, &mut dense));
+            .decode_into(
+                &params,
+                acc.index_words(),
+                acc.sketch_cells(),
+                contributions,
+                &mut sums,
+            )
+            .and_then(|()| sums.to_dense(fixed, &mut dense));
         t.elapsed()
     });
-    let candidates = decoder.last_candidates().len();
+    let mut keys = Vec::new();
+    let t_cand = best_of(args.repeat, || {
+        let t = Instant::now();
+        let _ = candidates_into(&params, acc.index_words(), &mut keys);
+        t.elapsed()
+    });
+    let mut peeled = Vec::new();
+    let t_peel = best_of(args.repeat, || {
+        let t = Instant::now();
+        let _ = decoder.peel_into(&params, &keys, acc.sketch_cells(), &mut peeled);
+        t.elapsed()
+    });
+    let t_dense = best_of(args.repeat, || {
+        let t = Instant::now();
+        let _ = sums.to_dense(fixed, &mut dense);
+        t.elapsed()
+    });
+    base.insert(
+        "decode_ms".into(),
+        json!({
+            "total": round3(t_decode.as_secs_f64() * 1e3),
+            "candidates": round3(t_cand.as_secs_f64() * 1e3),
+            "peel": round3(t_peel.as_secs_f64() * 1e3),
+            "dense": round3(t_dense.as_secs_f64() * 1e3),
+        }),
+    );
+    let candidates = keys.len();
     base.insert("candidates".into(), json!(candidates));
-    let fps = decoder
-        .last_candidates()
+    let fps = keys
         .iter()
         .filter(|&&k| union[(k >> 6) as usize] >> (k & 63) & 1 == 0)
         .count();
@@ -396,17 +533,18 @@ fn measure_lane<L: Lane>(
         json!(round3(gbps(dim as f64 * 4.0, t_decode))),
     );
     if let Err(e) = result {
-        if let CodecError::Stalled { unresolved, .. } = e {
-            base.insert("unresolved".into(), json!(unresolved));
+        match e {
+            CodecError::Stalled { unresolved, .. } => {
+                base.insert("unresolved".into(), json!(unresolved));
+            }
+            CodecError::Saturated { .. } => {}
+            _ => {}
         }
         base.insert("max_abs_err_vs_f64".into(), Value::Null);
         return failed(&mut base, &e);
     }
     // Independent references: i128 sum of the fixed-point values and f64 sum of the floats.
-    let decoded = match decoder.decode(&params, acc.index_words(), acc.sketch_cells()) {
-        Ok(d) => d,
-        Err(e) => return failed(&mut base, &e),
-    };
+    let decoded = sums.view();
     let (mut exact, mut max_err) = (true, 0f64);
     let mut next = 0usize;
     for i in 0..dim {
@@ -427,12 +565,34 @@ fn measure_lane<L: Lane>(
         max_err = max_err.max((dense[i] as f64 - f).abs());
     }
     base.insert("max_abs_err_vs_f64".into(), json!(max_err));
+    base.insert("error_bound".into(), json!(fixed.abs_error_bound()));
+    exact &= max_err <= fixed.abs_error_bound() + f32_half_ulp_max(&dense);
     base.insert("exact".into(), json!(exact));
     base.insert(
         "status".into(),
         json!(if exact { "ok" } else { "mismatch" }),
     );
     Value::Object(base)
+}
+
+/// Half an f32 ulp of the largest |output|: the final conversion's share of the error.
+fn f32_half_ulp_max(dense: &[f32]) -> f64 {
+    let m = dense.iter().fold(0f32, |a, v| a.max(v.abs()));
+    if m == 0.0 {
+        0.0
+    } else {
+        (m.next_up() - m) as f64 / 2.0
+    }
+}
+
+/// Exact support profile of the union (as a training loop would know it from the previous
+/// step's decode).
+fn union_profile(union: &[u64], dim: usize) -> SupportProfile {
+    let keys: Vec<u32> = (0..dim)
+        .filter(|&i| union[i >> 6] >> (i & 63) & 1 == 1)
+        .map(|i| i as u32)
+        .collect();
+    SupportProfile::from_sorted_keys(&keys)
 }
 
 /// Runs union-rank for real (round 1 OR, round 2 sum at ranks) and returns (bytes per
@@ -448,7 +608,7 @@ fn union_rank(
     let dim = inputs.first().map_or(0, |g| g.len()) as u64;
     let lane = fixed.lane();
     let kind = choose_index(dim, union_nnz as f64, lane, choice, |c| c.ceil() as usize);
-    let params = CodecParams::explicit(args.seed, 0, dim, lane, kind, 3, 3, false)?;
+    let params = CodecParams::explicit(args.seed, 0, dim, lane, kind, 4, 3, false)?;
     let mut or = vec![0u32; params.index_words()];
     let mut mine = vec![0u32; params.index_words()];
     for g in inputs {
@@ -458,7 +618,7 @@ fn union_rank(
         }
     }
     let mut ur = UnionRank::<i64>::new();
-    let lane_params = CodecParams::explicit(args.seed, 0, dim, LaneWidth::W64, kind, 3, 3, false)?;
+    let lane_params = CodecParams::explicit(args.seed, 0, dim, LaneWidth::W64, kind, 4, 3, false)?;
     let n = ur.prepare(&lane_params, &or)?;
     let mut acc = vec![0u64; n];
     let mut part = vec![0u64; n];
@@ -503,17 +663,20 @@ fn print_human(r: &Value) {
         println!("  error: {e}");
     }
     println!(
-        "  union nnz {}  candidates {} (false positives {})  cells {} x h={}  index {}",
+        "  union nnz {}  candidates {} (false positives {})  cells {} x h={} ({}, {}/cand)  index {}",
         g("union_nnz"),
         g("candidates"),
         g("false_positives"),
         g("cells"),
         g("hashes"),
+        g("layout"),
+        g("cells_per_candidate"),
         g("index_kind")
     );
     println!(
-        "  bytes/worker: sketch {} (index {} + cells {})  dense {}  coo {}  union-rank {}",
+        "  bytes/worker: sketch {} ({}% of dense; index {} + cells {})  dense {}  coo {}  union-rank {}",
         g("bytes_per_worker"),
+        g("percent_of_dense"),
         g("index_bytes"),
         g("sketch_bytes"),
         g("dense_bytes"),
@@ -528,4 +691,5 @@ fn print_human(r: &Value) {
         g("memcpy_gbps"),
         g("max_abs_err_vs_f64")
     );
+    println!("  decode ms: {}", g("decode_ms"));
 }

@@ -85,6 +85,13 @@ impl Coo {
     }
 }
 
+/// Rank of `key` in increasing `candidates` (e.g. from [`crate::candidates_into`]), or
+/// `None` if it is not a candidate: the one rank function for union-rank rounds, so a value
+/// can never land in another key's lane.
+pub fn candidate_rank(candidates: &[u32], key: u32) -> Option<usize> {
+    candidates.binary_search(&key).ok()
+}
+
 /// Union-rank: round 1 ORs the index (as the sketch's index), round 2 sums a vector with one
 /// lane per union candidate, each worker writing its value at the key's rank in the union.
 /// Lossless with exactly one cell per candidate, but round 2 can only start after round 1.
@@ -119,7 +126,7 @@ impl<L: Lane> UnionRank<L> {
         out.fill(0);
         for (i, &v) in values.iter().enumerate() {
             if v.to_bits() << 1 != 0 && fixed.try_to_fixed(v, i)? != 0 {
-                index::insert(params, out, i as u32, params.key_hash(i as u32));
+                index::insert(params, out, i as u32);
             }
         }
         Ok(())
@@ -134,7 +141,7 @@ impl<L: Lane> UnionRank<L> {
     ) -> Result<usize, CodecError> {
         check_lane::<L>(params)?;
         check_len("index words", params.index_words(), union_index.len())?;
-        index::candidates(params, union_index, &mut self.keys);
+        index::candidates(params, union_index, &mut self.keys, usize::MAX)?;
         self.prefix.clear();
         if params.index_kind() == IndexKind::Bitmap {
             let mut acc = 0u32;
@@ -152,14 +159,20 @@ impl<L: Lane> UnionRank<L> {
         &self.keys
     }
 
-    fn rank(&self, union_index: &[u32], key: u32) -> Option<usize> {
+    /// Rank of `key` among the prepared union's candidates, or `None` if the union does not
+    /// contain it (a bitmap's bit must be set: a key outside the union has no lane).
+    pub fn rank(&self, union_index: &[u32], key: u32) -> Option<usize> {
         match self.prefix.is_empty() {
             false => {
                 let w = (key >> 5) as usize;
-                let below = union_index[w] & ((1u32 << (key & 31)) - 1);
-                Some((self.prefix[w] + below.count_ones()) as usize)
+                let word = *union_index.get(w)?;
+                if (word >> (key & 31)) & 1 == 0 {
+                    return None;
+                }
+                let below = word & ((1u32 << (key & 31)) - 1);
+                Some((*self.prefix.get(w)? + below.count_ones()) as usize)
             }
-            true => self.keys.binary_search(&key).ok(),
+            true => candidate_rank(&self.keys, key),
         }
     }
 
@@ -182,7 +195,7 @@ impl<L: Lane> UnionRank<L> {
                 if q != 0 {
                     let r = self
                         .rank(union_index, i as u32)
-                        .ok_or(CodecError::Inconsistent { nonzero_cells: 1 })?;
+                        .ok_or(CodecError::NotInIndex { key: i as u32 })?;
                     out[r] = L::add(out[r], L::from_i64(q));
                 }
             }

@@ -74,6 +74,49 @@ pub enum CodecError {
         /// Number of cells with a nonzero residue.
         nonzero_cells: usize,
     },
+    /// More encodings were merged than the fixed-point scale was built for, so sums may have
+    /// wrapped around the lane.
+    #[error(
+        "{contributions} contributions merged but the fixed-point scale is for {workers} workers"
+    )]
+    TooManyContributions {
+        /// Contributions counted in the aggregate.
+        contributions: u32,
+        /// Workers of the [`crate::FixedPoint`].
+        workers: u32,
+    },
+    /// A decoded sum is larger than the contributors could have produced: the lane wrapped
+    /// (too many contributions, or a scale that does not match the data).
+    #[error("decoded sum {sum} exceeds the largest possible |sum| {limit}")]
+    SumOutOfRange {
+        /// The decoded (sign-extended) sum.
+        sum: i64,
+        /// `contributions · per_worker_limit`.
+        limit: i128,
+    },
+    /// The index reports more candidates than the sketch has cells (a saturated index):
+    /// peeling cannot succeed, so decoding stops before doing the work.
+    #[error("index reports {candidates} candidates for {cells} cells; cannot peel")]
+    Saturated {
+        /// Candidates found so far (at least `cells + 1`).
+        candidates: usize,
+        /// Cells in the sketch.
+        cells: usize,
+    },
+    /// Peeling resolved every candidate but the check lane (a seed-derived weighted sum of
+    /// all values) disagrees: contributions were made with different parameters (seed,
+    /// tensor id, layout) or corrupted.
+    #[error(
+        "check lane mismatch after peeling: encodings do not share parameters or were corrupted"
+    )]
+    CheckFailed,
+    /// A worker holds a nonzero at a key the aggregated index does not report (union-rank
+    /// rounds): its value has no lane.
+    #[error("key {key} is not in the aggregated index")]
+    NotInIndex {
+        /// The key.
+        key: u32,
+    },
 }
 
 impl CodecError {
@@ -89,6 +132,11 @@ impl CodecError {
             CodecError::IndexOutOfRange { .. } => "index_out_of_range",
             CodecError::Stalled { .. } => "decode_failed",
             CodecError::Inconsistent { .. } => "inconsistent",
+            CodecError::TooManyContributions { .. } => "too_many_contributions",
+            CodecError::SumOutOfRange { .. } => "sum_out_of_range",
+            CodecError::Saturated { .. } => "saturated",
+            CodecError::CheckFailed => "check_failed",
+            CodecError::NotInIndex { .. } => "not_in_index",
         }
     }
 }

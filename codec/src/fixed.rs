@@ -18,7 +18,19 @@
 //! contributions satisfies `|Σq| ≤ 2^(w-2) < 2^(w-1)`: it fits the signed lane, and wrapping
 //! lane arithmetic (mod `2^w`) recovers it exactly. The product `v · 2^s` is computed exactly
 //! in `f64` (24-bit mantissa times a power of two), so rounding is deterministic on every
-//! machine. Converting back is `(sum as f64 · 2^-s) as f32`.
+//! machine. Converting back rounds `sum · 2^-s` to the nearest `f32` once (see
+//! [`FixedPoint::to_float`]).
+//!
+//! # Value width
+//! [`FixedPoint::with_bits`] takes the *value width* `w` explicitly instead of a lane width:
+//! the sums are then known modulo `2^w` only (e.g. `w = 64 − c` for a 64-bit cell carried
+//! through a 32-bit switch as two words, see [`crate::wide`]). Same formulas with that `w`.
+//!
+//! # Error bound
+//! Each contribution is rounded by at most half a unit `2^-(s+1)`, so the exact integer sum of
+//! `n` contributions, times `2^-s`, is within `n · 2^-(s+1)` of the exact real sum of the
+//! inputs ([`FixedPoint::abs_error_bound`]); the final conversion to `f32` adds at most half
+//! an `f32` ulp of the result.
 
 use crate::error::CodecError;
 
@@ -111,6 +123,7 @@ pub struct FixedPoint {
     exponent: u32,
     workers: u32,
     lane: LaneWidth,
+    bits: u32,
     shift: i32,
     limit: i64,
     scale: f64,
@@ -139,8 +152,34 @@ fn pow2(e: i32) -> f64 {
 
 impl FixedPoint {
     /// Builds the conversion from the global (MAX-reduced) exponent, the number of workers
-    /// whose contributions are summed, and the lane width.
+    /// whose contributions are summed, and the lane width (value width = lane width).
     pub fn new(global_exponent: u32, workers: u32, lane: LaneWidth) -> Result<Self, CodecError> {
+        Self::build(global_exponent, workers, lane.bits(), lane)
+    }
+
+    /// Like [`Self::new`] for an explicit value width of `bits` bits (`8..=64`): sums are
+    /// exact modulo `2^bits`, the per-worker budget is `bits − 2 − ceil(log2 workers)` bits.
+    /// Widths up to 32 use 32-bit lanes ([`LaneWidth::W32`]), wider ones 64-bit lanes.
+    pub fn with_bits(global_exponent: u32, workers: u32, bits: u32) -> Result<Self, CodecError> {
+        if !(8..=64).contains(&bits) {
+            return Err(CodecError::InvalidFixedPoint(format!(
+                "value width {bits} not in 8..=64"
+            )));
+        }
+        let lane = if bits <= 32 {
+            LaneWidth::W32
+        } else {
+            LaneWidth::W64
+        };
+        Self::build(global_exponent, workers, bits, lane)
+    }
+
+    fn build(
+        global_exponent: u32,
+        workers: u32,
+        bits: u32,
+        lane: LaneWidth,
+    ) -> Result<Self, CodecError> {
         if global_exponent > MAX_FINITE_EXPONENT {
             return Err(CodecError::InvalidFixedPoint(format!(
                 "exponent {global_exponent} > {MAX_FINITE_EXPONENT}"
@@ -149,12 +188,12 @@ impl FixedPoint {
         if workers == 0 {
             return Err(CodecError::InvalidFixedPoint("zero workers".into()));
         }
-        let c = workers.next_power_of_two().trailing_zeros() as i32;
-        let w = lane.bits() as i32;
+        let c = ceil_log2(workers) as i32;
+        let w = bits as i32;
         let budget = w - 2 - c;
         if budget < 1 {
             return Err(CodecError::InvalidFixedPoint(format!(
-                "{workers} workers do not fit a {w}-bit lane"
+                "{workers} workers do not fit a {w}-bit value"
             )));
         }
         let e = global_exponent.max(1) as i32;
@@ -163,6 +202,7 @@ impl FixedPoint {
             exponent: global_exponent,
             workers,
             lane,
+            bits,
             shift,
             limit: 1i64 << budget,
             scale: pow2(shift),
@@ -183,6 +223,43 @@ impl FixedPoint {
     /// Lane width.
     pub fn lane(&self) -> LaneWidth {
         self.lane
+    }
+
+    /// Value width `w`: sums are exact modulo `2^w` (the lane width unless built by
+    /// [`Self::with_bits`]).
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    /// Bound on `|decoded − exact real sum|` per element before the final `f32` rounding:
+    /// `workers · 2^-(shift+1)` (each contribution is rounded by at most half a unit).
+    pub fn abs_error_bound(&self) -> f64 {
+        self.workers as f64 * pow2(-self.shift - 1)
+    }
+
+    /// Largest |sum| that `contributions` valid contributions can produce
+    /// (`contributions · per_worker_limit`).
+    pub fn sum_limit(&self, contributions: u32) -> i128 {
+        contributions as i128 * self.limit as i128
+    }
+
+    /// Checks a decoded sum of `contributions` contributions: the count must not exceed the
+    /// workers the scale was built for, and `|sum|` must be within [`Self::sum_limit`].
+    /// Either failure means the lane wrapped and the value is wrong.
+    pub fn check_sum(&self, sum: i64, contributions: u32) -> Result<(), CodecError> {
+        if contributions > self.workers {
+            return Err(CodecError::TooManyContributions {
+                contributions,
+                workers: self.workers,
+            });
+        }
+        if (sum as i128).abs() > self.sum_limit(contributions.max(1)) {
+            return Err(CodecError::SumOutOfRange {
+                sum,
+                limit: self.sum_limit(contributions.max(1)),
+            });
+        }
+        Ok(())
     }
 
     /// `s` such that `q = round(v · 2^s)`.
@@ -222,11 +299,17 @@ impl FixedPoint {
         Ok(x as i64)
     }
 
-    /// Converts a lane sum back to a float: `(sum · 2^-s) as f32`. For 32-bit lanes pass the
-    /// sign-extended lane value (see [`LaneWidth::wrap`]).
+    /// Converts a lane sum back to a float: `sum · 2^-s` rounded once to the nearest `f32`
+    /// (ties to even). For 32-bit lanes pass the sign-extended lane value (see
+    /// [`LaneWidth::wrap`]).
     #[inline]
     pub fn to_float(&self, sum: i64) -> f32 {
-        (sum as f64 * self.inv_scale) as f32
+        if sum.unsigned_abs() <= 1 << 53 {
+            // Exact in f64 (53-bit mantissa, power-of-two scale): one rounding, to f32.
+            (sum as f64 * self.inv_scale) as f32
+        } else {
+            to_float_wide(sum, self.shift)
+        }
     }
 
     /// Bulk [`Self::try_to_fixed`]: `dst[i] = q(src[i])`.
@@ -260,6 +343,58 @@ impl FixedPoint {
     }
 }
 
+/// `ceil(log2 n)` for `n ≥ 1`.
+pub(crate) fn ceil_log2(n: u32) -> u32 {
+    n.next_power_of_two().trailing_zeros()
+}
+
+/// `sum · 2^-shift` rounded once to `f32` for `|sum| > 2^53`, where going through `f64` would
+/// round twice: the integer is first rounded (ties to even) to the bits the `f32` result can
+/// hold, which makes it exact in `f64`, so the remaining conversions are exact.
+#[cold]
+fn to_float_wide(sum: i64, shift: i32) -> f32 {
+    let mag = sum.unsigned_abs();
+    let len = 64 - mag.leading_zeros() as i32; // bit length, > 53
+                                               // Keep 24 significant bits, or fewer if the result is subnormal (lowest kept bit has
+                                               // weight 2^-149, i.e. integer bit shift − 149).
+    let drop = (len - 24).max(shift - 149).max(0);
+    let rounded = if drop >= 64 {
+        0u128
+    } else {
+        let m = mag as u128;
+        let q = m >> drop;
+        let rem = m - (q << drop);
+        let half = 1u128 << drop >> 1;
+        let up = drop > 0 && (rem > half || (rem == half && q & 1 == 1));
+        (q + up as u128) << drop
+    };
+    let v = (rounded as f64) * pow2(-shift);
+    let v = v as f32; // exact: at most 25 significant bits, in f32 range or ±inf
+    if sum < 0 {
+        -v
+    } else {
+        v
+    }
+}
+
+/// Biased exponents of the largest and of the smallest nonzero |value| (`(0, 0)` if all are
+/// zero): what the workers MAX- and MIN-reduce to pick a value width with
+/// [`crate::wide::choose_value_bits`]. NaN or ±Inf gives [`CodecError::NonFinite`].
+pub fn exponent_range(values: &[f32]) -> Result<(u32, u32), CodecError> {
+    let max = max_exponent(values)?;
+    let mut min = u32::MAX;
+    for &v in values {
+        let a = v.to_bits() & 0x7fff_ffff;
+        if a != 0 {
+            min = min.min(a);
+        }
+    }
+    if min == u32::MAX {
+        return Ok((max, 0));
+    }
+    Ok((max, exponent_of_abs_bits(min)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,16 +424,24 @@ mod tests {
         ));
     }
 
+    /// At the largest exponent, `f32::MAX` quantizes (without saturating) to the value the
+    /// formula gives, computed here in f64, and `n` of them fit the signed lane.
     #[test]
     fn sums_fit_at_the_edge() {
         for lane in [LaneWidth::W32, LaneWidth::W64] {
             for n in [1u32, 2, 3, 8, 64, 1000] {
                 let fp = FixedPoint::new(MAX_FINITE_EXPONENT, n, lane).unwrap();
-                let q = fp.to_fixed(f32::MAX);
-                assert!(q <= fp.per_worker_limit());
-                let sum = q as i128 * n as i128;
-                assert!(sum < (1i128 << (lane.bits() - 1)));
-                assert!(fp.to_float(q) == f32::MAX || fp.to_float(q).is_infinite());
+                let c = (n as f64).log2().ceil() as i32;
+                let s = (lane.bits() as i32 - 2 - c) - (MAX_FINITE_EXPONENT as i32 - 149);
+                let want = (f32::MAX as f64 * 2f64.powi(s)).round();
+                let q = fp.try_to_fixed(f32::MAX, 0).unwrap();
+                assert_eq!(q as f64, want, "{lane:?} n {n}");
+                assert!((n as i128 * q as i128) < (1i128 << (lane.bits() - 1)));
+                assert_eq!(fp.try_to_fixed(-f32::MAX, 0).unwrap(), -q);
+                // Within half a unit of the input (a coarse scale may round it up to 2^128,
+                // which is then infinite as an f32: the correctly rounded value).
+                let back = q as f64 * 2f64.powi(-s);
+                assert!((back - f32::MAX as f64).abs() <= 2f64.powi(-s - 1));
             }
         }
     }

@@ -37,12 +37,19 @@ pub mod index;
 pub mod npy;
 pub mod params;
 mod prefetch;
+pub mod sizing;
 pub mod sketch;
 pub mod synth;
+pub mod wide;
 
-pub use baselines::{dense_bytes, dense_encode, Coo, UnionRank};
-pub use decode::{Decoded, Decoder};
+pub use baselines::{candidate_rank, dense_bytes, dense_encode, Coo, UnionRank};
+pub use decode::{Decoded, DecodedSums, Decoder};
 pub use error::CodecError;
-pub use fixed::{exponent_of, max_exponent, FixedPoint, LaneWidth};
-pub use params::{sketch_cells_for, CodecParams, IndexChoice, IndexKind, Sizing};
+pub use fixed::{exponent_of, exponent_range, max_exponent, FixedPoint, LaneWidth};
+pub use index::candidates_into;
+pub use params::{CodecParams, IndexKind, Layout, CHECK_LANES};
+pub use sizing::{
+    sketch_cells_for, sketch_shape, IndexChoice, LayoutChoice, Sizing, SupportProfile,
+};
 pub use sketch::{merge_slices, EncodeStats, Encoder, Encoding, Lane};
+pub use wide::{choose_value_bits, join_wide, split_wide, ValuePolicy};

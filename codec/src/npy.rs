@@ -26,7 +26,8 @@ pub enum NpyError {
     },
 }
 
-/// Reads a float32 `.npy` file (any shape is flattened in C order; 1-D expected).
+/// Reads a 1-D float32 `.npy` file (a gradient flattened by the caller; other shapes are
+/// refused rather than silently flattened).
 pub fn read_npy(path: impl AsRef<Path>) -> Result<Vec<f32>, NpyError> {
     let path = path.as_ref();
     let name = path.display().to_string();
@@ -76,20 +77,25 @@ pub fn parse_npy(bytes: &[u8]) -> Result<Vec<f32>, String> {
         .strip_prefix('(')
         .and_then(|s| s.split(')').next())
         .ok_or("malformed shape")?;
-    let mut n: usize = 1;
-    for part in shape.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let d: usize = part
-            .parse()
-            .map_err(|_| format!("bad shape entry {part:?}"))?;
-        n = n.checked_mul(d).ok_or("shape too large")?;
-    }
-    let data = &bytes[hstart + hlen..];
-    if data.len() != n * 4 {
+    let dims: Vec<&str> = shape
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if dims.len() != 1 {
         return Err(format!(
-            "expected {} data bytes, found {}",
-            n * 4,
-            data.len()
+            "shape ({shape}) is not 1-D; flatten the gradient first (e.g. numpy's ravel())"
         ));
+    }
+    let n: usize = dims[0]
+        .parse()
+        .map_err(|_| format!("bad shape entry {:?}", dims[0]))?;
+    let data = &bytes[hstart + hlen..];
+    let want = n
+        .checked_mul(4)
+        .ok_or_else(|| format!("shape ({n},) is too large"))?;
+    if data.len() != want {
+        return Err(format!("expected {want} data bytes, found {}", data.len()));
     }
     Ok(data
         .chunks_exact(4)
@@ -129,5 +135,25 @@ mod tests {
         let mut bad = to_npy_bytes(&v);
         bad.pop();
         assert!(parse_npy(&bad).is_err());
+    }
+
+    fn with_shape(shape: &str, data: usize) -> Vec<u8> {
+        let header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}\n");
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.resize(out.len() + data, 0);
+        out
+    }
+
+    #[test]
+    fn hostile_shapes_are_refused() {
+        // (2^62 + 1) · 4 wraps to 4 in usize arithmetic: must not load as one float.
+        let e = parse_npy(&with_shape("(4611686018427387905,)", 4)).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        let e = parse_npy(&with_shape("(2, 2)", 16)).unwrap_err();
+        assert!(e.contains("not 1-D"), "{e}");
+        assert!(parse_npy(&with_shape("()", 4)).is_err());
+        assert_eq!(parse_npy(&with_shape("(3,)", 12)).unwrap(), vec![0.0; 3]);
     }
 }

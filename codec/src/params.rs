@@ -1,113 +1,142 @@
-//! Codec parameters and the sizing function.
+//! Codec parameters: everything encoder and decoder must agree on, and the hash-to-cell maps.
 //!
 //! Parameters are a pure function of `(seed, tensor id, dim, lane, sizing choice)`, so every
 //! worker that agrees on those five values computes identical hashes, sizes and layouts without
-//! any exchange.
+//! any exchange. The sizing function itself lives in [`crate::sizing`] (re-exported here).
 //!
-//! # Sizing formulas
-//! Let `c` be the expected number of *candidates* the decoder will see: the union's nonzeros
-//! `u` plus, for a Bloom index, the expected false positives `(d-u)·fpr` (plus three standard
-//! deviations `3·sqrt(fp)` of slack, since false positives fluctuate). For `h` hashes the cells
-//! per candidate are
+//! # Sketch layouts
+//! The sketch has `m` peeling cells plus [`CHECK_LANES`] check lane(s) at the end.
+//! - [`Layout::Plain`]: a key's `h` cells are `h` distinct uniform cells of the `m`.
+//! - [`Layout::Coupled`]: the `m` cells are `S` segments of `L` cells; a key picks one
+//!   of the `W = S − h + 1` windows of `h` consecutive segments and one cell in each
+//!   (spatial coupling, as in binary fuse filters). Peeling then succeeds with fewer cells
+//!   per key (about 1.09–1.15 instead of 1.23 for large tables) and its accesses stay
+//!   within a few segments, which the decoder exploits by processing keys window by window.
+//!   It is only another hash-to-cell map: homomorphism and exactness do not change.
 //!
-//! ```text
-//! r_h(c, δ) = max( t_h + 5 / sqrt(c),  floor_h(c, δ) )
-//! t_3 = 1.222, t_4 = 1.295                       (asymptotic peeling thresholds)
-//! floor_3 = (3 / (δ·c))^(1/3)                    (two keys sharing all 3 cells: ≈ 3/(r³c))
-//! floor_4 = (12 / (δ·c²))^(1/4)                  (two keys sharing all 4 cells: ≈ 12/(r⁴c²))
-//! cells = max(h, ceil(r_h · c))
-//! ```
-//!
-//! and the `h ∈ {3, 4}` giving fewer cells wins (3 on ties). The `5/sqrt(c)` term covers the
-//! finite-size width of the peeling threshold (above ~10⁵ candidates this is ≈ 1.23 cells per
-//! candidate); the floor covers the small-table error floor, which makes small tables take
-//! more headroom or `h = 4`. `δ` is the target probability that decoding stalls (default
-//! [`DEFAULT_FAILURE_PROB`]). A stall is always reported, never guessed around.
-//!
-//! # Index choice
-//! Bitmap: `ceil(d/32)` 32-bit words. Blocked Bloom with `B` blocks of 512 bits and `k` bits per
-//! key set inside the key's block: each block holds `Poisson(λ = u/B)` keys, so
-//! `fpr = Σ_i P(i; λ) · (1 - (1 - 1/512)^(k·i))^k`. [`IndexChoice::Auto`] evaluates the bitmap and
-//! a grid of Bloom sizes (`k ∈ 1..=8`, bits per key from 1 to 64 in 10% steps) and keeps the one
-//! with the fewest total bytes `index + cells(c) · lane_bytes`.
+//! # Index layouts
+//! - [`IndexKind::Bitmap`]: one bit per position.
+//! - [`IndexKind::Groups`]: one bit per aligned group of `2^shift` positions; every position
+//!   of a marked group is a candidate (row-sparse gradients such as embeddings).
+//! - [`IndexKind::Bloom`]: blocks of [`BLOOM_BLOCK_BITS`] bits; the [`BLOOM_GROUP`]
+//!   consecutive positions of an aligned group share a block (picked by hashing the group),
+//!   and each key sets `k` bits of it, bit `i` taken from the top bits of
+//!   `mix32(key ^ s) · SALT[i]`. Sharing the block lets the decoder test eight positions at
+//!   once with SIMD against a block held in registers.
+//! - [`IndexKind::GroupBloom`]: that Bloom filter over group ids `key >> shift`; every
+//!   position of a reported group is a candidate.
 
 use crate::error::CodecError;
 use crate::fixed::LaneWidth;
 use crate::hash;
 
-/// Default target probability that decoding stalls for a correctly sized sketch.
-pub const DEFAULT_FAILURE_PROB: f64 = 1e-5;
-/// Bits per Bloom block: one 64-byte cache line.
-pub const BLOOM_BLOCK_BITS: u64 = 512;
+pub use crate::sizing::{
+    bloom_fpr, choose_index, choose_index_with, expected_candidates, expected_candidates_with,
+    sketch_cells_for, sketch_shape, IndexChoice, LayoutChoice, Sizing, SketchShape, SupportProfile,
+    DEFAULT_FAILURE_PROB,
+};
+
+/// Bits per Bloom block.
+pub const BLOOM_BLOCK_BITS: u64 = 256;
 /// 32-bit words per Bloom block.
-pub const BLOOM_BLOCK_WORDS: usize = 16;
+pub const BLOOM_BLOCK_WORDS: usize = 8;
+/// Consecutive positions sharing a Bloom block.
+pub const BLOOM_GROUP: u64 = 8;
+/// Largest group shift of [`IndexKind::Groups`] (256 positions per bit).
+pub const MAX_GROUP_SHIFT: u8 = 8;
+/// Largest group shift of [`IndexKind::GroupBloom`] (32 positions per group).
+pub const MAX_GROUP_BLOOM_SHIFT: u8 = 5;
 /// Largest supported dimension (indices travel as `u32`).
 pub const MAX_DIM: u64 = u32::MAX as u64;
+/// Check lanes after the peeling cells: `Σ value · weight(key)` over all keys, verified after
+/// peeling so contributions made with other parameters cannot decode to a wrong value.
+pub const CHECK_LANES: usize = 1;
 
 /// How the positions of nonzeros are recorded; combined with bitwise OR in the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IndexKind {
     /// Exact bitmap, one bit per parameter (bit `i % 32` of word `i / 32`).
     Bitmap,
-    /// Cache-blocked Bloom filter: `blocks` blocks of 512 bits; `k` bits set per key, all inside
-    /// one block, so a query touches one cache line.
+    /// One bit per aligned group of `2^shift` positions (`shift` in `1..=MAX_GROUP_SHIFT`);
+    /// all positions of a marked group are candidates.
+    Groups {
+        /// log2 of the positions per bit.
+        shift: u8,
+    },
+    /// Blocked Bloom filter: `blocks` blocks of 256 bits, `k` bits set per key inside the
+    /// block of its group of 8 positions.
     Bloom {
-        /// Number of 512-bit blocks.
+        /// Number of 256-bit blocks.
         blocks: u32,
-        /// Bits set per key (1..=7).
+        /// Bits set per key (1..=8).
         k: u8,
+    },
+    /// The same Bloom filter over group ids (`key >> shift`, `shift` in
+    /// `1..=MAX_GROUP_BLOOM_SHIFT`): every position of a group the filter reports is a
+    /// candidate. For row-sparse supports whose marked groups are few.
+    GroupBloom {
+        /// Number of 256-bit blocks.
+        blocks: u32,
+        /// Bits set per group (1..=8).
+        k: u8,
+        /// log2 of the positions per group.
+        shift: u8,
     },
 }
 
 impl IndexKind {
-    /// Short name used in reports ("bitmap" or "bloom").
+    /// Short name used in reports ("bitmap", "groups" or "bloom").
     pub fn name(&self) -> &'static str {
         match self {
             IndexKind::Bitmap => "bitmap",
+            IndexKind::Groups { .. } => "groups",
             IndexKind::Bloom { .. } => "bloom",
+            IndexKind::GroupBloom { .. } => "group_bloom",
         }
     }
 }
 
-/// Which index the sizing function may pick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IndexChoice {
-    /// Fewest total bytes (index + sketch, Bloom false positives counted as extra keys).
-    #[default]
-    Auto,
-    /// Always the exact bitmap.
-    Bitmap,
-    /// Always a Bloom filter (sized for the fewest total bytes).
-    Bloom,
+/// Number of 32-bit index words of an index kind for `dim` positions.
+pub fn index_words_for(dim: u64, index: IndexKind) -> usize {
+    match index {
+        IndexKind::Bitmap => dim.div_ceil(32) as usize,
+        IndexKind::Groups { shift } => dim.div_ceil(1u64 << shift).div_ceil(32) as usize,
+        IndexKind::Bloom { blocks, .. } | IndexKind::GroupBloom { blocks, .. } => {
+            blocks as usize * BLOOM_BLOCK_WORDS
+        }
+    }
 }
 
-/// Inputs of the sizing function beyond the tensor identity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sizing {
-    /// Estimate of the number of nonzeros in the union of all workers' supports.
-    pub expected_union_nnz: u64,
-    /// Target probability that peeling stalls.
-    pub failure_prob: f64,
-    /// Index choice.
-    pub index: IndexChoice,
-    /// Force the number of hashes (3 or 4); `None` lets the sizing choose.
-    pub hashes: Option<u8>,
-    /// Force the number of cells; `None` lets the sizing choose.
-    pub cells: Option<usize>,
-    /// Multiply each cell contribution by a ±1 sign (count-sketch style).
-    pub signs: bool,
+impl IndexKind {
+    /// `(blocks, k, shift)` of a Bloom index (plain Bloom has shift 0), `None` for bitmaps.
+    pub fn bloom_parts(&self) -> Option<(u32, u8, u8)> {
+        match *self {
+            IndexKind::Bloom { blocks, k } => Some((blocks, k, 0)),
+            IndexKind::GroupBloom { blocks, k, shift } => Some((blocks, k, shift)),
+            _ => None,
+        }
+    }
 }
 
-impl Sizing {
-    /// Defaults for an expected union size: auto index, [`DEFAULT_FAILURE_PROB`], sized cells.
-    pub fn new(expected_union_nnz: u64) -> Self {
-        Sizing {
-            expected_union_nnz,
-            failure_prob: DEFAULT_FAILURE_PROB,
-            index: IndexChoice::Auto,
-            hashes: None,
-            cells: None,
-            signs: false,
+/// How a key's `h` cells are chosen among the peeling cells (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// `h` distinct uniform cells.
+    Plain,
+    /// Spatially coupled: segments of `segment_len` cells, one cell in each of `h`
+    /// consecutive segments.
+    Coupled {
+        /// Cells per segment.
+        segment_len: u32,
+    },
+}
+
+impl Layout {
+    /// Short name used in reports ("plain" or "coupled").
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::Plain => "plain",
+            Layout::Coupled { .. } => "coupled",
         }
     }
 }
@@ -117,137 +146,24 @@ impl Sizing {
 pub struct CodecParams {
     dim: u64,
     lane: LaneWidth,
+    value_bits: u8,
     index: IndexKind,
-    cells: usize,
+    layout: Layout,
+    /// Peeling cells (the check lane comes after them).
+    peel: usize,
+    /// Coupled layout: number of windows `S − h + 1` (0 for plain).
+    windows: u32,
     hashes: u8,
     signs: bool,
     key: u64,
-}
-
-/// Cells per candidate and hash count from the formulas in the module docs.
-pub fn sketch_cells_for(candidates: f64, failure_prob: f64, hashes: Option<u8>) -> (usize, u8) {
-    let c = candidates.max(0.0);
-    let delta = failure_prob.clamp(1e-300, 1.0);
-    let cells_for = |h: u8| -> usize {
-        if c <= 1.0 {
-            // Zero or one key always peels with h distinct cells.
-            return h as usize;
-        }
-        let (t, floor) = match h {
-            3 => (1.222, (3.0 / (delta * c)).cbrt()),
-            _ => (1.295, (12.0 / (delta * c * c)).powf(0.25)),
-        };
-        let r = (t + 5.0 / c.sqrt()).max(floor);
-        ((r * c).ceil() as usize).max(h as usize)
-    };
-    match hashes {
-        Some(h) => (cells_for(h), h),
-        None => {
-            let (c3, c4) = (cells_for(3), cells_for(4));
-            if c4 < c3 {
-                (c4, 4)
-            } else {
-                (c3, 3)
-            }
-        }
-    }
-}
-
-/// Expected false-positive rate of a blocked Bloom filter holding `keys` keys (formula in the
-/// module docs).
-pub fn bloom_fpr(keys: f64, blocks: u32, k: u8) -> f64 {
-    if blocks == 0 {
-        return 1.0;
-    }
-    let lambda = keys / blocks as f64;
-    if lambda <= 0.0 {
-        return 0.0;
-    }
-    let q = 1.0 - 1.0 / BLOOM_BLOCK_BITS as f64;
-    let hi = (lambda + 12.0 * lambda.sqrt() + 30.0) as u64;
-    let mut p = (-lambda).exp();
-    let mut sum = 0.0;
-    // Poisson weights in log space avoid underflow for large λ.
-    let mut logp = -lambda;
-    for i in 0..=hi {
-        if i > 0 {
-            logp += lambda.ln() - (i as f64).ln();
-            p = logp.exp();
-        }
-        sum += p * (1.0 - q.powf(k as f64 * i as f64)).powi(k as i32);
-    }
-    sum.min(1.0)
-}
-
-/// Expected candidates for an index: the union plus, for Bloom, false positives with three
-/// standard deviations of slack.
-pub fn expected_candidates(dim: u64, union: f64, index: IndexKind) -> f64 {
-    match index {
-        IndexKind::Bitmap => union,
-        IndexKind::Bloom { blocks, k } => {
-            let fp = (dim as f64 - union).max(0.0) * bloom_fpr(union, blocks, k);
-            union + fp + 3.0 * fp.sqrt()
-        }
-    }
-}
-
-/// Picks the index with the fewest total bytes `index + lanes(candidates) · lane_bytes`, where
-/// `lanes` maps expected candidates to the number of value lanes sent (the sketch's cells, or
-/// exactly the candidates for union-rank). See the module docs for the Bloom grid.
-pub fn choose_index(
-    dim: u64,
-    union: f64,
-    lane: LaneWidth,
-    choice: IndexChoice,
-    lanes: impl Fn(f64) -> usize,
-) -> IndexKind {
-    let lane_bytes = lane.bytes() as f64;
-    let total = |index: IndexKind| -> f64 {
-        let words = match index {
-            IndexKind::Bitmap => bitmap_words(dim),
-            IndexKind::Bloom { blocks, .. } => blocks as usize * BLOOM_BLOCK_WORDS,
-        };
-        (words * 4) as f64 + lanes(expected_candidates(dim, union, index)) as f64 * lane_bytes
-    };
-    let best_bloom = || {
-        let mut best = (f64::INFINITY, IndexKind::Bloom { blocks: 1, k: 1 });
-        let keys = union.max(1.0);
-        let mut bpk = 1.0f64;
-        while bpk <= 64.0 {
-            let blocks = ((keys * bpk / BLOOM_BLOCK_BITS as f64).ceil() as u64)
-                .clamp(1, u32::MAX as u64) as u32;
-            for k in 1..=7u8 {
-                let index = IndexKind::Bloom { blocks, k };
-                let t = total(index);
-                if t < best.0 {
-                    best = (t, index);
-                }
-            }
-            bpk *= 1.1;
-        }
-        best
-    };
-    match choice {
-        IndexChoice::Bitmap => IndexKind::Bitmap,
-        IndexChoice::Bloom => best_bloom().1,
-        IndexChoice::Auto => {
-            let (bt, bloom) = best_bloom();
-            if bt < total(IndexKind::Bitmap) {
-                bloom
-            } else {
-                IndexKind::Bitmap
-            }
-        }
-    }
-}
-
-fn bitmap_words(dim: u64) -> usize {
-    dim.div_ceil(32) as usize
+    /// Bloom seeds: group-to-block and in-block bits.
+    bloom_seeds: (u32, u32),
 }
 
 impl CodecParams {
-    /// Parameters with every choice explicit (for tests, `--cells`, or replaying a peer's
-    /// choice). `seed` is the job seed and `tensor_id` distinguishes tensors.
+    /// Parameters with every choice explicit and the plain layout (for tests, `--cells`, or
+    /// replaying a peer's choice). `seed` is the job seed and `tensor_id` distinguishes
+    /// tensors; `cells` counts every lane of the sketch, check lane included.
     #[allow(clippy::too_many_arguments)]
     pub fn explicit(
         seed: u64,
@@ -267,31 +183,95 @@ impl CodecParams {
                 "hashes {hashes} not in 3..=4"
             )));
         }
-        if cells < hashes as usize || cells > u32::MAX as usize {
+        let min = hashes as usize + CHECK_LANES;
+        if cells < min || cells > u32::MAX as usize {
             return Err(CodecError::InvalidParams(format!(
-                "cells {cells} must be in {hashes}..={}",
+                "cells {cells} must be in {min}..={}",
                 u32::MAX
             )));
         }
-        if let IndexKind::Bloom { blocks, k } = index {
-            if blocks == 0 || !(1..=7).contains(&k) {
+        if let IndexKind::GroupBloom { shift, .. } = index {
+            if !(1..=MAX_GROUP_BLOOM_SHIFT).contains(&shift) {
                 return Err(CodecError::InvalidParams(format!(
-                    "bloom blocks {blocks} (>0) k {k} (1..=7)"
+                    "group bloom shift {shift} not in 1..={MAX_GROUP_BLOOM_SHIFT}"
                 )));
             }
         }
+        match index {
+            IndexKind::Bloom { blocks, k } | IndexKind::GroupBloom { blocks, k, .. } => {
+                if blocks == 0 || !(1..=8).contains(&k) {
+                    return Err(CodecError::InvalidParams(format!(
+                        "bloom blocks {blocks} (>0) k {k} (1..=8)"
+                    )));
+                }
+                if blocks as u64 * BLOOM_BLOCK_WORDS as u64 > u32::MAX as u64 {
+                    return Err(CodecError::InvalidParams(format!(
+                        "bloom blocks {blocks} too many"
+                    )));
+                }
+            }
+            IndexKind::Groups { shift } => {
+                if !(1..=MAX_GROUP_SHIFT).contains(&shift) {
+                    return Err(CodecError::InvalidParams(format!(
+                        "group shift {shift} not in 1..={MAX_GROUP_SHIFT}"
+                    )));
+                }
+            }
+            IndexKind::Bitmap => {}
+        }
+        let key = hash::derive_key(seed, tensor_id);
+        let b = hash::mix64(key ^ 0xb10f_b10f_b10f_b10f);
         Ok(CodecParams {
             dim,
             lane,
+            value_bits: lane.bits() as u8,
             index,
-            cells,
+            layout: Layout::Plain,
+            peel: cells - CHECK_LANES,
+            windows: 0,
             hashes,
             signs,
-            key: hash::derive_key(seed, tensor_id),
+            key,
+            bloom_seeds: (b as u32, (b >> 32) as u32),
         })
     }
 
-    /// Parameters from the sizing function (formulas in the module docs).
+    /// The same parameters with another sketch layout. For [`Layout::Coupled`] the peeling
+    /// cells (`cells() − CHECK_LANES`) must be a multiple of the segment length with at least
+    /// `hashes` segments.
+    pub fn with_layout(mut self, layout: Layout) -> Result<Self, CodecError> {
+        match layout {
+            Layout::Plain => self.windows = 0,
+            Layout::Coupled { segment_len } => {
+                let len = segment_len as usize;
+                let h = self.hashes as usize;
+                if len == 0 || !self.peel.is_multiple_of(len) || self.peel / len < h {
+                    return Err(CodecError::InvalidParams(format!(
+                        "{} peeling cells are not a multiple of {len} with at least {h} segments",
+                        self.peel
+                    )));
+                }
+                self.windows = (self.peel / len + 1 - h) as u32;
+            }
+        }
+        self.layout = layout;
+        Ok(self)
+    }
+
+    /// The same parameters for values known modulo `2^bits` (`8..=lane bits`); see
+    /// [`crate::wide`]. Must equal [`crate::FixedPoint::bits`] of the scale used.
+    pub fn with_value_bits(mut self, bits: u32) -> Result<Self, CodecError> {
+        if !(8..=self.lane.bits()).contains(&bits) {
+            return Err(CodecError::InvalidParams(format!(
+                "value width {bits} not in 8..={}",
+                self.lane.bits()
+            )));
+        }
+        self.value_bits = bits as u8;
+        Ok(self)
+    }
+
+    /// Parameters from the sizing function (formulas in [`crate::sizing`]).
     pub fn sized(
         seed: u64,
         tensor_id: u64,
@@ -305,14 +285,27 @@ impl CodecParams {
                 sizing.failure_prob
             )));
         }
+        if !(sizing.decode_bytes_per_ns >= 0.0 && sizing.decode_bytes_per_ns.is_finite()) {
+            return Err(CodecError::InvalidParams(format!(
+                "decode weight {} must be finite and >= 0",
+                sizing.decode_bytes_per_ns
+            )));
+        }
         let u = (sizing.expected_union_nnz.min(dim)) as f64;
-        let cells_of = |cand: f64| sketch_cells_for(cand, sizing.failure_prob, sizing.hashes);
-        let index = choose_index(dim, u, lane, sizing.index, |c| cells_of(c).0);
-        let cand = expected_candidates(dim, u, index);
-        let (mut cells, mut hashes) = cells_of(cand);
+        let shape_of =
+            |cand: f64| sketch_shape(cand, sizing.failure_prob, sizing.hashes, sizing.layout);
+        let index = crate::sizing::choose_index_with(dim, u, lane, sizing, |c| {
+            shape_of(c).peel_cells + CHECK_LANES
+        });
+        let cand =
+            expected_candidates_with(dim, u, index, sizing.profile.as_ref(), sizing.failure_prob);
+        let mut shape = shape_of(cand);
         if let Some(m) = sizing.cells {
-            cells = m;
-            hashes = sizing.hashes.unwrap_or(3);
+            shape = SketchShape {
+                layout: Layout::Plain,
+                hashes: sizing.hashes.unwrap_or(3),
+                peel_cells: m.saturating_sub(CHECK_LANES),
+            };
         }
         Self::explicit(
             seed,
@@ -320,10 +313,11 @@ impl CodecParams {
             dim,
             lane,
             index,
-            cells,
-            hashes,
+            shape.peel_cells + CHECK_LANES,
+            shape.hashes,
             sizing.signs,
-        )
+        )?
+        .with_layout(shape.layout)
     }
 
     /// Tensor dimension.
@@ -334,13 +328,25 @@ impl CodecParams {
     pub fn lane(&self) -> LaneWidth {
         self.lane
     }
+    /// Value width: cell values are known (and checked) modulo `2^value_bits`.
+    pub fn value_bits(&self) -> u32 {
+        self.value_bits as u32
+    }
     /// Index layout.
     pub fn index_kind(&self) -> IndexKind {
         self.index
     }
-    /// Number of sketch cells.
+    /// Sketch layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    /// Number of sketch cells on the wire (peeling cells plus the check lane).
     pub fn cells(&self) -> usize {
-        self.cells
+        self.peel + CHECK_LANES
+    }
+    /// Number of peeling cells (the first cells of the sketch; the check lane follows).
+    pub fn peel_cells(&self) -> usize {
+        self.peel
     }
     /// Hashes per key (cells each nonzero is added to).
     pub fn hashes(&self) -> u8 {
@@ -352,10 +358,7 @@ impl CodecParams {
     }
     /// Number of 32-bit index words.
     pub fn index_words(&self) -> usize {
-        match self.index {
-            IndexKind::Bitmap => bitmap_words(self.dim),
-            IndexKind::Bloom { blocks, .. } => blocks as usize * BLOOM_BLOCK_WORDS,
-        }
+        index_words_for(self.dim, self.index)
     }
     /// Bytes of the index on the wire.
     pub fn index_bytes(&self) -> usize {
@@ -363,7 +366,7 @@ impl CodecParams {
     }
     /// Bytes of the sketch on the wire.
     pub fn sketch_bytes(&self) -> usize {
-        self.cells * self.lane.bytes()
+        self.cells() * self.lane.bytes()
     }
     /// Total bytes each worker sends (index + sketch).
     pub fn bytes(&self) -> usize {
@@ -376,44 +379,43 @@ impl CodecParams {
         hash::mix64(key as u64 ^ self.key)
     }
 
-    /// The `h` distinct cells of a key hash (first `hashes()` entries of the array).
-    ///
-    /// Cell `j` is `fastrange(sub_hash_j, m)`; if it repeats an earlier cell of the same key the
-    /// sub-hash is re-mixed until it does not (probability about `j/m`, so almost never).
+    /// Seeds of the Bloom index (group-to-block, in-block bits).
     #[inline(always)]
-    pub(crate) fn cells_of(&self, hash: u64) -> [usize; 4] {
-        let m = self.cells as u64;
-        let h = self.hashes as usize;
-        let mut out = [usize::MAX; 4];
-        for (j, o) in out[..h].iter_mut().enumerate() {
-            *o = hash::fastrange(hash::sub_hash(hash, j), m) as usize;
-        }
-        // Fast path: all distinct (explicit comparisons, no loop).
-        let [a, b, c, d] = out;
-        let distinct = a != b && a != c && b != c && (h == 3 || (d != a && d != b && d != c));
-        if distinct {
-            return out;
-        }
-        out = [usize::MAX; 4];
-        for j in 0..h {
-            let mut x = hash::sub_hash(hash, j);
-            let mut c = hash::fastrange(x, m) as usize;
-            while out[..j].contains(&c) {
-                x = hash::mix64(x ^ 0x5851_f42d_4c95_7f2d);
-                c = hash::fastrange(x, m) as usize;
-            }
-            out[j] = c;
-        }
-        out
+    pub(crate) fn bloom_seeds(&self) -> (u32, u32) {
+        self.bloom_seeds
     }
 
-    /// [`Self::cells_of`] for `H == hashes()` known at compile time (same cells).
-    /// Cells are below `cells() <= u32::MAX`, so they are returned as `u32` (unused entries of
-    /// the array are unspecified).
+    /// Window of a key hash in the coupled layout (`0` for plain).
+    #[inline(always)]
+    pub(crate) fn window_of(&self, hash: u64) -> u32 {
+        (((hash >> 32) * self.windows as u64) >> 32) as u32
+    }
+
+    /// Number of windows of the coupled layout (`0` for plain).
+    pub(crate) fn windows(&self) -> u32 {
+        self.windows
+    }
+
+    /// The `h` distinct cells of a key hash (first `hashes()` entries), for `H == hashes()`
+    /// known at compile time. Cells are below `cells() <= u32::MAX`, so they are returned as
+    /// `u32` (unused entries of the array are unspecified).
+    ///
+    /// Plain: cell `j` is `fastrange(sub_hash_j, m)`; if it repeats an earlier cell of the same
+    /// key the sub-hash is re-mixed until it does not (probability about `j/m`). Coupled:
+    /// window `w` from the top 32 bits of the hash, offset `j` from the top bits of a second
+    /// product; cell `j` is `(w + j)·L + offset_j`, distinct by construction.
     #[inline(always)]
     pub(crate) fn cells_of_n<const H: usize>(&self, hash: u64) -> [u32; 4] {
         debug_assert_eq!(H, self.hashes as usize);
-        let m = self.cells as u64;
+        if let Layout::Coupled { segment_len } = self.layout {
+            let len = segment_len as u64;
+            let first = self.window_of(hash) as u64 * len;
+            let (o1, o2) = hash::offset_bits(hash);
+            let at = |j: u64, x: u64| (first + j * len + (((x & 0xffff_ffff) * len) >> 32)) as u32;
+            let d = if H == 4 { at(3, o2) } else { u32::MAX };
+            return [at(0, o1 >> 32), at(1, o1), at(2, o2 >> 32), d];
+        }
+        let m = self.peel as u64;
         let cell = |j: usize| hash::fastrange(hash::sub_hash(hash, j), m) as u32;
         let (a, b, c) = (cell(0), cell(1), cell(2));
         let d = if H == 4 { cell(3) } else { u32::MAX };
@@ -431,7 +433,19 @@ impl CodecParams {
     #[cold]
     #[inline(never)]
     fn cells_of_slow(&self, hash: u64) -> (u64, u64) {
-        let [a, b, c, d] = self.cells_of(hash).map(|c| c as u32 as u64);
+        let m = self.peel as u64;
+        let h = self.hashes as usize;
+        let mut out = [u32::MAX as u64; 4];
+        for j in 0..h {
+            let mut x = hash::sub_hash(hash, j);
+            let mut c = hash::fastrange(x, m);
+            while out[..j].contains(&c) {
+                x = hash::mix64(x ^ 0x5851_f42d_4c95_7f2d);
+                c = hash::fastrange(x, m);
+            }
+            out[j] = c;
+        }
+        let [a, b, c, d] = out;
         (a | b << 32, c | d << 32)
     }
 
@@ -447,35 +461,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn large_tables_near_1_23() {
-        let (m, h) = sketch_cells_for(450_000.0, DEFAULT_FAILURE_PROB, None);
-        assert_eq!(h, 3);
-        let r = m as f64 / 450_000.0;
-        assert!(r > 1.222 && r < 1.235, "{r}");
-    }
-
-    #[test]
-    fn small_tables_get_headroom() {
-        let (m, _) = sketch_cells_for(100.0, DEFAULT_FAILURE_PROB, None);
-        assert!(m as f64 / 100.0 > 1.5);
-        assert_eq!(sketch_cells_for(0.0, 1e-5, None).0, 3);
-    }
-
-    #[test]
-    fn bloom_fpr_is_sane() {
-        let f = bloom_fpr(1000.0, 32, 6);
-        assert!(f > 0.0 && f < 0.05, "{f}");
-        assert!(bloom_fpr(1000.0, 64, 6) < f);
-    }
-
-    #[test]
     fn auto_prefers_bitmap_when_dense_and_bloom_when_sparse() {
         let dense = CodecParams::sized(1, 0, 1 << 20, LaneWidth::W32, &Sizing::new(200_000));
         assert_eq!(dense.unwrap().index_kind(), IndexKind::Bitmap);
-        let sparse = CodecParams::sized(1, 0, 1 << 24, LaneWidth::W32, &Sizing::new(2_000));
+        let mut s = Sizing::new(2_000);
+        s.decode_bytes_per_ns = 0.0;
+        let sparse = CodecParams::sized(1, 0, 1 << 24, LaneWidth::W32, &s);
         assert!(matches!(
             sparse.unwrap().index_kind(),
             IndexKind::Bloom { .. }
         ));
+    }
+
+    #[test]
+    fn coupled_cells_are_in_consecutive_segments() {
+        let p = CodecParams::explicit(
+            1,
+            2,
+            100,
+            LaneWidth::W32,
+            IndexKind::Bitmap,
+            1 + 6 * 60,
+            4,
+            false,
+        )
+        .unwrap()
+        .with_layout(Layout::Coupled { segment_len: 60 })
+        .unwrap();
+        let mut seen = [0u32; 6];
+        let mut offsets = [0u32; 60];
+        for k in 0..30_000u32 {
+            let c = p.cells_of_n::<4>(p.key_hash(k));
+            let w = c[0] / 60;
+            seen[w as usize] += 1;
+            for (j, &cj) in c.iter().enumerate() {
+                assert_eq!(cj / 60, w + j as u32);
+                assert!((cj as usize) < p.peel_cells());
+                offsets[(cj % 60) as usize] += 1;
+            }
+        }
+        // Three windows, each used about a third of the time; offsets uniform.
+        assert!(seen[..3].iter().all(|&n| n > 9_000), "{seen:?}");
+        assert!(seen[3..].iter().all(|&n| n == 0));
+        assert!(
+            offsets.iter().all(|&n| n > 1_700 && n < 2_300),
+            "{offsets:?}"
+        );
+        assert!(p
+            .clone()
+            .with_layout(Layout::Coupled { segment_len: 70 })
+            .is_err());
     }
 }

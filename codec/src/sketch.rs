@@ -10,6 +10,7 @@ use std::fmt::Debug;
 
 use crate::error::CodecError;
 use crate::fixed::{FixedPoint, LaneWidth};
+use crate::hash;
 use crate::index;
 use crate::params::CodecParams;
 
@@ -36,6 +37,10 @@ pub trait Lane: sealed::Sealed + Copy + Send + Sync + Debug + 'static {
     fn add(a: Self::Cell, b: Self::Cell) -> Self::Cell;
     /// Wrapping subtraction.
     fn sub(a: Self::Cell, b: Self::Cell) -> Self::Cell;
+    /// The cell's bits, zero-extended.
+    fn to_u64(c: Self::Cell) -> u64;
+    /// The low bits of `v` as a cell (mod `2^w`).
+    fn from_u64(v: u64) -> Self::Cell;
 }
 
 impl Lane for i32 {
@@ -57,6 +62,14 @@ impl Lane for i32 {
     fn sub(a: u32, b: u32) -> u32 {
         a.wrapping_sub(b)
     }
+    #[inline(always)]
+    fn to_u64(c: u32) -> u64 {
+        c as u64
+    }
+    #[inline(always)]
+    fn from_u64(v: u64) -> u32 {
+        v as u32
+    }
 }
 
 impl Lane for i64 {
@@ -77,6 +90,14 @@ impl Lane for i64 {
     #[inline(always)]
     fn sub(a: u64, b: u64) -> u64 {
         a.wrapping_sub(b)
+    }
+    #[inline(always)]
+    fn to_u64(c: u64) -> u64 {
+        c
+    }
+    #[inline(always)]
+    fn from_u64(v: u64) -> u64 {
+        v
     }
 }
 
@@ -121,6 +142,9 @@ pub struct Encoding<L: Lane> {
     params: CodecParams,
     index: Vec<u32>,
     cells: Vec<L::Cell>,
+    /// Number of worker encodings summed into this one (0 = none, or unknown after
+    /// [`Encoding::from_parts`]); travels beside the data (e.g. an ADD lane).
+    contributions: u32,
 }
 
 impl<L: Lane> Encoding<L> {
@@ -131,10 +155,12 @@ impl<L: Lane> Encoding<L> {
             params: params.clone(),
             index: vec![0; params.index_words()],
             cells: vec![L::Cell::default(); params.cells()],
+            contributions: 0,
         })
     }
 
     /// Wraps aggregated slices received from the network (no copy); checks their lengths.
+    /// The contribution count is unknown (0) until [`Self::set_contributions`].
     pub fn from_parts(
         params: &CodecParams,
         index_words: Vec<u32>,
@@ -146,7 +172,18 @@ impl<L: Lane> Encoding<L> {
             params: params.clone(),
             index: index_words,
             cells,
+            contributions: 0,
         })
+    }
+
+    /// Number of worker encodings merged into this one (1 after an encode; `merge` adds).
+    pub fn contributions(&self) -> u32 {
+        self.contributions
+    }
+
+    /// Sets the contribution count (e.g. from the count aggregated beside the data).
+    pub fn set_contributions(&mut self, contributions: u32) {
+        self.contributions = contributions;
     }
 
     /// Gives the buffers back (e.g. to reuse them as receive buffers).
@@ -183,6 +220,7 @@ impl<L: Lane> Encoding<L> {
     pub fn clear(&mut self) {
         self.index.fill(0);
         self.cells.fill(L::Cell::default());
+        self.contributions = 0;
     }
 
     /// `self += other`: lane-wise wrapping add and index OR (associative and commutative).
@@ -190,7 +228,9 @@ impl<L: Lane> Encoding<L> {
         if self.params != other.params {
             return Err(CodecError::ParamsMismatch);
         }
-        merge_slices::<L>(&mut self.index, &mut self.cells, &other.index, &other.cells)
+        merge_slices::<L>(&mut self.index, &mut self.cells, &other.index, &other.cells)?;
+        self.contributions = self.contributions.saturating_add(other.contributions);
+        Ok(())
     }
 }
 
@@ -280,12 +320,23 @@ impl<L: Lane> Encoder<L> {
         &self.params
     }
 
+    /// Switches to other parameters (same lane), keeping the scratch buffers: one encoder can
+    /// serve every operation of a worker without allocating.
+    pub fn set_params(&mut self, params: &CodecParams) -> Result<(), CodecError> {
+        check_lane::<L>(params)?;
+        if &self.params != params {
+            self.params = params.clone();
+        }
+        Ok(())
+    }
+
     /// A fresh zero encoding for these parameters.
     pub fn new_encoding(&self) -> Encoding<L> {
         Encoding {
             params: self.params.clone(),
             index: vec![0; self.params.index_words()],
             cells: vec![L::Cell::default(); self.params.cells()],
+            contributions: 0,
         }
     }
 
@@ -295,18 +346,14 @@ impl<L: Lane> Encoder<L> {
         for &c in &s.cells[..H] {
             prefetch(cells.as_ptr().wrapping_add(c as usize));
         }
+        // A Bloom block is 32 bytes and may straddle two lines: fetch both ends.
         let w = s.slot.0;
-        // A Bloom block is 64 bytes but the Vec is not 64-byte aligned: fetch both lines.
         prefetch(index_words.as_ptr().wrapping_add(w));
-        prefetch(index_words.as_ptr().wrapping_add(w + 15));
+        prefetch(index_words.as_ptr().wrapping_add(w + 7));
     }
 
     fn prepare(&self, fixed: &FixedPoint, out: &mut Encoding<L>) -> Result<(), CodecError> {
-        if fixed.lane() != L::WIDTH {
-            return Err(CodecError::InvalidFixedPoint(
-                "fixed point lane differs from the sketch lane".into(),
-            ));
-        }
+        check_fixed::<L>(&self.params, fixed)?;
         if out.params != self.params {
             return Err(CodecError::ParamsMismatch);
         }
@@ -314,31 +361,67 @@ impl<L: Lane> Encoder<L> {
         Ok(())
     }
 
+    /// Stage 1 for one key: hash, cells, index slot; adds its weighted value to `check`.
     #[inline(always)]
-    fn add_key(
-        params: &CodecParams,
+    fn stage_key<const H: usize>(params: &CodecParams, e: &mut Staged, key: u32, q: i64) -> u64 {
+        let hash = params.key_hash(key);
+        let cs = params.cells_of_n::<H>(hash);
+        // Field by field: building the struct first made the compiler assemble it on the
+        // stack and reload it wider (a store-forwarding stall).
+        e.q = q;
+        e.hash = hash;
+        let (w, g) = index::slot(params, key);
+        e.slot.0 = w;
+        e.slot.1 = g;
+        e.cells[0] = cs[0];
+        e.cells[1] = cs[1];
+        e.cells[2] = cs[2];
+        e.cells[3] = cs[3];
+        (q as u64).wrapping_mul(hash::check_weight(hash))
+    }
+
+    /// Stage 2: index inserts and cell adds of `staged` keys, prefetching
+    /// [`PREFETCH_AHEAD`] keys ahead; `more` is called once per key (input prefetching).
+    #[inline(always)]
+    fn apply_staged<const H: usize>(
+        &self,
+        staged: usize,
         index_words: &mut [u32],
         cells: &mut [L::Cell],
-        key: u32,
-        q: i64,
+        mut more: impl FnMut(),
     ) {
-        let hash = params.key_hash(key);
-        index::insert(params, index_words, key, hash);
-        let pos = L::from_i64(q);
-        let neg = L::from_i64(q.wrapping_neg());
-        let cs = params.cells_of(hash);
-        for (j, &c) in cs[..params.hashes() as usize].iter().enumerate() {
-            let v = if params.negate(hash, j) { neg } else { pos };
-            cells[c] = L::add(cells[c], v);
+        let params = &self.params;
+        for k in 0..staged.min(PREFETCH_AHEAD) {
+            self.prefetch_entry::<H>(index_words, cells, k);
+        }
+        for k in 0..staged {
+            if k + PREFETCH_AHEAD < staged {
+                self.prefetch_entry::<H>(index_words, cells, k + PREFETCH_AHEAD);
+            }
+            more();
+            let Staged {
+                q,
+                hash,
+                slot,
+                cells: cs,
+            } = self.stage[k];
+            index::insert_at(params, index_words, slot.0, slot.1);
+            let pos = L::from_i64(q);
+            let neg = L::from_i64(q.wrapping_neg());
+            for (j, &c) in cs[..H].iter().enumerate() {
+                let v = if params.negate(hash, j) { neg } else { pos };
+                let c = c as usize;
+                cells[c] = L::add(cells[c], v);
+            }
         }
     }
 
     /// Encodes a dense gradient into `out` (reset first; unspecified content on error).
     ///
-    /// Scans batches of 4096 floats: 16 at a time, a branch-free OR of their magnitude bits
-    /// (vectorised by the compiler) skips all-zero groups; groups with a nonzero are compacted
-    /// branch-free into a position list; then each listed value is quantized, hashed once and
-    /// added to its cells. Zeros and values that quantize to 0 are not recorded.
+    /// Scans batches of [`BATCH`] floats: 16 at a time, a branch-free OR of their magnitude
+    /// bits skips all-zero groups; groups with a nonzero are compacted branch-free into a
+    /// position list; then each listed value is quantized, hashed once and added to its
+    /// cells. Zeros and values that quantize to 0 are not recorded.
     pub fn encode_dense(
         &mut self,
         values: &[f32],
@@ -354,10 +437,12 @@ impl<L: Lane> Encoder<L> {
         }
         self.prepare(fixed, out)?;
         // Monomorphised per hash count so the per-key cell loops are unrolled.
-        match self.params.hashes() {
+        let r = match self.params.hashes() {
             3 => self.encode_dense_h::<3>(values, fixed, out),
             _ => self.encode_dense_h::<4>(values, fixed, out),
-        }
+        };
+        out.contributions = 1;
+        r
     }
 
     /// [`Self::encode_dense`] after the checks, for `H == params.hashes()`.
@@ -370,9 +455,9 @@ impl<L: Lane> Encoder<L> {
         debug_assert_eq!(H, self.params.hashes() as usize);
         self.batch.resize(BATCH + 16, 0);
         self.stage.resize(BATCH, STAGED_ZERO);
-        let params = &self.params;
+        let peel = self.params.peel_cells();
         let (index_words, cells) = (&mut out.index[..], &mut out.cells[..]);
-        let h = H;
+        let mut check = 0u64;
         let mut nnz = 0usize;
         let mut dense = false;
         #[cfg(target_arch = "x86_64")]
@@ -404,7 +489,7 @@ impl<L: Lane> Encoder<L> {
             // input (a few lines per key), so streaming and key work overlap.
             let next_end = (base + 2 * BATCH).min(values.len());
             let mut pf = (base + BATCH).min(next_end);
-            for &off in &self.batch[..n] {
+            let mut prefetch_input = || {
                 if pf < next_end {
                     prefetch(values.as_ptr().wrapping_add(pf));
                     prefetch(values.as_ptr().wrapping_add(pf + 16));
@@ -412,67 +497,30 @@ impl<L: Lane> Encoder<L> {
                     prefetch(values.as_ptr().wrapping_add(pf + 48));
                     pf += 64;
                 }
+            };
+            for &off in &self.batch[..n] {
+                prefetch_input();
                 let i = base + off as usize;
                 let q = fixed.try_to_fixed(block[off as usize], i)?;
                 if q != 0 {
-                    let hash = params.key_hash(i as u32);
-                    let cs = params.cells_of_n::<H>(hash);
                     // ns < n <= BATCH = stage.len(): a plain store, no capacity check.
-                    // Field by field: building the struct first made the compiler assemble
-                    // it on the stack and reload it wider (a store-forwarding stall).
                     let e = &mut self.stage[ns];
-                    e.q = q;
-                    e.hash = hash;
-                    let (w, g) = index::slot(params, i as u32, hash);
-                    e.slot.0 = w;
-                    e.slot.1 = g;
-                    e.cells[0] = cs[0];
-                    e.cells[1] = cs[1];
-                    e.cells[2] = cs[2];
-                    e.cells[3] = cs[3];
+                    check = check.wrapping_add(Self::stage_key::<H>(&self.params, e, i as u32, q));
                     ns += 1;
                 }
             }
-            // Stage 2: index insert and cell adds, prefetching PREFETCH_AHEAD keys ahead.
-            let staged = ns;
-            for k in 0..staged.min(PREFETCH_AHEAD) {
-                self.prefetch_entry::<H>(index_words, cells, k);
-            }
-            for k in 0..staged {
-                if k + PREFETCH_AHEAD < staged {
-                    self.prefetch_entry::<H>(index_words, cells, k + PREFETCH_AHEAD);
-                }
-                if pf < next_end {
-                    prefetch(values.as_ptr().wrapping_add(pf));
-                    prefetch(values.as_ptr().wrapping_add(pf + 16));
-                    prefetch(values.as_ptr().wrapping_add(pf + 32));
-                    prefetch(values.as_ptr().wrapping_add(pf + 48));
-                    pf += 64;
-                }
-                let Staged {
-                    q,
-                    hash,
-                    slot,
-                    cells: cs,
-                } = self.stage[k];
-                index::insert_at(params, index_words, slot.0, slot.1);
-                let pos = L::from_i64(q);
-                let neg = L::from_i64(q.wrapping_neg());
-                for (j, &c) in cs[..h].iter().enumerate() {
-                    let v = if params.negate(hash, j) { neg } else { pos };
-                    let c = c as usize;
-                    cells[c] = L::add(cells[c], v);
-                }
-            }
-            nnz += staged;
+            self.apply_staged::<H>(ns, index_words, cells, &mut prefetch_input);
+            nnz += ns;
         }
+        cells[peel] = L::add(cells[peel], L::from_u64(check));
         Ok(EncodeStats { nnz })
     }
 
     /// Encodes a sparse gradient given as `(indices, values)` (indices may come in any order;
-    /// duplicates add up).
+    /// duplicates add up). Keys go through the same two prefetching stages as
+    /// [`Self::encode_dense`], in batches.
     pub fn encode_sparse(
-        &self,
+        &mut self,
         indices: &[u32],
         values: &[f32],
         fixed: &FixedPoint,
@@ -486,27 +534,54 @@ impl<L: Lane> Encoder<L> {
             });
         }
         self.prepare(fixed, out)?;
-        let mut nnz = 0;
-        for (i, (&k, &v)) in indices.iter().zip(values).enumerate() {
-            if k as u64 >= self.params.dim() {
-                return Err(CodecError::IndexOutOfRange {
-                    index: k as u64,
-                    dim: self.params.dim(),
-                });
+        let r = match self.params.hashes() {
+            3 => self.encode_pairs::<3>(indices, out, |i| fixed.try_to_fixed(values[i], i)),
+            _ => self.encode_pairs::<4>(indices, out, |i| fixed.try_to_fixed(values[i], i)),
+        };
+        out.contributions = 1;
+        r
+    }
+
+    /// Staged encode of `(indices[i], value(i))` pairs into a cleared `out`.
+    fn encode_pairs<const H: usize>(
+        &mut self,
+        indices: &[u32],
+        out: &mut Encoding<L>,
+        value: impl Fn(usize) -> Result<i64, CodecError>,
+    ) -> Result<EncodeStats, CodecError> {
+        self.stage.resize(BATCH, STAGED_ZERO);
+        let dim = self.params.dim();
+        let peel = self.params.peel_cells();
+        let (index_words, cells) = (&mut out.index[..], &mut out.cells[..]);
+        let mut check = 0u64;
+        let mut nnz = 0usize;
+        for (bi, chunk) in indices.chunks(BATCH).enumerate() {
+            let mut ns = 0usize;
+            for (j, &k) in chunk.iter().enumerate() {
+                if k as u64 >= dim {
+                    return Err(CodecError::IndexOutOfRange {
+                        index: k as u64,
+                        dim,
+                    });
+                }
+                let q = value(bi * BATCH + j)?;
+                if q != 0 {
+                    let e = &mut self.stage[ns];
+                    check = check.wrapping_add(Self::stage_key::<H>(&self.params, e, k, q));
+                    ns += 1;
+                }
             }
-            let q = fixed.try_to_fixed(v, i)?;
-            if q != 0 {
-                Self::add_key(&self.params, &mut out.index, &mut out.cells, k, q);
-                nnz += 1;
-            }
+            self.apply_staged::<H>(ns, index_words, cells, || {});
+            nnz += ns;
         }
+        cells[peel] = L::add(cells[peel], L::from_u64(check));
         Ok(EncodeStats { nnz })
     }
 
     /// Encodes already quantized integers `(indices, ints)` into `out` (reset first). The
-    /// caller is responsible for the integers' sum fitting the lane.
+    /// caller is responsible for the integers' sum fitting the value width.
     pub fn encode_fixed_sparse(
-        &self,
+        &mut self,
         indices: &[u32],
         ints: &[i64],
         out: &mut Encoding<L>,
@@ -522,21 +597,33 @@ impl<L: Lane> Encoder<L> {
             return Err(CodecError::ParamsMismatch);
         }
         out.clear();
-        let mut nnz = 0;
-        for (&k, &q) in indices.iter().zip(ints) {
-            if k as u64 >= self.params.dim() {
-                return Err(CodecError::IndexOutOfRange {
-                    index: k as u64,
-                    dim: self.params.dim(),
-                });
-            }
-            if q != 0 {
-                Self::add_key(&self.params, &mut out.index, &mut out.cells, k, q);
-                nnz += 1;
-            }
-        }
-        Ok(EncodeStats { nnz })
+        let r = match self.params.hashes() {
+            3 => self.encode_pairs::<3>(indices, out, |i| Ok(ints[i])),
+            _ => self.encode_pairs::<4>(indices, out, |i| Ok(ints[i])),
+        };
+        out.contributions = 1;
+        r
     }
+}
+
+/// Checks that a fixed-point scale fits the parameters' lane and value width.
+pub(crate) fn check_fixed<L: Lane>(
+    params: &CodecParams,
+    fixed: &FixedPoint,
+) -> Result<(), CodecError> {
+    if fixed.lane() != L::WIDTH {
+        return Err(CodecError::InvalidFixedPoint(
+            "fixed point lane differs from the sketch lane".into(),
+        ));
+    }
+    if fixed.bits() != params.value_bits() {
+        return Err(CodecError::InvalidFixedPoint(format!(
+            "fixed point value width {} differs from the parameters' {}",
+            fixed.bits(),
+            params.value_bits()
+        )));
+    }
+    Ok(())
 }
 
 /// Bit `i` set iff `c[i]` has nonzero magnitude bits (`-0.0` counts as zero); `c.len() == 16`.

@@ -21,7 +21,16 @@ fn index_choice() -> impl Strategy<Value = IndexChoice> {
     prop_oneof![
         Just(IndexChoice::Auto),
         Just(IndexChoice::Bitmap),
-        Just(IndexChoice::Bloom)
+        Just(IndexChoice::Bloom),
+        Just(IndexChoice::Groups)
+    ]
+}
+
+fn layout() -> impl Strategy<Value = LayoutChoice> {
+    prop_oneof![
+        Just(LayoutChoice::Auto),
+        Just(LayoutChoice::Plain),
+        Just(LayoutChoice::Coupled)
     ]
 }
 
@@ -47,6 +56,7 @@ fn check_exact<L: Lane>(
     lane: LaneWidth,
     index: IndexChoice,
     signs: bool,
+    layout: LayoutChoice,
 ) -> Result<(), TestCaseError> {
     let inputs = generate(spec).unwrap();
     let fixed = FixedPoint::new(global_exponent(&inputs), spec.workers as u32, lane).unwrap();
@@ -55,6 +65,7 @@ fn check_exact<L: Lane>(
     sizing.index = index;
     sizing.failure_prob = 1e-9;
     sizing.signs = signs;
+    sizing.layout = layout;
     let params = CodecParams::sized(spec.seed, 3, spec.dim as u64, lane, &sizing).unwrap();
     let total = encode_all::<L>(&params, &inputs, &fixed).unwrap();
     decode_and_check::<L>(&params, &total, &reference)
@@ -73,12 +84,22 @@ proptest! {
         lane64 in any::<bool>(),
         signs in any::<bool>(),
         index in index_choice(),
+        segments in prop_oneof![1 => Just(0usize), 1 => 4usize..40],
     ) {
         let lane = if lane64 { LaneWidth::W64 } else { LaneWidth::W32 };
         let mut sizing = Sizing::new(200);
         sizing.index = index;
         sizing.signs = signs;
-        let params = CodecParams::sized(seed, 1, dim as u64, lane, &sizing).unwrap();
+        let mut params = CodecParams::sized(seed, 1, dim as u64, lane, &sizing).unwrap();
+        if segments > 0 {
+            // A coupled table of the same size (small tables are never sized coupled).
+            let len = 8u32;
+            params = CodecParams::explicit(seed, 1, dim as u64, lane, params.index_kind(),
+                segments * len as usize + CHECK_LANES, 4, signs)
+                .unwrap()
+                .with_layout(Layout::Coupled { segment_len: len })
+                .unwrap();
+        }
         let mut sum = std::collections::BTreeMap::<u32, i64>::new();
         for &(k, v) in a.iter().chain(&b) {
             *sum.entry(k).or_default() += v;
@@ -89,7 +110,7 @@ proptest! {
         let summed: Vec<(u32, i64)> = sum.into_iter().collect();
         macro_rules! run {
             ($l:ty) => {{
-                let enc = Encoder::<$l>::new(&params).unwrap();
+                let mut enc = Encoder::<$l>::new(&params).unwrap();
                 let (mut ea, mut eb, mut es, mut eu) =
                     (enc.new_encoding(), enc.new_encoding(), enc.new_encoding(), enc.new_encoding());
                 let (ka, va) = split(&a);
@@ -124,14 +145,15 @@ proptest! {
         lane64 in any::<bool>(),
         signs in any::<bool>(),
         index in index_choice(),
+        layout in layout(),
     ) {
         // Keep debug-mode cost bounded: total input elements <= ~200k.
         let workers = workers.min((200_000 / dim.max(1)).max(1));
         let spec = SynthSpec { dim, workers, density, overlap, pattern, seed };
         if lane64 {
-            check_exact::<i64>(&spec, LaneWidth::W64, index, signs)?;
+            check_exact::<i64>(&spec, LaneWidth::W64, index, signs, layout)?;
         } else {
-            check_exact::<i32>(&spec, LaneWidth::W32, index, signs)?;
+            check_exact::<i32>(&spec, LaneWidth::W32, index, signs, layout)?;
         }
     }
 
@@ -146,6 +168,7 @@ proptest! {
         hashes in 3u8..=4,
         lane64 in any::<bool>(),
         bloom in any::<bool>(),
+        coupled in any::<bool>(),
     ) {
         let spec = SynthSpec { dim, workers, density, overlap: 0.3, pattern: Pattern::Random, seed };
         let inputs = generate(&spec).unwrap();
@@ -156,8 +179,17 @@ proptest! {
         let mut sizing = Sizing::new(u);
         sizing.index = if bloom { IndexChoice::Bloom } else { IndexChoice::Bitmap };
         sizing.hashes = Some(hashes);
-        sizing.cells = Some(((u as f64 * frac) as usize).max(hashes as usize));
-        let params = CodecParams::sized(seed, 9, dim as u64, lane, &sizing).unwrap();
+        sizing.cells = Some(((u as f64 * frac) as usize).max(hashes as usize + CHECK_LANES));
+        let mut params = CodecParams::sized(seed, 9, dim as u64, lane, &sizing).unwrap();
+        let len = 4usize;
+        if coupled && params.peel_cells() / len >= hashes as usize {
+            let peel = params.peel_cells() / len * len;
+            params = CodecParams::explicit(seed, 9, dim as u64, lane, params.index_kind(),
+                peel + CHECK_LANES, hashes, false)
+                .unwrap()
+                .with_layout(Layout::Coupled { segment_len: len as u32 })
+                .unwrap();
+        }
         let res = if lane64 {
             let total = encode_all::<i64>(&params, &inputs, &fixed).unwrap();
             decode_and_check::<i64>(&params, &total, &reference)
@@ -170,6 +202,10 @@ proptest! {
             Err(CodecError::Stalled { unresolved, candidates, cells }) => {
                 prop_assert!(unresolved > 0 && unresolved <= candidates);
                 prop_assert_eq!(cells, params.cells());
+            }
+            Err(CodecError::Saturated { candidates, cells }) => {
+                prop_assert!(candidates > cells);
+                prop_assert_eq!(cells, params.peel_cells());
             }
             Err(e) => prop_assert!(false, "unexpected error {}", e),
         }

@@ -811,6 +811,7 @@ impl InnetCore {
             hashes: self.cfg.hashes,
             cells: self.cfg.cells,
             signs: false,
+            ..Sizing::new(expected)
         };
         let params = CodecParams::sized(
             self.cfg.seed,
@@ -860,7 +861,7 @@ impl InnetCore {
             }
             (vec![Stream::new(Op::Add, iw)], None)
         } else {
-            let enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
+            let mut enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
             iw.clear();
             iw.resize(params.index_words(), 0);
             cw.clear();
@@ -937,28 +938,25 @@ impl InnetCore {
                     ..self.empty(&input, Some(fixed))
                 }))
             }
-            Err(CodecError::Stalled {
-                unresolved,
-                candidates,
-                cells,
-            }) => {
+            Err(e @ (CodecError::Stalled { .. } | CodecError::Saturated { .. })) => {
                 self.decode_retries += 1;
                 tracing::warn!(
                     job = self.agg.job(),
                     tensor_id = input.tensor_id,
-                    unresolved,
-                    candidates,
-                    cells,
-                    "sketch decode stalled; recovering with a union-rank round (one lane per candidate)"
+                    error = %e,
+                    "sketch decode failed; recovering with a union-rank round (one lane per candidate)"
                 );
-                let keys = self.decoder.last_candidates().to_vec();
+                // A saturated decode stopped listing candidates early: list them all.
+                let mut keys = Vec::new();
+                sketchreduce_codec::candidates_into(&params, &iw, &mut keys)
+                    .map_err(|e| self.codec_err(e))?;
                 let mut vec = vec![0u32; keys.len()];
                 for (&i, &v) in self.idx.iter().zip(&self.vals) {
                     let q = fixed.to_fixed(v);
                     if q == 0 {
                         continue;
                     }
-                    let r = keys.binary_search(&i).map_err(|_| {
+                    let r = sketchreduce_codec::candidate_rank(&keys, i).ok_or_else(|| {
                         AgentError::Codec(format!(
                             "job {}: own nonzero {i} missing from the aggregated index",
                             self.agg.job()
