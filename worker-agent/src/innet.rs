@@ -295,6 +295,8 @@ pub struct InnetCore {
     agg: Aggregation,
     cfg: InnetConfig,
     prev_union: HashMap<u64, u64>,
+    /// Codec parameters by (tensor id, dimension, rounded expected union).
+    sizing_cache: HashMap<(u64, u64, u64), CodecParams>,
     calls: u64,
     phase: Phase,
     decoder: Decoder<i32>,
@@ -315,6 +317,20 @@ pub struct InnetCore {
 /// Most tensor ids whose last union size is remembered for sizing (oldest forgotten first
 /// would need an order; the table is simply cleared when full, costing one unsized call).
 const MAX_HISTORY: usize = 4096;
+
+/// Fewest cells per candidate any sketch layout needs (coupled peeling thresholds are above
+/// 1.08), so a sketch of an expected union `u` is never smaller than `1.08 · u` lanes.
+const MIN_CELLS_PER_KEY: f64 = 1.08;
+
+/// `v` rounded up to `bits` significant bits (integer arithmetic: identical everywhere).
+fn round_up_significant(v: u64, bits: u32) -> u64 {
+    let len = 64 - v.leading_zeros();
+    if len <= bits {
+        return v;
+    }
+    let unit = 1u64 << (len - bits);
+    v.div_ceil(unit).saturating_mul(unit)
+}
 
 fn fnv(h: &mut u64, bytes: &[u8]) {
     for &b in bytes {
@@ -346,6 +362,7 @@ impl InnetCore {
             agg,
             cfg,
             prev_union: HashMap::new(),
+            sizing_cache: HashMap::new(),
             calls: 0,
             phase: Phase::Idle,
             decoder: Decoder::new(),
@@ -804,29 +821,19 @@ impl InnetCore {
             }
             None => upper,
         };
-        let sizing = Sizing {
-            expected_union_nnz: expected,
-            failure_prob: self.cfg.failure_prob,
-            index: self.cfg.index,
-            hashes: self.cfg.hashes,
-            cells: self.cfg.cells,
-            signs: false,
-            ..Sizing::new(expected)
+        // A sketch needs more than one cell per candidate: when the expected union is close
+        // to the dimension, dense lanes win without sizing anything.
+        let surely_dense = expected as f64 * MIN_CELLS_PER_KEY >= dim as f64;
+        let params = match self.cfg.mode {
+            ModeChoice::Dense => None,
+            ModeChoice::Auto if surely_dense => None,
+            _ => Some(self.sized(input.tensor_id, dim, expected)?),
         };
-        let params = CodecParams::sized(
-            self.cfg.seed,
-            input.tensor_id,
-            dim as u64,
-            LaneWidth::W32,
-            &sizing,
-        )
-        .map_err(|e| self.codec_err(e))?;
-        let sketch_words = params.index_words() as u64 + params.cells() as u64;
-        let dense = match self.cfg.mode {
-            ModeChoice::Dense => true,
-            ModeChoice::Sketch => false,
+        let dense = match (&params, self.cfg.mode) {
+            (None, _) => true,
+            (Some(_), ModeChoice::Sketch) => false,
             // Dense is also cheaper to produce and to use: prefer it on a tie.
-            ModeChoice::Auto => sketch_words >= dim as u64,
+            (Some(p), _) => p.index_words() as u64 + p.cells() as u64 >= dim as u64,
         };
         let (mut iw, mut cw) = std::mem::take(&mut self.bufs);
         let mut scanned = Duration::ZERO;
@@ -861,6 +868,8 @@ impl InnetCore {
             }
             (vec![Stream::new(Op::Add, iw)], None)
         } else {
+            let params =
+                params.ok_or_else(|| AgentError::Config("sketch without parameters".into()))?;
             let mut enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
             iw.clear();
             iw.resize(params.index_words(), 0);
@@ -892,6 +901,46 @@ impl InnetCore {
             params,
         };
         Ok(None)
+    }
+
+    /// The codec parameters for an expected union, identical on every worker. Sizing
+    /// evaluates many index and layout candidates (tens of milliseconds), so results are
+    /// cached; the expected union is first rounded up to 6 significant bits (≤ 1.6 % more
+    /// cells), with integer arithmetic so every worker rounds alike, so that a bucket whose
+    /// union moves a little between steps still hits the cache.
+    fn sized(
+        &mut self,
+        tensor_id: u64,
+        dim: usize,
+        expected: u64,
+    ) -> Result<CodecParams, AgentError> {
+        let expected = round_up_significant(expected, 6);
+        let key = (tensor_id, dim as u64, expected);
+        if let Some(p) = self.sizing_cache.get(&key) {
+            return Ok(p.clone());
+        }
+        let sizing = Sizing {
+            expected_union_nnz: expected,
+            failure_prob: self.cfg.failure_prob,
+            index: self.cfg.index,
+            hashes: self.cfg.hashes,
+            cells: self.cfg.cells,
+            signs: false,
+            ..Sizing::new(expected)
+        };
+        let p = CodecParams::sized(
+            self.cfg.seed,
+            tensor_id,
+            dim as u64,
+            LaneWidth::W32,
+            &sizing,
+        )
+        .map_err(|e| self.codec_err(e))?;
+        if self.sizing_cache.len() >= MAX_HISTORY {
+            self.sizing_cache.clear();
+        }
+        self.sizing_cache.insert(key, p.clone());
+        Ok(p)
     }
 
     fn remember_union(&mut self, tensor_id: u64, nonzeros: u64) {
@@ -1053,5 +1102,23 @@ impl Endpoint for InnetCore {
     fn peer_gone(&mut self, now: Instant, rank: u8) {
         self.agg.peer_gone(now, rank);
         self.advance(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_up_significant;
+
+    #[test]
+    fn rounding_up_keeps_six_significant_bits() {
+        assert_eq!(round_up_significant(0, 6), 0);
+        assert_eq!(round_up_significant(63, 6), 63);
+        assert_eq!(round_up_significant(64, 6), 64);
+        assert_eq!(round_up_significant(65, 6), 66);
+        assert_eq!(round_up_significant(160_001, 6), 163_840);
+        for v in [1u64, 1000, 123_457, 4_000_000, u64::MAX / 3] {
+            let r = round_up_significant(v, 6);
+            assert!(r >= v && (r - v) as f64 <= v as f64 / 32.0, "{v} -> {r}");
+        }
     }
 }
