@@ -312,6 +312,43 @@ impl FixedPoint {
         }
     }
 
+    /// Bulk [`Self::to_fixed`] into 32-bit lanes (two's complement), for value widths up to
+    /// 32 bits: `dst[i] = to_fixed(src[i]) as u32`. Written as one branch-free loop (clamp,
+    /// then round half to even with the magic constant, which is exact below 2^51) so the
+    /// compiler vectorises it; same results as [`Self::to_fixed`].
+    ///
+    /// # Panics
+    /// If the lengths differ or the width is above 32 bits (programming errors).
+    pub fn quantize_narrow(&self, src: &[f32], dst: &mut [u32]) {
+        assert!(
+            self.bits() <= 32,
+            "quantize_narrow on a {}-bit scale",
+            self.bits()
+        );
+        assert_eq!(src.len(), dst.len(), "quantize_narrow lengths");
+        const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52
+        let (scale, lim) = (self.scale, self.limit as f64);
+        for (d, &v) in dst.iter_mut().zip(src) {
+            // NaN stays NaN through clamp and rounding and casts to 0, as in `to_fixed`.
+            let x = (v as f64 * scale).clamp(-lim, lim);
+            *d = ((x + MAGIC) - MAGIC) as i32 as u32;
+        }
+    }
+
+    /// Bulk [`Self::to_float`] of 32-bit lane sums (each lane sign-extended): exact in `f64`,
+    /// one rounding to `f32`, in a loop the compiler vectorises. Same results as
+    /// [`Self::to_float`].
+    ///
+    /// # Panics
+    /// If the lengths differ (a programming error).
+    pub fn dequantize_narrow(&self, lanes: &[u32], dst: &mut [f32]) {
+        assert_eq!(lanes.len(), dst.len(), "dequantize_narrow lengths");
+        let inv = self.inv_scale;
+        for (d, &w) in dst.iter_mut().zip(lanes) {
+            *d = (w as i32 as f64 * inv) as f32;
+        }
+    }
+
     /// Bulk [`Self::try_to_fixed`]: `dst[i] = q(src[i])`.
     pub fn quantize_slice(&self, src: &[f32], dst: &mut [i64]) -> Result<(), CodecError> {
         if src.len() != dst.len() {
@@ -442,6 +479,34 @@ mod tests {
                 // which is then infinite as an f32: the correctly rounded value).
                 let back = q as f64 * 2f64.powi(-s);
                 assert!((back - f32::MAX as f64).abs() <= 2f64.powi(-s - 1));
+            }
+        }
+    }
+
+    #[test]
+    fn bulk_narrow_conversions_match_the_scalar_ones() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut vals: Vec<f32> = (0..5000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let m = (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                m * 2f32.powi((i % 40) - 30)
+            })
+            .collect();
+        vals.extend([0.0, -0.0, f32::NAN, 3.9, -3.9, 0.5, -0.5, 1.5, 2.5]);
+        for n in [1u32, 4, 7] {
+            let fp = FixedPoint::new(exponent_of(3.9).unwrap(), n, LaneWidth::W32).unwrap();
+            let mut q = vec![0u32; vals.len()];
+            fp.quantize_narrow(&vals, &mut q);
+            for (i, (&v, &w)) in vals.iter().zip(&q).enumerate() {
+                assert_eq!(w as i32 as i64, fp.to_fixed(v), "value {i} = {v}");
+            }
+            let mut back = vec![0f32; q.len()];
+            fp.dequantize_narrow(&q, &mut back);
+            for (&w, &b) in q.iter().zip(&back) {
+                assert_eq!(b.to_bits(), fp.to_float(w as i32 as i64).to_bits());
             }
         }
     }

@@ -53,6 +53,9 @@ pub trait InnetPath: Send {
     /// registration on the switch alive (its lease is renewed by traffic).
     fn keepalive(&mut self) {}
 
+    /// Takes back a result the caller has converted (its buffers may be reused).
+    fn recycle(&mut self, _r: Reduced) {}
+
     /// Called once when the communicator shuts down, after every rank's last operation (or
     /// a short wait for them): releases the job's registration if this rank made it.
     fn shutdown(&mut self) {}
@@ -110,13 +113,24 @@ pub(crate) fn run(
                 r.for_each_sum(|k, s| sums[k] = s);
                 return Ok((Payload::Sums(sums, fp), phases(&r, scan, t_conv)));
             }
-            if r.mode != sketchreduce_agent::PayloadMode::Dense {
-                // Positions outside the result's candidates are zero (a value of this rank
-                // there quantized to 0).
-                v.fill(0.0);
+            if r.mode == sketchreduce_agent::PayloadMode::Dense && fp.bits() <= 32 {
+                // Every position: one vectorised conversion, then the average.
+                fp.dequantize_narrow(&r.lanes, &mut v);
+                if op == ReduceOp::Avg {
+                    let w = world as f32;
+                    v.iter_mut().for_each(|x| *x /= w);
+                }
+            } else {
+                if r.mode != sketchreduce_agent::PayloadMode::Dense {
+                    // Positions outside the result's candidates are zero (a value of this
+                    // rank there quantized to 0).
+                    v.fill(0.0);
+                }
+                r.for_each_sum(|k, s| v[k] = finish(&fp, s, op, world));
             }
-            r.for_each_sum(|k, s| v[k] = finish(&fp, s, op, world));
-            Ok((Payload::Dense(v), phases(&r, scan, t_conv)))
+            let p = phases(&r, scan, t_conv);
+            path.recycle(r);
+            Ok((Payload::Dense(v), p))
         }
         Payload::Sparse(s) => {
             let dim = s.len * s.block;
@@ -381,6 +395,10 @@ impl InnetPath for AgentPath {
 
     fn bytes(&self) -> (u64, u64) {
         (self.agent.stats().agg.bytes_sent, 0)
+    }
+
+    fn recycle(&mut self, r: Reduced) {
+        self.agent.recycle(r);
     }
 
     fn keepalive(&mut self) {

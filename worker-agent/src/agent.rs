@@ -23,7 +23,7 @@ use sketchreduce_wire::{ErrorKind, JobSpec};
 use crate::aggregation::AggConfig;
 use crate::error::AgentError;
 use crate::innet::{Agreed, InnetConfig, InnetCore, InnetStats, Reduced};
-use crate::transport::{drive, Transport};
+use crate::transport::{drive_with, Transport};
 
 /// Everything an [`Agent`] needs besides the transport and the job.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,8 +139,16 @@ impl<T: Transport> Agent<T> {
         values: &[f32],
         agreed: Agreed,
     ) -> Result<Reduced, AgentError> {
-        self.core.start_agreed_dense(tensor_id, values, agreed)?;
-        self.run()
+        // Dense lanes are quantized chunk by chunk as the window advances, overlapping the
+        // conversion with the transfer.
+        self.core
+            .start_agreed_dense_lazy(tensor_id, values, agreed)?;
+        self.run_with(|c| c.fill_dense(values))
+    }
+
+    /// Gives a dense result's lane buffer back for reuse by the next operation.
+    pub fn recycle(&mut self, r: Reduced) {
+        self.core.recycle(r.lanes);
     }
 
     /// Sends one PROBE that renews the job's lease on the switch (call it while idle more
@@ -155,10 +163,14 @@ impl<T: Transport> Agent<T> {
     }
 
     fn run(&mut self) -> Result<Reduced, AgentError> {
+        self.run_with(|_| {})
+    }
+
+    fn run_with(&mut self, prepare: impl FnMut(&mut InnetCore)) -> Result<Reduced, AgentError> {
         self.transport.rearm_interrupt();
         let mut result = self.core.poll_complete();
         if result.is_none() {
-            drive(
+            drive_with(
                 &mut self.core,
                 &mut self.transport,
                 Duration::from_secs(5),
@@ -168,6 +180,7 @@ impl<T: Transport> Agent<T> {
                     }
                     result.is_some()
                 },
+                prepare,
             )?;
         }
         result.unwrap_or_else(|| Err(AgentError::Transport("driver stopped early".into())))

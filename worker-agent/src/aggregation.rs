@@ -415,6 +415,19 @@ impl Aggregation {
         &self.streams
     }
 
+    /// The words of stream `i`, mutably: a caller that fills a stream lazily writes a chunk's
+    /// words before that chunk is started (see [`Self::started_chunks`]); words of started
+    /// chunks must not change (they may be on the wire, or already replaced by results).
+    pub fn stream_words_mut(&mut self, i: usize) -> Option<&mut [u32]> {
+        self.streams.get_mut(i).map(|s| &mut s.words[..])
+    }
+
+    /// Chunks of the operation started so far (chunk `k` is started once chunk `k − W`
+    /// completed; a started chunk is sent at the next [`Self::poll_transmit`]).
+    pub fn started_chunks(&self) -> u32 {
+        self.next_chunk
+    }
+
     fn begin_chunk(&mut self, k: u32) {
         let w = k as usize % self.window;
         let round = self.rounds[w];

@@ -306,6 +306,9 @@ pub struct InnetCore {
     done: Option<Result<Reduced, AgentError>>,
     decode_retries: u64,
     all_reduces: u64,
+    /// Dense lanes quantized on demand from the caller's input (see
+    /// [`InnetCore::fill_dense`]): words written so far.
+    lazy_dense: Option<usize>,
     /// Phase times of the operation in flight, and when its current phase started.
     phases: Phases,
     phase_start: Instant,
@@ -372,6 +375,7 @@ impl InnetCore {
             done: None,
             decode_retries: 0,
             all_reduces: 0,
+            lazy_dense: None,
             phases: Phases::default(),
             phase_start: Instant::now(),
             span: tracing::Span::none(),
@@ -535,7 +539,32 @@ impl InnetCore {
         values: &[f32],
         agreed: Agreed,
     ) -> Result<(), AgentError> {
+        self.start_agreed_dense_with(tensor_id, values, agreed, false)
+    }
+
+    /// [`Self::start_agreed_dense`] that, when the payload goes as dense lanes, quantizes only
+    /// the first window now: the caller must then call [`Self::fill_dense`] with the same
+    /// `values` before every [`Self::poll_transmit`], so quantizing overlaps with the
+    /// transfer. (Chunks that are due but not filled are not sent: the operation fails
+    /// rather than send zeros.)
+    pub fn start_agreed_dense_lazy(
+        &mut self,
+        tensor_id: u64,
+        values: &[f32],
+        agreed: Agreed,
+    ) -> Result<(), AgentError> {
+        self.start_agreed_dense_with(tensor_id, values, agreed, true)
+    }
+
+    fn start_agreed_dense_with(
+        &mut self,
+        tensor_id: u64,
+        values: &[f32],
+        agreed: Agreed,
+        lazy: bool,
+    ) -> Result<(), AgentError> {
         self.ready(values.len())?;
+        self.lazy_dense = lazy.then_some(0);
         self.calls += 1;
         self.idx.clear();
         self.vals.clear();
@@ -654,6 +683,7 @@ impl InnetCore {
         }
         self.span = tracing::Span::none();
         self.phase = Phase::Idle;
+        self.lazy_dense = None;
         self.done = Some(r);
     }
 
@@ -849,13 +879,27 @@ impl InnetCore {
             scanned = t.elapsed();
             self.phases.scan += scanned;
         }
+        if !dense {
+            self.lazy_dense = None;
+        }
         let (streams, params) = if dense {
             iw.clear();
             match dense_input {
                 // Straight from the dense input. The agreed exponent covers every value, so
                 // the clamp in `to_fixed` never bites; NaN/Inf were refused by the caller's
                 // agreement.
-                Some(values) => iw.extend(values.iter().map(|&v| fixed.to_fixed(v) as u32)),
+                Some(values) => {
+                    iw.resize(values.len(), 0);
+                    match self.lazy_dense {
+                        // The first window now, the rest as chunks start (`fill_dense`).
+                        Some(_) => {
+                            let first = (self.agg.window() * self.agg.lanes()).min(values.len());
+                            fixed.quantize_narrow(&values[..first], &mut iw[..first]);
+                            self.lazy_dense = Some(first);
+                        }
+                        None => fixed.quantize_narrow(values, &mut iw),
+                    }
+                }
                 None => {
                     iw.resize(dim, 0);
                     for (&i, &v) in self.idx.iter().zip(&self.vals) {
@@ -1057,8 +1101,53 @@ impl InnetCore {
         self.advance(now);
     }
 
+    /// Quantizes the dense lanes of every started chunk (and one window ahead) from
+    /// `values`, for an operation started with [`Self::start_agreed_dense_lazy`]; a no-op
+    /// otherwise.
+    pub fn fill_dense(&mut self, values: &[f32]) {
+        let (Some(done), Phase::Payload { fixed, .. }) = (self.lazy_dense, &self.phase) else {
+            return;
+        };
+        let fixed = *fixed;
+        let lanes = self.agg.lanes();
+        let want =
+            ((self.agg.started_chunks() as usize + self.agg.window()) * lanes).min(values.len());
+        if want <= done {
+            return;
+        }
+        if let Some(words) = self.agg.stream_words_mut(0) {
+            if words.len() == values.len() {
+                fixed.quantize_narrow(&values[done..want], &mut words[done..want]);
+                self.lazy_dense = Some(want);
+            }
+        }
+    }
+
+    /// Whether every started chunk of a lazily filled dense stream has its words.
+    fn lazy_ready(&self) -> bool {
+        match (self.lazy_dense, &self.phase) {
+            (Some(done), Phase::Payload { input, .. }) => {
+                let need = (self.agg.started_chunks() as usize * self.agg.lanes()).min(input.dim);
+                done >= need
+            }
+            _ => true,
+        }
+    }
+
+    /// Hands back the lane buffer of a dense result once the caller is done with it, so the
+    /// next operation reuses its memory instead of allocating and faulting in a new one.
+    pub fn recycle(&mut self, lanes: Vec<u32>) {
+        if self.bufs.0.capacity() < lanes.capacity() {
+            self.bufs.0 = lanes;
+        }
+    }
+
     /// Next datagram to send.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if !self.lazy_ready() {
+            self.agg_fail_lazy();
+            return None;
+        }
         let t = self.agg.poll_transmit(now, buf);
         if t.is_none() {
             self.advance(now);
@@ -1078,6 +1167,13 @@ impl InnetCore {
     /// Largest datagram emitted.
     pub fn max_datagram(&self) -> usize {
         self.agg.max_datagram()
+    }
+
+    fn agg_fail_lazy(&mut self) {
+        self.lazy_dense = None;
+        self.finish(Err(AgentError::Config(
+            "dense input not supplied: an operation started with start_agreed_dense_lazy needs fill_dense before every poll_transmit".into(),
+        )));
     }
 
     /// See [`Aggregation::keepalive_probe`]; `None` while an all-reduce runs.

@@ -116,13 +116,26 @@ pub fn drive<E: Endpoint, T: Transport + ?Sized>(
     ep: &mut E,
     t: &mut T,
     idle_limit: Duration,
+    done: impl FnMut(&mut E) -> bool,
+) -> Result<(), AgentError> {
+    drive_with(ep, t, idle_limit, done, |_| {})
+}
+
+/// [`drive`], calling `prepare(ep)` before every round of transmissions (e.g. to produce the
+/// next chunks of a lazily filled stream just before they are sent).
+pub fn drive_with<E: Endpoint, T: Transport + ?Sized>(
+    ep: &mut E,
+    t: &mut T,
+    idle_limit: Duration,
     mut done: impl FnMut(&mut E) -> bool,
+    mut prepare: impl FnMut(&mut E),
 ) -> Result<(), AgentError> {
     let mut out = vec![0u8; 64 * 1024];
     let mut inb = vec![0u8; 64 * 1024];
     let mut idle_since: Option<Instant> = None;
     loop {
         let now = Instant::now();
+        prepare(ep);
         while let Some(tx) = ep.poll_transmit(now, &mut out) {
             t.send(tx.slot, &out[..tx.len])?;
         }

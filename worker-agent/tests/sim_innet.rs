@@ -327,3 +327,61 @@ fn non_finite_input_fails_everyone_fast() {
     }
     assert!(took < Duration::from_millis(50));
 }
+
+/// A lazily filled dense operation whose caller forgets `fill_dense` fails loudly when its
+/// first unfilled chunk is due, instead of sending zeros.
+#[test]
+fn lazy_dense_without_fill_fails_loudly() {
+    let n = 2;
+    let spec = job(n);
+    let mut core = SwitchCore::new(64);
+    core.create(spec.clone()).unwrap();
+    let mut net = SimNet::new(
+        SimConfig::default(),
+        n,
+        |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
+    );
+    let mut agents: Vec<InnetCore> = (0..n)
+        .map(|r| {
+            let cfg = InnetConfig {
+                mode: ModeChoice::Dense,
+                ..Default::default()
+            };
+            InnetCore::new(&spec, r as u8, AggConfig::default(), cfg).unwrap()
+        })
+        .collect();
+    let values = vec![0.25f32; 64 * 100];
+    let f = FixedPoint::new(
+        sketchreduce_codec::max_exponent(&values).unwrap(),
+        n as u32,
+        sketchreduce_codec::LaneWidth::W32,
+    )
+    .unwrap();
+    for a in agents.iter_mut() {
+        a.start_agreed_dense_lazy(
+            1,
+            &values,
+            Agreed {
+                fixed: f,
+                nnz_sum: 2 * values.len() as u64,
+                max_nnz: values.len() as u64,
+            },
+        )
+        .unwrap();
+    }
+    let mut results: Vec<Option<Result<Reduced, AgentError>>> = vec![None; n];
+    assert!(net.run(&mut agents, |ag| {
+        for (i, a) in ag.iter_mut().enumerate() {
+            if let Some(r) = a.poll_complete() {
+                results[i] = Some(r);
+            }
+        }
+        results.iter().all(|r| r.is_some())
+    }));
+    for r in results {
+        match r.unwrap() {
+            Err(AgentError::Config(m)) => assert!(m.contains("fill_dense"), "{m}"),
+            other => panic!("expected a loud failure, got {other:?}"),
+        }
+    }
+}
