@@ -175,16 +175,19 @@ use sketchreduce_wire::{JobSpec, WorkerSpec};
 /// Slots each job takes in the switch pool; job `id` uses slots
 /// `((id − 1) mod 32) · JOB_SLOTS ..` so up to 32 jobs share the default 4,096-slot pool.
 pub const JOB_SLOTS: u32 = 128;
-/// Lanes per packet used by the collectives' jobs (1 KiB of payload).
+/// Lanes per packet when nothing better is known: a 1 KiB payload, which fits every
+/// Ethernet MTU and QUIC datagram. The collectives use the largest lane count that fits the
+/// smallest path MTU of all ranks and the switch (360 lanes on a 1500-byte MTU).
 pub const JOB_LANES: u16 = 256;
 
-/// The job every rank derives from the configuration and the exchanged UDP addresses.
-pub fn job_spec(cfg: &Config, addrs: &[std::net::SocketAddr]) -> JobSpec {
+/// The job every rank derives from the configuration, the exchanged UDP addresses and the
+/// lane count rank 0 chose.
+pub fn job_spec(cfg: &Config, addrs: &[std::net::SocketAddr], lanes: u16) -> JobSpec {
     JobSpec {
         id: cfg.job_id,
-        // Assigned by the switch when the first rank creates the job; the others join it.
+        // Assigned by the switch when rank 0 creates the job.
         epoch: 0,
-        lanes: JOB_LANES,
+        lanes,
         slot_base: ((cfg.job_id as u32).saturating_sub(1) % 32) * JOB_SLOTS,
         slot_count: JOB_SLOTS,
         workers: addrs.iter().map(|&addr| WorkerSpec::at(addr)).collect(),
@@ -220,43 +223,41 @@ impl AgentPath {
         let local = sock
             .local_addr()
             .map_err(|e| CollectiveError::Io(e.to_string()))?;
-        let addrs: Vec<std::net::SocketAddr> = if cfg.world_size > 1 {
-            let blobs = ring.all_gather(
-                local.to_string().into_bytes(),
-                "exchange of agent addresses",
-            )?;
-            blobs
-                .iter()
-                .map(|b| {
-                    String::from_utf8_lossy(b).parse().map_err(|_| {
-                        CollectiveError::Mismatch(format!(
-                            "bad agent address {:?}",
-                            String::from_utf8_lossy(b)
-                        ))
-                    })
-                })
-                .collect::<crate::Result<_>>()?
+        // Every rank's address and path MTU towards the switch: the packets must fit the
+        // smallest.
+        let mtu = transport::path_mtu_towards(switch);
+        let mine = format!("{local} {mtu}");
+        let blobs = if cfg.world_size > 1 {
+            ring.all_gather(mine.into_bytes(), "exchange of agent addresses")?
         } else {
-            vec![local]
+            vec![mine.into_bytes()]
         };
+        let mut addrs = Vec::with_capacity(blobs.len());
+        let mut min_mtu = usize::MAX;
+        for b in &blobs {
+            let text = String::from_utf8_lossy(b);
+            let bad = || CollectiveError::Mismatch(format!("bad agent address {text:?}"));
+            let (a, m) = text.split_once(' ').ok_or_else(bad)?;
+            addrs.push(a.parse::<std::net::SocketAddr>().map_err(|_| bad())?);
+            min_mtu = min_mtu.min(m.parse::<usize>().map_err(|_| bad())?);
+        }
         // Rank 0 registers the job (replacing a stale registration of the same id, e.g. of a
         // crashed earlier run: a fresh epoch makes its leftover packets harmless) and tells
         // every rank the epoch and the data ports; only rank 0 talks to the control plane.
         let secret = sketchreduce_control::Secret::from_env()
             .map_err(|e| CollectiveError::Config(e.to_string()))?
             .map(std::sync::Arc::new);
-        let mut job = job_spec(cfg, &addrs);
         let mut owner = None;
         let mine = if cfg.rank == 0 {
-            match register(switch, secret.clone(), &job, cfg.timeout) {
-                Ok((epoch, port, ports)) => {
+            match register(switch, secret.clone(), cfg, &addrs, min_mtu) {
+                Ok((epoch, port, ports, lanes)) => {
                     owner = Some(Owner {
                         control: switch,
                         secret,
-                        job: job.id,
+                        job: cfg.job_id,
                         epoch,
                     });
-                    format!("OK {epoch} {port} {ports}")
+                    format!("OK {epoch} {port} {ports} {lanes}")
                 }
                 Err(e) => format!("ERR {e}"),
             }
@@ -269,7 +270,8 @@ impl AgentPath {
         } else {
             mine
         };
-        let (epoch, data_port, data_ports) = parse_registration(&reply)?;
+        let (epoch, data_port, data_ports, lanes) = parse_registration(&reply)?;
+        let mut job = job_spec(cfg, &addrs, lanes);
         job.epoch = epoch;
         let t = UdpTransport::with_ports(sock, switch, switch.ip(), data_port, data_ports)
             .map_err(ie)?;
@@ -319,28 +321,37 @@ struct Owner {
     epoch: u32,
 }
 
-/// Registers `job` at the switch's control endpoint (replacing a stale one with the same id);
-/// returns (epoch, first data port, data ports).
+/// Registers the job at the switch's control endpoint (replacing a stale one with the same
+/// id), with the largest lane count that fits `mtu` and the switch; returns (epoch, first
+/// data port, data ports, lanes).
 fn register(
     control: std::net::SocketAddr,
     secret: Option<std::sync::Arc<sketchreduce_control::Secret>>,
-    job: &JobSpec,
-    timeout: std::time::Duration,
-) -> std::result::Result<(u32, u16, u16), String> {
-    let timeout = timeout.min(std::time::Duration::from_secs(10));
+    cfg: &Config,
+    addrs: &[std::net::SocketAddr],
+    mtu: usize,
+) -> std::result::Result<(u32, u16, u16, u16), String> {
+    let timeout = cfg.timeout.min(std::time::Duration::from_secs(10));
     let mut c = sketchreduce_control::Client::connect(control, secret, timeout)
         .map_err(|e| format!("switch control endpoint {control}: {e}"))?;
     let info = c
         .info()
         .map_err(|e| format!("switch control endpoint {control}: {e}"))?;
+    let lanes = sketchreduce_wire::lanes_for_mtu(mtu, info.max_lanes).ok_or_else(|| {
+        format!(
+            "no lane count fits a {mtu}-byte path MTU and the switch's {} lanes",
+            info.max_lanes
+        )
+    })?;
+    let job = job_spec(cfg, addrs, lanes);
     let epoch = c
-        .create(job, true, JOB_LEASE.as_millis() as u64)
+        .create(&job, true, JOB_LEASE.as_millis() as u64)
         .map_err(|e| format!("registering job {} at {control}: {e}", job.id))?;
-    Ok((epoch, info.data_port, info.data_ports.max(1)))
+    Ok((epoch, info.data_port, info.data_ports.max(1), lanes))
 }
 
-/// Parses rank 0's registration message (`OK epoch port ports` or `ERR reason`).
-fn parse_registration(msg: &str) -> crate::Result<(u32, u16, u16)> {
+/// Parses rank 0's registration message (`OK epoch port ports lanes` or `ERR reason`).
+fn parse_registration(msg: &str) -> crate::Result<(u32, u16, u16, u16)> {
     if let Some(reason) = msg.strip_prefix("ERR ") {
         return Err(CollectiveError::Innet(format!(
             "rank 0 could not register the job on the switch: {reason}"
@@ -352,7 +363,8 @@ fn parse_registration(msg: &str) -> crate::Result<(u32, u16, u16)> {
     let epoch = next()?.parse().map_err(|_| bad())?;
     let port = next()?.parse().map_err(|_| bad())?;
     let ports = next()?.parse().map_err(|_| bad())?;
-    Ok((epoch, port, ports))
+    let lanes = next()?.parse().map_err(|_| bad())?;
+    Ok((epoch, port, ports, lanes))
 }
 
 impl InnetPath for AgentPath {

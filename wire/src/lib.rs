@@ -31,8 +31,36 @@ pub const DEFAULT_CONTROL_PORT: u16 = DEFAULT_DATA_PORT + DATA_PORT_COUNT; // 39
 /// Most workers a job may have: the per-slot "workers seen" bitmap is one 32-bit register.
 pub const MAX_WORKERS: usize = 32;
 /// Lane counts a job may use per packet. A switch supports those up to its `max_lanes`
-/// capability; above 256 lanes a packet needs jumbo frames (2048 lanes: an 8,224-byte UDP
-/// payload, MTU ≥ 8,252).
-pub const LANE_CHOICES: [u16; 7] = [32, 64, 128, 256, 512, 1024, 2048];
+/// capability. 360 lanes is the largest DATA packet of a 1500-byte IPv4 MTU
+/// (20 + 8 + 32 + 4·360 = 1500): the least header overhead on standard Ethernet. Above 360
+/// lanes a packet needs jumbo frames (2048 lanes: an 8,224-byte UDP payload, MTU ≥ 8,252).
+pub const LANE_CHOICES: [u16; 8] = [32, 64, 128, 256, 360, 512, 1024, 2048];
+
+/// The largest lane count of [`LANE_CHOICES`] whose DATA packet fits an IPv4 `mtu` (IPv4 and
+/// UDP headers included) and that a switch with capability `max_lanes` accepts.
+pub fn lanes_for_mtu(mtu: usize, max_lanes: u16) -> Option<u16> {
+    let payload = mtu.checked_sub(20 + 8 + packet::HEADER_LEN)?;
+    LANE_CHOICES
+        .iter()
+        .copied()
+        .filter(|&l| l as usize * packet::LANE_BYTES <= payload && l <= max_lanes)
+        .max()
+}
 /// The largest lane count of [`LANE_CHOICES`].
 pub const MAX_LANES: u16 = LANE_CHOICES[LANE_CHOICES.len() - 1];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_fill_the_mtu() {
+        assert_eq!(lanes_for_mtu(1500, MAX_LANES), Some(360));
+        assert_eq!(lanes_for_mtu(1499, MAX_LANES), Some(256));
+        assert_eq!(lanes_for_mtu(9000, MAX_LANES), Some(2048));
+        assert_eq!(lanes_for_mtu(9000, 64), Some(64));
+        assert_eq!(lanes_for_mtu(100, MAX_LANES), None);
+        // 360 lanes: exactly one 1500-byte IPv4 packet.
+        assert_eq!(20 + 8 + packet::HEADER_LEN + 360 * packet::LANE_BYTES, 1500);
+    }
+}

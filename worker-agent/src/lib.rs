@@ -30,8 +30,8 @@ pub use innet::{
 };
 pub use quic::QuicTransport;
 pub use transport::{
-    bind_udp, drive, drive_with, local_ip_towards, Interrupt, InterruptEvent, Lossy, Transport,
-    UdpTransport,
+    bind_udp, drive, drive_with, local_ip_towards, path_mtu_towards, Interrupt, InterruptEvent,
+    Lossy, Transport, UdpTransport,
 };
 
 /// A sans-I/O protocol endpoint: what the transports (and the simulated network) drive.

@@ -270,6 +270,40 @@ pub fn local_ip_towards(dst: SocketAddr) -> Result<std::net::IpAddr, AgentError>
     Ok(probe.local_addr()?.ip())
 }
 
+/// The MTU of the route to `dst` as the kernel knows it (`IP_MTU` of a connected UDP socket):
+/// what sizes an agent's packets. Falls back to 1500 where the kernel cannot tell.
+pub fn path_mtu_towards(dst: SocketAddr) -> usize {
+    let any: SocketAddr = match dst {
+        SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
+    };
+    let probe = match UdpSocket::bind(any).and_then(|s| s.connect(dst).map(|_| s)) {
+        Ok(s) => s,
+        Err(_) => return 1500,
+    };
+    let (level, name) = match dst {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid fd, an int-sized out buffer and its length.
+    let r = unsafe {
+        libc::getsockopt(
+            probe.as_raw_fd(),
+            level,
+            name,
+            &mut mtu as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r == 0 && mtu >= 576 {
+        mtu as usize
+    } else {
+        1500
+    }
+}
+
 /// What woke [`wait_fd`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
