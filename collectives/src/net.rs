@@ -22,6 +22,11 @@ pub(crate) fn write_frame(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Frames up to this size are written before reading in [`Ring::send_recv`] instead of from
+/// a writer thread: far below any socket buffer, so the write cannot block on a peer that is
+/// itself writing.
+const INLINE_WRITE: usize = 16 * 1024;
+
 /// Length prefix announcing an abort: the next frame is the reason.
 const ABORT_MARK: u64 = u64::MAX;
 const ABORT_TAG: &str = "sketchreduce-abort:";
@@ -185,11 +190,18 @@ impl Ring {
         };
         let next = self.next.as_mut().ok_or_else(closed)?;
         let prev = self.prev.as_mut().ok_or_else(closed)?;
-        let (w, r) = std::thread::scope(|sc| {
-            let writer = sc.spawn(|| write_frame(next, out));
-            let r = read_frame(prev, input);
-            (writer.join().expect("ring writer panicked"), r)
-        });
+        let (w, r) = if out.len() <= INLINE_WRITE {
+            // A small frame fits the socket buffer: write it, then read (no writer thread,
+            // whose start-up would dominate a header exchange).
+            let w = write_frame(next, out);
+            (w, read_frame(prev, input))
+        } else {
+            std::thread::scope(|sc| {
+                let writer = sc.spawn(|| write_frame(next, out));
+                let r = read_frame(prev, input);
+                (writer.join().expect("ring writer panicked"), r)
+            })
+        };
         // A read failure is the more telling one (it names the dead upstream peer).
         r.map_err(|e| map_io(e, rank, prev_rank, timeout, during))?;
         w.map_err(|e| map_io(e, rank, next_rank, timeout, during))?;
