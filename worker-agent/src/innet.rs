@@ -150,8 +150,11 @@ pub struct Reduced {
     pub keys: Vec<u32>,
     /// Sketch mode: exact integer sum at each candidate (the lane value, sign-extended).
     pub sums: Vec<i64>,
-    /// Dense mode: the aggregated lane of every position (wrapping 32-bit sums).
+    /// Dense mode with 32-bit values: the aggregated lane of every position (wrapping sums).
     pub lanes: Vec<u32>,
+    /// Dense mode with wide values (`fixed.bits() > 32`, two lanes per position through the
+    /// switch): the exact sum of every position.
+    pub wide: Vec<i64>,
     /// 1 if the sketch stalled and the union-rank recovery ran, else 0.
     pub decode_retries: u32,
     /// Sketch cells used (0 if none).
@@ -165,6 +168,11 @@ impl Reduced {
     /// candidates in sketch mode, every position in dense mode), in increasing position.
     pub fn for_each_sum(&self, mut f: impl FnMut(usize, i64)) {
         match self.mode {
+            PayloadMode::Dense if !self.wide.is_empty() => {
+                for (i, &s) in self.wide.iter().enumerate() {
+                    f(i, s);
+                }
+            }
             PayloadMode::Dense => {
                 for (i, &w) in self.lanes.iter().enumerate() {
                     f(i, w as i32 as i64);
@@ -216,6 +224,9 @@ impl Reduced {
     /// Positions with a nonzero sum.
     pub fn nonzeros(&self) -> usize {
         match self.mode {
+            PayloadMode::Dense if !self.wide.is_empty() => {
+                self.wide.iter().filter(|&&w| w != 0).count()
+            }
             PayloadMode::Dense => self.lanes.iter().filter(|&&w| w != 0).count(),
             _ => self.sums.iter().filter(|&&s| s != 0).count(),
         }
@@ -296,10 +307,12 @@ pub struct InnetCore {
     cfg: InnetConfig,
     prev_union: HashMap<u64, u64>,
     /// Codec parameters by (tensor id, dimension, rounded expected union).
-    sizing_cache: HashMap<(u64, u64, u64), CodecParams>,
+    sizing_cache: HashMap<(u64, u64, u64, u32), CodecParams>,
     calls: u64,
     phase: Phase,
     decoder: Decoder<i32>,
+    /// Decoder of wide (64-bit cell) sketches.
+    decoder64: Decoder<i64>,
     idx: Vec<u32>,
     vals: Vec<f32>,
     bufs: (Vec<u32>, Vec<u32>),
@@ -324,6 +337,39 @@ const MAX_HISTORY: usize = 4096;
 /// Fewest cells per candidate any sketch layout needs (coupled peeling thresholds are above
 /// 1.08), so a sketch of an expected union `u` is never smaller than `1.08 · u` lanes.
 const MIN_CELLS_PER_KEY: f64 = 1.08;
+
+/// Splits wide values into two 32-bit lanes each (carry split, `sketchreduce_codec::wide`),
+/// a block at a time so no 64-bit copy of the whole tensor is made.
+fn wide_words(
+    values: impl Iterator<Item = i64>,
+    workers: u32,
+    out: &mut [u32],
+) -> Result<(), CodecError> {
+    const BLOCK: usize = 4096;
+    let mut block = [0u64; BLOCK];
+    let mut done = 0usize;
+    let mut n = 0usize;
+    for v in values {
+        block[n] = v as u64;
+        n += 1;
+        if n == BLOCK {
+            sketchreduce_codec::split_wide(&block, workers, &mut out[2 * done..2 * (done + n)])?;
+            done += n;
+            n = 0;
+        }
+    }
+    sketchreduce_codec::split_wide(&block[..n], workers, &mut out[2 * done..2 * (done + n)])
+}
+
+/// Joins aggregated wide words back into exact sums of `bits`-bit values.
+fn join_sums(words: &[u32], workers: u32, bits: u32) -> Result<Vec<i64>, CodecError> {
+    let mut cells = vec![0u64; words.len() / 2];
+    sketchreduce_codec::join_wide(words, workers, &mut cells)?;
+    Ok(cells
+        .into_iter()
+        .map(|c| sketchreduce_codec::wide::sign_extend(c, bits))
+        .collect())
+}
 
 /// `v` rounded up to `bits` significant bits (integer arithmetic: identical everywhere).
 fn round_up_significant(v: u64, bits: u32) -> u64 {
@@ -369,6 +415,7 @@ impl InnetCore {
             calls: 0,
             phase: Phase::Idle,
             decoder: Decoder::new(),
+            decoder64: Decoder::new(),
             idx: Vec::new(),
             vals: Vec::new(),
             bufs: (Vec::new(), Vec::new()),
@@ -746,6 +793,7 @@ impl InnetCore {
             keys: Vec::new(),
             sums: Vec::new(),
             lanes: Vec::new(),
+            wide: Vec::new(),
             decode_retries: 0,
             cells: 0,
             phases: self.phases,
@@ -851,19 +899,25 @@ impl InnetCore {
             }
             None => upper,
         };
+        let wide = fixed.bits() > 32;
+        let workers = self.agg.world() as u32;
         // A sketch needs more than one cell per candidate: when the expected union is close
         // to the dimension, dense lanes win without sizing anything.
         let surely_dense = expected as f64 * MIN_CELLS_PER_KEY >= dim as f64;
         let params = match self.cfg.mode {
             ModeChoice::Dense => None,
             ModeChoice::Auto if surely_dense => None,
-            _ => Some(self.sized(input.tensor_id, dim, expected)?),
+            _ => Some(self.sized(input.tensor_id, dim, expected, fixed.bits())?),
         };
         let dense = match (&params, self.cfg.mode) {
             (None, _) => true,
             (Some(_), ModeChoice::Sketch) => false,
             // Dense is also cheaper to produce and to use: prefer it on a tie.
-            (Some(p), _) => p.index_words() as u64 + p.cells() as u64 >= dim as u64,
+            // Both sides in 32-bit words: a wide value takes two, a wide cell two.
+            (Some(p), _) => {
+                let per = if wide { 2 } else { 1 };
+                p.index_words() as u64 + per * p.cells() as u64 >= per * dim as u64
+            }
         };
         let (mut iw, mut cw) = std::mem::take(&mut self.bufs);
         let mut scanned = Duration::ZERO;
@@ -882,7 +936,28 @@ impl InnetCore {
         if !dense {
             self.lazy_dense = None;
         }
-        let (streams, params) = if dense {
+        let (streams, params) = if dense && wide {
+            // Two lanes per value (carry split, see `sketchreduce_codec::wide`).
+            self.lazy_dense = None;
+            iw.clear();
+            iw.resize(2 * dim, 0);
+            match dense_input {
+                Some(values) => {
+                    wide_words(values.iter().map(|&v| fixed.to_fixed(v)), workers, &mut iw)
+                        .map_err(|e| self.codec_err(e))?
+                }
+                None => {
+                    let mut q = vec![0i64; dim];
+                    for (&i, &v) in self.idx.iter().zip(&self.vals) {
+                        q[i as usize] = fixed
+                            .try_to_fixed(v, i as usize)
+                            .map_err(|e| self.codec_err(e))?;
+                    }
+                    wide_words(q.into_iter(), workers, &mut iw).map_err(|e| self.codec_err(e))?;
+                }
+            }
+            (vec![Stream::new(Op::Add, iw)], None)
+        } else if dense {
             iw.clear();
             match dense_input {
                 // Straight from the dense input. The agreed exponent covers every value, so
@@ -914,20 +989,36 @@ impl InnetCore {
         } else {
             let params =
                 params.ok_or_else(|| AgentError::Config("sketch without parameters".into()))?;
-            let mut enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
-            iw.clear();
-            iw.resize(params.index_words(), 0);
-            cw.clear();
-            cw.resize(params.cells(), 0);
-            let mut encoding =
-                Encoding::<i32>::from_parts(&params, iw, cw).map_err(|e| self.codec_err(e))?;
-            enc.encode_sparse(&self.idx, &self.vals, &fixed, &mut encoding)
-                .map_err(|e| self.codec_err(e))?;
-            let (iw, cw) = encoding.into_parts();
-            (
-                vec![Stream::new(Op::Or, iw), Stream::new(Op::Add, cw)],
-                Some(params),
-            )
+            if wide {
+                let mut enc = Encoder::<i64>::new(&params).map_err(|e| self.codec_err(e))?;
+                let mut encoding = Encoding::<i64>::new(&params).map_err(|e| self.codec_err(e))?;
+                enc.encode_sparse(&self.idx, &self.vals, &fixed, &mut encoding)
+                    .map_err(|e| self.codec_err(e))?;
+                let (index, cells) = encoding.into_parts();
+                cw.clear();
+                cw.resize(2 * cells.len(), 0);
+                sketchreduce_codec::split_wide(&cells, workers, &mut cw)
+                    .map_err(|e| self.codec_err(e))?;
+                (
+                    vec![Stream::new(Op::Or, index), Stream::new(Op::Add, cw)],
+                    Some(params),
+                )
+            } else {
+                let mut enc = Encoder::<i32>::new(&params).map_err(|e| self.codec_err(e))?;
+                iw.clear();
+                iw.resize(params.index_words(), 0);
+                cw.clear();
+                cw.resize(params.cells(), 0);
+                let mut encoding =
+                    Encoding::<i32>::from_parts(&params, iw, cw).map_err(|e| self.codec_err(e))?;
+                enc.encode_sparse(&self.idx, &self.vals, &fixed, &mut encoding)
+                    .map_err(|e| self.codec_err(e))?;
+                let (iw, cw) = encoding.into_parts();
+                (
+                    vec![Stream::new(Op::Or, iw), Stream::new(Op::Add, cw)],
+                    Some(params),
+                )
+            }
         };
         tracing::debug!(
             tensor_id = input.tensor_id,
@@ -957,9 +1048,10 @@ impl InnetCore {
         tensor_id: u64,
         dim: usize,
         expected: u64,
+        bits: u32,
     ) -> Result<CodecParams, AgentError> {
         let expected = round_up_significant(expected, 6);
-        let key = (tensor_id, dim as u64, expected);
+        let key = (tensor_id, dim as u64, expected, bits);
         if let Some(p) = self.sizing_cache.get(&key) {
             return Ok(p.clone());
         }
@@ -972,14 +1064,15 @@ impl InnetCore {
             signs: false,
             ..Sizing::new(expected)
         };
-        let p = CodecParams::sized(
-            self.cfg.seed,
-            tensor_id,
-            dim as u64,
-            LaneWidth::W32,
-            &sizing,
-        )
-        .map_err(|e| self.codec_err(e))?;
+        // Wide values: 64-bit cells, known modulo 2^bits after the carry split.
+        let lane = if bits > 32 {
+            LaneWidth::W64
+        } else {
+            LaneWidth::W32
+        };
+        let p = CodecParams::sized(self.cfg.seed, tensor_id, dim as u64, lane, &sizing)
+            .and_then(|p| p.with_value_bits(bits))
+            .map_err(|e| self.codec_err(e))?;
         if self.sizing_cache.len() >= MAX_HISTORY {
             self.sizing_cache.clear();
         }
@@ -1001,9 +1094,22 @@ impl InnetCore {
         params: Option<CodecParams>,
     ) -> Result<Option<Reduced>, AgentError> {
         let mut streams = self.agg.take_streams();
+        let workers = self.agg.world() as u32;
+        let wide = fixed.bits() > 32;
         let Some(params) = params else {
             // Dense: the aggregate is the sum itself.
             let lanes = std::mem::take(&mut streams[0].words);
+            if wide {
+                let sums =
+                    join_sums(&lanes, workers, fixed.bits()).map_err(|e| self.codec_err(e))?;
+                let nz = sums.iter().filter(|&&w| w != 0).count() as u64;
+                self.remember_union(input.tensor_id, nz);
+                return Ok(Some(Reduced {
+                    mode: PayloadMode::Dense,
+                    wide: sums,
+                    ..self.empty(&input, Some(fixed))
+                }));
+            }
             let nz = lanes.iter().filter(|&&w| w != 0).count() as u64;
             self.remember_union(input.tensor_id, nz);
             return Ok(Some(Reduced {
@@ -1015,12 +1121,21 @@ impl InnetCore {
         let cw = std::mem::take(&mut streams[1].words);
         let iw = std::mem::take(&mut streams[0].words);
         let t_dec = Instant::now();
-        let decoded = self.decoder.decode(&params, &iw, &cw);
+        let decoded = if wide {
+            let mut cells = vec![0u64; cw.len() / 2];
+            sketchreduce_codec::join_wide(&cw, workers, &mut cells)
+                .map_err(|e| self.codec_err(e))?;
+            self.decoder64
+                .decode(&params, &iw, &cells)
+                .map(|d| (d.keys.to_vec(), d.sums.to_vec(), d.nonzeros()))
+        } else {
+            self.decoder
+                .decode(&params, &iw, &cw)
+                .map(|d| (d.keys.to_vec(), d.sums.to_vec(), d.nonzeros()))
+        };
         let res = match decoded {
-            Ok(d) => {
-                let nz = d.nonzeros() as u64;
-                let keys = d.keys.to_vec();
-                let sums = d.sums.to_vec();
+            Ok((keys, sums, nz)) => {
+                let nz = nz as u64;
                 self.phases.decode = t_dec.elapsed();
                 self.remember_union(input.tensor_id, nz);
                 Ok(Some(Reduced {
@@ -1043,10 +1158,10 @@ impl InnetCore {
                 let mut keys = Vec::new();
                 sketchreduce_codec::candidates_into(&params, &iw, &mut keys)
                     .map_err(|e| self.codec_err(e))?;
-                let mut vec = vec![0u32; keys.len()];
+                let mut q = vec![0i64; keys.len()];
                 for (&i, &v) in self.idx.iter().zip(&self.vals) {
-                    let q = fixed.to_fixed(v);
-                    if q == 0 {
+                    let x = fixed.to_fixed(v);
+                    if x == 0 {
                         continue;
                     }
                     let r = sketchreduce_codec::candidate_rank(&keys, i).ok_or_else(|| {
@@ -1055,10 +1170,18 @@ impl InnetCore {
                             self.agg.job()
                         ))
                     })?;
-                    vec[r] = vec[r].wrapping_add(q as u32);
+                    q[r] = q[r].wrapping_add(x);
                 }
+                // One lane per candidate (two for wide values).
+                let words = if wide {
+                    let mut w = vec![0u32; 2 * q.len()];
+                    wide_words(q.into_iter(), workers, &mut w).map_err(|e| self.codec_err(e))?;
+                    w
+                } else {
+                    q.iter().map(|&x| x as u32).collect()
+                };
                 self.phases.decode = t_dec.elapsed();
-                self.agg.start(vec![Stream::new(Op::Add, vec)])?;
+                self.agg.start(vec![Stream::new(Op::Add, words)])?;
                 self.enter(Instant::now(), "recovery", input.tensor_id);
                 self.phase = Phase::Recover {
                     input,
@@ -1082,7 +1205,12 @@ impl InnetCore {
         keys: Vec<u32>,
     ) -> Result<Option<Reduced>, AgentError> {
         let streams = self.agg.take_streams();
-        let sums: Vec<i64> = streams[0].words.iter().map(|&c| c as i32 as i64).collect();
+        let sums: Vec<i64> = if fixed.bits() > 32 {
+            join_sums(&streams[0].words, self.agg.world() as u32, fixed.bits())
+                .map_err(|e| self.codec_err(e))?
+        } else {
+            streams[0].words.iter().map(|&c| c as i32 as i64).collect()
+        };
         let nz = sums.iter().filter(|&&s| s != 0).count() as u64;
         self.remember_union(input.tensor_id, nz);
         Ok(Some(Reduced {

@@ -47,6 +47,16 @@ enum How {
     Agreed,
     /// `start_agreed_dense`: the same, from the dense tensor.
     AgreedDense,
+    /// `start_agreed` with a wide (62-bit) fixed point: two lanes per value or cell.
+    AgreedWide,
+    /// `start_agreed_dense` with a wide fixed point.
+    AgreedDenseWide,
+}
+
+impl How {
+    fn wide(self) -> bool {
+        matches!(self, How::AgreedWide | How::AgreedDenseWide)
+    }
 }
 
 fn run(n: usize, loss: f64, seed: u64, iters: usize, cfg: InnetConfig) -> Vec<u64> {
@@ -103,7 +113,25 @@ fn run_with(
             seed: seed * 100 + it as u64,
         })
         .unwrap();
-        let (f, want) = reference(&grads);
+        let (f, want) = if how.wide() {
+            // Independent reference for a 64 − ceil(log2 n)-bit value: i64 sums.
+            let e = grads
+                .iter()
+                .map(|g| sketchreduce_codec::max_exponent(g).unwrap())
+                .max()
+                .unwrap();
+            let bits = 64 - (n as u32).next_power_of_two().trailing_zeros();
+            let f = FixedPoint::with_bits(e, n as u32, bits).unwrap();
+            let mut sums = vec![0i64; grads[0].len()];
+            for g in &grads {
+                for (s, &v) in sums.iter_mut().zip(g) {
+                    *s += f.to_fixed(v);
+                }
+            }
+            (f, sums)
+        } else {
+            reference(&grads)
+        };
         let nnz_sum: u64 = grads
             .iter()
             .map(|g| g.iter().filter(|v| **v != 0.0).count() as u64)
@@ -123,7 +151,7 @@ fn run_with(
             match how {
                 How::Dense => a.start(5, g).unwrap(),
                 How::Sparse => a.start_sparse(5, g.len(), &idx, &vals).unwrap(),
-                How::Agreed => a
+                How::Agreed | How::AgreedWide => a
                     .start_agreed(
                         5,
                         g.len(),
@@ -136,7 +164,7 @@ fn run_with(
                         },
                     )
                     .unwrap(),
-                How::AgreedDense => a
+                How::AgreedDense | How::AgreedDenseWide => a
                     .start_agreed_dense(
                         5,
                         g,
@@ -166,7 +194,10 @@ fn run_with(
         for r in results {
             let r = r.unwrap();
             assert_eq!(r.mode, want_mode, "payload mode");
-            if matches!(how, How::Agreed | How::AgreedDense) {
+            if matches!(
+                how,
+                How::Agreed | How::AgreedDense | How::AgreedWide | How::AgreedDenseWide
+            ) {
                 assert_eq!(r.phases.agree, Duration::ZERO, "no agreement round");
             }
             check(&r, &want, &f);
@@ -197,6 +228,47 @@ fn sparse_and_pre_agreed_inputs_are_exact() {
             PayloadMode::Sketch,
         );
     }
+}
+
+#[test]
+fn wide_values_are_exact_through_32_bit_lanes() {
+    // Sketch (low density) and dense lanes (high density), each value or cell split in two
+    // 32-bit lanes, under loss: exact 62-bit sums.
+    run_with(
+        4,
+        0.03,
+        31,
+        2,
+        InnetConfig::default(),
+        How::AgreedWide,
+        0.02,
+        PayloadMode::Sketch,
+    );
+    run_with(
+        3,
+        0.02,
+        32,
+        2,
+        InnetConfig::default(),
+        How::AgreedDenseWide,
+        0.7,
+        PayloadMode::Dense,
+    );
+    // A stalled wide sketch recovers with two lanes per candidate.
+    let tiny = InnetConfig {
+        cells: Some(50),
+        ..Default::default()
+    };
+    run_with(
+        3,
+        0.0,
+        33,
+        1,
+        tiny,
+        How::AgreedWide,
+        0.02,
+        PayloadMode::Sketch,
+    );
 }
 
 #[test]
