@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
-use sketchreduce_codec::{max_exponent, FixedPoint};
+use sketchreduce_codec::FixedPoint;
 use sketchreduce_collectives::{Communicator, Config, OpInfo, OpPhases, ReduceOp};
 use sketchreduce_switch::total_drops;
 use sketchreduce_wire::control::{Request, Response};
@@ -114,12 +114,12 @@ struct Reference {
 }
 
 impl Reference {
-    fn new(grads: &[Vec<f32>], lane: sketchreduce_codec::LaneWidth) -> anyhow::Result<Self> {
-        let mut e = 0;
-        for g in grads {
-            e = e.max(max_exponent(g)?);
-        }
-        let fp = FixedPoint::new(e, grads.len() as u32, lane)?;
+    fn new(
+        grads: &[Vec<f32>],
+        precision: sketchreduce_collectives::Precision,
+    ) -> anyhow::Result<Self> {
+        // The communicator's own rule (largest exponent, ranks' median exponents, policy).
+        let fp = sketchreduce_collectives::fixed_point_for(grads, precision)?;
         let d = grads[0].len();
         let mut sums = vec![0i64; d];
         let mut f64_sum = vec![0f64; d];
@@ -170,6 +170,8 @@ pub fn op_info_json(info: &OpInfo) -> Value {
         aggregate_density,
         exponent,
         phases,
+        value_bits,
+        error_bound,
     } = *info;
     let OpPhases {
         agree,
@@ -199,6 +201,8 @@ pub fn op_info_json(info: &OpInfo) -> Value {
             "convert": ms(convert),
         },
         "innet_mode": innet_mode,
+        "value_bits": value_bits,
+        "error_bound": error_bound,
     })
 }
 
@@ -284,7 +288,7 @@ fn run_inner(args: &Args, cfg: Config) -> anyhow::Result<Value> {
         // The parent mode's first iteration: both modes measure the same inputs.
         seed: args.seed.wrapping_mul(1000),
     })?;
-    let reference = Reference::new(&grads, cfg.codec.lane)?;
+    let reference = Reference::new(&grads, cfg.codec.precision)?;
     let mine = grads.swap_remove(rank);
     drop(grads);
     let gen_ms = ms(t_gen.elapsed());
@@ -391,7 +395,6 @@ mod tests {
     use super::*;
     use crate::allreduce_bench::Algo;
     use clap::Parser;
-    use sketchreduce_codec::LaneWidth;
     use sketchreduce_collectives::Algo as CAlgo;
     use sketchreduce_wire::JobCounters;
     use std::collections::HashMap;
@@ -461,7 +464,7 @@ mod tests {
             vec![1.0f32, -0.5, 0.0, 3.0e-3],
             vec![0.25f32, 0.5, 0.0, 1.0e-7],
         ];
-        let r = Reference::new(&grads, LaneWidth::W32).unwrap();
+        let r = Reference::new(&grads, sketchreduce_collectives::Precision::Narrow).unwrap();
         let mut out: Vec<f32> = r.bits.iter().map(|&b| f32::from_bits(b)).collect();
         assert_eq!(r.check(&out).0, 0);
         assert_eq!(r.check(&out).1, 0);

@@ -205,20 +205,17 @@ impl FromStr for Transport {
 
 /// How values become integers. All algorithms share it, which is what makes their results
 /// bit-identical.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CodecPolicy {
-    /// Lane width of the fixed-point integers. 32-bit is what the switch adds; use it whenever
-    /// results must match the in-network path bit for bit.
-    pub lane: LaneWidth,
+    /// Width of the fixed-point values (see [`Precision`] and `docs/design.md`, "Exactness
+    /// model"): [`Precision::Auto`] (default) takes 32-bit values unless the operation's
+    /// dynamic range would cost its typical values their precision, then `64 − ⌈log2 n⌉`
+    /// bits (two 32-bit lanes through the switch).
+    pub precision: Precision,
 }
 
-impl Default for CodecPolicy {
-    fn default() -> Self {
-        CodecPolicy {
-            lane: LaneWidth::W32,
-        }
-    }
-}
+/// Width policy of the fixed-point values (the codec's [`sketchreduce_codec::ValuePolicy`]).
+pub use sketchreduce_codec::ValuePolicy as Precision;
 
 /// Everything a rank needs to join a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -305,9 +302,18 @@ impl Config {
         self
     }
 
-    /// Builder: lane width.
+    /// Builder: a fixed lane width (32 = [`Precision::Narrow`], 64 = [`Precision::Wide`]).
     pub fn with_lane(mut self, lane: LaneWidth) -> Self {
-        self.codec.lane = lane;
+        self.codec.precision = match lane {
+            LaneWidth::W32 => Precision::Narrow,
+            LaneWidth::W64 => Precision::Wide,
+        };
+        self
+    }
+
+    /// Builder: value width policy.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.codec.precision = precision;
         self
     }
 
@@ -355,12 +361,25 @@ impl Config {
             c.transport = t.parse()?;
         }
         if let Some(l) = get("SKETCHREDUCE_LANE") {
-            c.codec.lane = match l.trim() {
-                "32" => LaneWidth::W32,
-                "64" => LaneWidth::W64,
+            // Kept for compatibility: a fixed width.
+            c.codec.precision = match l.trim() {
+                "32" => Precision::Narrow,
+                "64" => Precision::Wide,
                 o => {
                     return Err(CollectiveError::Config(format!(
                         "SKETCHREDUCE_LANE={o:?} (32|64)"
+                    )))
+                }
+            };
+        }
+        if let Some(p) = get("SKETCHREDUCE_PRECISION") {
+            c.codec.precision = match p.trim().to_ascii_lowercase().as_str() {
+                "auto" => Precision::Auto,
+                "narrow" | "32" => Precision::Narrow,
+                "wide" | "64" => Precision::Wide,
+                o => {
+                    return Err(CollectiveError::Config(format!(
+                        "SKETCHREDUCE_PRECISION={o:?} (auto|narrow|wide)"
                     )))
                 }
             };
@@ -422,10 +441,10 @@ impl Config {
     /// The settings every rank must agree on, as `key=value` pairs in a fixed order.
     pub fn shared_settings(&self) -> String {
         format!(
-            "world_size={} algo={} lane={} switch={} transport={} crossover={} crossover_rows={} auto_innet={} job={}",
+            "world_size={} algo={} precision={:?} switch={} transport={} crossover={} crossover_rows={} auto_innet={} job={}",
             self.world_size,
             self.algo,
-            self.codec.lane.bits(),
+            self.codec.precision,
             self.switch
                 .map(|s| s.to_string())
                 .unwrap_or_else(|| "none".into()),

@@ -55,14 +55,18 @@ pub mod tensor;
 pub use buf::DenseBuf;
 pub use comm::{Communicator, Pending, Stats};
 pub use config::{
-    auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER,
-    AUTO_CROSSOVER_ROWS, AUTO_ROW_BLOCK, DEFAULT_RENDEZVOUS_TIMEOUT, DEFAULT_TIMEOUT, MAX_TIMEOUT,
+    auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Precision, Transport,
+    AUTO_CROSSOVER, AUTO_CROSSOVER_ROWS, AUTO_ROW_BLOCK, DEFAULT_RENDEZVOUS_TIMEOUT,
+    DEFAULT_TIMEOUT, MAX_TIMEOUT,
 };
 #[cfg(feature = "tch")]
 pub use ddp::{broadcast_variables, DdpReport, DistributedDataParallel, DEFAULT_BUCKET_BYTES};
 pub use error::{CollectiveError, Result};
 pub use lanes::chunk_range;
-pub use reduce::{finish, reference_all_reduce, Collective, OpInfo, OpPhases, Payload, ReduceOp};
+pub use reduce::{
+    agreed_fixed_point, finish, fixed_point_for, median_exponent, reference_all_reduce,
+    reference_all_reduce_with, Collective, OpInfo, OpPhases, Payload, ReduceOp, AUTO_TYPICAL_BITS,
+};
 pub use sketchreduce_codec::LaneWidth;
 pub use sparse::SparseVec;
 #[cfg(feature = "tch")]

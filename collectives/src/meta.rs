@@ -13,7 +13,7 @@
 use crate::error::CollectiveError;
 
 /// Version of the header layout (first byte); a peer with another version is refused.
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// Largest per-rank bitset ([`Meta::used`]) and problem text accepted from a peer.
 const MAX_USED_BYTES: usize = 1 << 20;
 const MAX_PROBLEM_BYTES: usize = 4096;
@@ -41,6 +41,8 @@ pub(crate) struct Meta {
     pub nnz: u64,
     /// Biased exponent of the largest |value|; `u32::MAX`: non-finite input at [`Self::bad`].
     pub exponent: u32,
+    /// Median biased exponent of the nonzero values (0: none); picks the value width.
+    pub e_med: u32,
     /// Dense element index of the first non-finite value.
     pub bad: u64,
     /// The caller's stable key of the operation (e.g. one per DDP bucket), if any.
@@ -117,6 +119,7 @@ impl Meta {
         w.u64(self.block);
         w.u64(self.nnz);
         w.u32(self.exponent);
+        w.u32(self.e_med);
         w.u64(self.bad);
         w.u8(self.key.is_some() as u8);
         w.u64(self.key.unwrap_or(0));
@@ -146,6 +149,7 @@ impl Meta {
             block: r.u64()?,
             nnz: r.u64()?,
             exponent: r.u32()?,
+            e_med: r.u32()?,
             bad: r.u64()?,
             ..Meta::default()
         };
@@ -174,6 +178,8 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
 pub(crate) struct Agreed {
     /// Global exponent (MAX over ranks).
     pub exponent: u32,
+    /// Smallest nonzero [`Meta::e_med`] over ranks (0: no rank has nonzeros).
+    pub e_med_min: u32,
     /// Σ over ranks of nonzero values.
     pub total_nnz: u64,
     /// Largest nonzero count of one rank (a lower bound on the union's size).
@@ -330,6 +336,12 @@ pub(crate) fn verdict(metas: &[Meta], rules: Rules) -> Result<Agreed, Refusal> {
     }
     Ok(Agreed {
         exponent: metas.iter().map(|m| m.exponent).max().unwrap_or(0),
+        e_med_min: metas
+            .iter()
+            .map(|m| m.e_med)
+            .filter(|&e| e > 0)
+            .min()
+            .unwrap_or(0),
         total_nnz: metas.iter().map(|m| m.nnz).sum(),
         max_nnz: metas.iter().map(|m| m.nnz).max().unwrap_or(0),
         used,

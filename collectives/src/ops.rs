@@ -9,7 +9,7 @@ use crate::meta::{Meta, Rules};
 use crate::reduce::{
     algo_code, finish, Collective, Data, Engine, OpInfo, OpRequest, OpResult, Output, Payload,
 };
-use sketchreduce_codec::{FixedPoint, LaneWidth};
+use sketchreduce_codec::LaneWidth;
 use std::time::Instant;
 
 impl Engine {
@@ -34,13 +34,23 @@ impl Engine {
         };
         let mine = chunk_range(len, n, rank);
         let op = req.op;
-        let out: Vec<f32> = if op.is_order() {
-            let mut keys: Vec<i32> = v.iter().map(|&x| order_key(x)).collect();
-            ring_reduce_scatter(&mut self.ring, &mut keys, op.pick())?;
-            keys[mine].iter().map(|&k| from_order_key(k)).collect()
-        } else {
-            let fp = FixedPoint::new(agreed.exponent, n as u32, self.cfg.codec.lane)?;
-            match fp.lane() {
+        let fp = (!op.is_order())
+            .then(|| {
+                crate::reduce::agreed_fixed_point(
+                    agreed.exponent,
+                    agreed.e_med_min,
+                    n,
+                    self.cfg.codec.precision,
+                )
+            })
+            .transpose()?;
+        let out: Vec<f32> = match fp {
+            None => {
+                let mut keys: Vec<i32> = v.iter().map(|&x| order_key(x)).collect();
+                ring_reduce_scatter(&mut self.ring, &mut keys, op.pick())?;
+                keys[mine].iter().map(|&k| from_order_key(k)).collect()
+            }
+            Some(fp) => match fp.lane() {
                 LaneWidth::W32 => {
                     let mut l: Vec<i32> = v.iter().map(|&x| fp.to_fixed(x) as i32).collect();
                     ring_reduce_scatter(&mut self.ring, &mut l, i32::wrapping_add)?;
@@ -54,7 +64,7 @@ impl Engine {
                     ring_reduce_scatter(&mut self.ring, &mut l, i64::wrapping_add)?;
                     l[mine].iter().map(|&q| finish(&fp, q, op, n)).collect()
                 }
-            }
+            },
         };
         Ok(OpResult {
             out: Output::Reduced(Payload::Dense(out.into())),
@@ -67,6 +77,8 @@ impl Engine {
                 aggregate_density: agreed.total_nnz as f64 / len.max(1) as f64,
                 exponent: agreed.exponent,
                 phases: Default::default(),
+                value_bits: fp.map_or(0, |f| f.bits()),
+                error_bound: fp.map_or(0.0, |f| f.abs_error_bound()),
             },
             used: agreed.used,
         })
@@ -150,6 +162,8 @@ impl Engine {
                 aggregate_density: 0.0,
                 exponent: 0,
                 phases: Default::default(),
+                value_bits: 0,
+                error_bound: 0.0,
             },
             used: agreed.used,
         })

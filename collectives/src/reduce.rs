@@ -17,7 +17,7 @@
 //! the switch can only add, so an `innet` request for them is refused on every rank.
 
 use crate::buf::DenseBuf;
-use crate::config::{Algo, Config};
+use crate::config::{Algo, Config, Precision};
 use crate::error::{CollectiveError, Result};
 use crate::innet::InnetPath;
 use crate::lanes::{from_order_key, order_key, ring_lanes};
@@ -126,6 +126,12 @@ pub struct OpInfo {
     pub exponent: u32,
     /// Where the time went on this rank.
     pub phases: OpPhases,
+    /// Width of the fixed-point values (32, or `64 − ⌈log2 n⌉` wide; 0 when none were used).
+    pub value_bits: u32,
+    /// Bound of the rounding error of each result element against the exact real sum of the
+    /// inputs, before the final conversion to `f32` (`n · 2^-(s+1)` for scale `2^s`; 0 when
+    /// no fixed point was used). The result is that sum rounded once to `f32`.
+    pub error_bound: f64,
 }
 
 /// Where the time of one operation went on this rank (wall time; zero for phases an
@@ -176,12 +182,125 @@ pub fn finish(fp: &FixedPoint, sum: i64, op: ReduceOp, world: usize) -> f32 {
     }
 }
 
+/// Median biased exponent (see [`sketchreduce_codec::exponent_of`]) of the nonzero values
+/// (0 if there are none): a rank's "typical" magnitude, which picks the value width. Large
+/// inputs are sampled at a fixed stride (every rank computes its own; the ranks then agree on
+/// the smallest), so this costs a small fraction of a pass over the data.
+pub fn median_exponent(values: &[f32]) -> u32 {
+    const SAMPLES: usize = 1 << 16;
+    let stride = (values.len() / SAMPLES).max(1);
+    let mut hist = [0u32; sketchreduce_codec::fixed::MAX_FINITE_EXPONENT as usize + 2];
+    let mut n = 0u32;
+    for &v in values.iter().step_by(stride) {
+        if let Some(e) = sketchreduce_codec::exponent_of(v) {
+            if e > 0 {
+                hist[e as usize] += 1;
+                n += 1;
+            }
+        }
+    }
+    if n == 0 && stride > 1 {
+        // A sparse input the stride missed: look at every value.
+        return median_exponent_exact(values);
+    }
+    median_of(&hist, n)
+}
+
+fn median_exponent_exact(values: &[f32]) -> u32 {
+    let mut hist = [0u32; sketchreduce_codec::fixed::MAX_FINITE_EXPONENT as usize + 2];
+    let mut n = 0u32;
+    for &v in values {
+        if let Some(e) = sketchreduce_codec::exponent_of(v) {
+            if e > 0 {
+                hist[e as usize] += 1;
+                n += 1;
+            }
+        }
+    }
+    median_of(&hist, n)
+}
+
+fn median_of(hist: &[u32], n: u32) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0u32;
+    for (e, &c) in hist.iter().enumerate() {
+        seen += c;
+        if 2 * seen >= n {
+            return e as u32;
+        }
+    }
+    0
+}
+
+/// The fixed point every rank uses for an operation: built from the agreed largest exponent
+/// `e_max`, the smallest of the ranks' median exponents `e_med_min`, the number of ranks and
+/// the [`Precision`] policy. [`Precision::Auto`] keeps 32-bit values while the typical value of
+/// every rank keeps [`AUTO_TYPICAL_BITS`] significant bits, otherwise it goes wide.
+pub fn agreed_fixed_point(
+    e_max: u32,
+    e_med_min: u32,
+    world: usize,
+    precision: Precision,
+) -> Result<FixedPoint> {
+    let n = world.max(1) as u32;
+    let bits = match precision {
+        Precision::Auto => {
+            // The codec's rule applied to the typical (median) value instead of the smallest
+            // one: the smallest values of real gradients always span tens of bits.
+            let c = n.next_power_of_two().trailing_zeros();
+            let spread = e_max.saturating_sub(e_med_min.max(1));
+            if e_max == 0 || spread + AUTO_TYPICAL_BITS + c <= 30 {
+                32
+            } else {
+                64 - c
+            }
+        }
+        p => sketchreduce_codec::choose_value_bits(e_max, e_max, n, p)?,
+    };
+    Ok(FixedPoint::with_bits(e_max, n, bits)?)
+}
+
+/// Significant bits [`Precision::Auto`] keeps for each rank's median nonzero value with
+/// 32-bit values; below that it switches to wide values.
+pub const AUTO_TYPICAL_BITS: u32 = 16;
+
+/// The fixed point [`agreed_fixed_point`] gives for these inputs (one per rank), as the
+/// ranks would agree on it.
+pub fn fixed_point_for(inputs: &[Vec<f32>], precision: Precision) -> Result<FixedPoint> {
+    let mut e_max = 0;
+    let mut e_med_min = 0u32;
+    for v in inputs {
+        e_max = e_max.max(max_exponent(v)?);
+        let m = median_exponent(v);
+        if m > 0 && (e_med_min == 0 || m < e_med_min) {
+            e_med_min = m;
+        }
+    }
+    agreed_fixed_point(e_max, e_med_min, inputs.len(), precision)
+}
+
 /// The exact result every algorithm must produce, computed in one process from every rank's
 /// dense input (sums: the global exponent, one [`FixedPoint`] for `inputs.len()` workers,
 /// integer sums, [`finish`]; min/max: the extreme value, −0.0 as +0.0).
 pub fn reference_all_reduce(
     inputs: &[Vec<f32>],
     lane: LaneWidth,
+    op: ReduceOp,
+) -> Result<Vec<f32>> {
+    let precision = match lane {
+        LaneWidth::W32 => Precision::Narrow,
+        LaneWidth::W64 => Precision::Wide,
+    };
+    reference_all_reduce_with(inputs, precision, op)
+}
+
+/// [`reference_all_reduce`] under a [`Precision`] policy, as the communicator applies it
+/// (see [`fixed_point_for`]).
+pub fn reference_all_reduce_with(
+    inputs: &[Vec<f32>],
+    precision: Precision,
     op: ReduceOp,
 ) -> Result<Vec<f32>> {
     let n = inputs.len();
@@ -209,7 +328,8 @@ pub fn reference_all_reduce(
             })
             .collect());
     }
-    let fp = FixedPoint::new(e, n.max(1) as u32, lane)?;
+    let _ = e;
+    let fp = fixed_point_for(inputs, precision)?;
     let mut sums = vec![0i64; d];
     for v in inputs {
         for (s, &x) in sums.iter_mut().zip(v) {
@@ -464,6 +584,12 @@ impl Engine {
             block: block as u64,
             nnz: nnz as u64,
             exponent,
+            // Only sums use it (value width); order statistics and bytes skip the histogram.
+            e_med: if req.op.is_order() || exponent == u32::MAX {
+                0
+            } else {
+                median_exponent(values)
+            },
             bad,
             key: req.key,
             check: req.check.0,
@@ -479,7 +605,6 @@ impl Engine {
         let t0 = Instant::now();
         let (sent0, recv0) = (self.ring.bytes_sent, self.ring.bytes_recv);
         let n = self.cfg.world_size;
-        let lane = self.cfg.codec.lane;
         self.seq += 1;
         let payload = match std::mem::replace(&mut req.data, Data::Bytes(Vec::new())) {
             Data::Reduce(p) => p,
@@ -525,7 +650,7 @@ impl Engine {
             a => a,
         };
         let tensor_id = tensor_id(req.key, len, block, sparse);
-        let fp = FixedPoint::new(e, n as u32, lane)?;
+        let fp = agreed_fixed_point(e, agreed.e_med_min, n, self.cfg.codec.precision)?;
         let mut innet_bytes = (0, 0);
         let out = match (resolved, payload) {
             (Algo::Ring, Payload::Dense(mut v)) if op.is_order() => {
@@ -655,6 +780,8 @@ impl Engine {
                 aggregate_density: density,
                 exponent: e,
                 phases,
+                value_bits: fp.bits(),
+                error_bound: fp.abs_error_bound(),
             },
             used: agreed.used,
         })
@@ -895,6 +1022,7 @@ mod tests {
                 keys,
                 sums,
                 lanes: Vec::new(),
+                wide: Vec::new(),
                 decode_retries: 0,
                 cells: 0,
                 phases: Default::default(),

@@ -359,8 +359,9 @@ fn innet_through_switch_matches_ring_and_reference() {
         let d = 20_000;
         let inputs: Vec<Vec<f32>> = (0..n).map(|r| grad(7 * r as u64 + 1, d, 0.02)).collect();
         let dense: Vec<Vec<f32>> = (0..n).map(|r| grad(50 + r as u64, 3000, 1.0)).collect();
-        let want = reference_all_reduce(&inputs, LaneWidth::W32, ReduceOp::Avg).unwrap();
-        let want_dense = reference_all_reduce(&dense, LaneWidth::W32, ReduceOp::Sum).unwrap();
+        // Default precision (auto): these inputs span 24 bits, so the values go wide.
+        let want = reference_all_reduce_with(&inputs, Precision::Auto, ReduceOp::Avg).unwrap();
+        let want_dense = reference_all_reduce_with(&dense, Precision::Auto, ReduceOp::Sum).unwrap();
         let (inputs, dense) = (&inputs, &dense);
         let out = on_ranks(
             n,
@@ -517,7 +518,7 @@ fn reduce_scatter_equals_the_all_reduce_slice() {
     let inputs: Vec<Vec<f32>> = (0..n).map(|r| grad(r as u64 + 5, d, 0.8)).collect();
     let inputs = &inputs;
     for op in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Min, ReduceOp::Max] {
-        let want = reference_all_reduce(inputs, LaneWidth::W32, op).unwrap();
+        let want = reference_all_reduce_with(inputs, Precision::Auto, op).unwrap();
         let out = on_ranks(
             n,
             |c| c,
