@@ -138,7 +138,15 @@ impl Communicator {
             innet,
             seq: 0,
             refused: false,
+            link: Default::default(),
         };
+        // What `auto` prices the algorithms on (a few small and one 1 MiB exchange).
+        engine.link = crate::cost::LinkModel::probe(&mut engine.ring)?;
+        tracing::debug!(
+            rate = engine.link.rate,
+            latency = engine.link.latency,
+            "link measured"
+        );
         let stats = Arc::new(Mutex::new(Stats::default()));
         let st = stats.clone();
         let (tx, rx) = mpsc::channel::<Request>();

@@ -235,16 +235,17 @@ pub struct Config {
     /// Fixed-point policy.
     pub codec: CodecPolicy,
     /// [`Algo::Auto`] crossover (aggregate density) for flat tensors (dense buffers and
-    /// sparse vectors of single values). Default: [`auto_crossover`]`(1, world_size)`.
+    /// sparse vectors of single values): where the all-gather's CPU cost meets the ring's on a
+    /// link so fast that bytes cost nothing; the cost model ([`crate::cost`]) derives the
+    /// all-gather's CPU cost from it. Default: [`auto_crossover`]`(1, world_size)`.
     pub crossover: f64,
     /// [`Algo::Auto`] crossover (aggregate density) for row-sparse tensors (blocks of at least
     /// [`AUTO_ROW_BLOCK`] values, e.g. embedding gradients). Default:
     /// [`auto_crossover`]`(32, world_size)`.
     pub crossover_rows: f64,
-    /// Let [`Algo::Auto`] send the sparse side through the switch (innet) instead of the
-    /// all-gather. Off by default: with the software switch on loopback innet is measured
-    /// slower than the all-gather at every density (see [`auto_crossover`]); turn it on with a
-    /// hardware switch. Env: `SKETCHREDUCE_AUTO_INNET=1`.
+    /// Let [`Algo::Auto`] consider the switch (innet) when one is configured: the cost model
+    /// ([`crate::cost`]) then compares it with the ring and the all-gather on the measured link.
+    /// On by default; `SKETCHREDUCE_AUTO_INNET=0` keeps `auto` off the switch.
     pub auto_innet: bool,
     /// Job id used with the switch.
     pub job_id: u16,
@@ -271,7 +272,7 @@ impl Config {
             codec: CodecPolicy::default(),
             crossover: auto_crossover(1, world_size),
             crossover_rows: auto_crossover(32, world_size),
-            auto_innet: false,
+            auto_innet: true,
             job_id: 1,
             timeout: DEFAULT_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,

@@ -39,6 +39,7 @@
 mod buf;
 mod comm;
 mod config;
+pub mod cost;
 #[cfg(feature = "tch")]
 mod ddp;
 mod error;

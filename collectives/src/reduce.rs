@@ -449,6 +449,8 @@ pub(crate) struct Engine {
     pub seq: u64,
     /// The last error was a refusal every rank agreed on (the ring is still consistent).
     pub refused: bool,
+    /// The link [`Algo::Auto`] prices algorithms on (rank 0's measurement).
+    pub link: crate::cost::LinkModel,
 }
 
 /// How long a dropped communicator waits for the other ranks' before releasing the job on
@@ -456,6 +458,34 @@ pub(crate) struct Engine {
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 impl Engine {
+    /// [`Algo::Auto`]'s choice: the cheapest algorithm in the cost model (see
+    /// [`crate::cost`]); every input is agreed among the ranks, so every rank picks the same.
+    fn auto_algo(&self, op: ReduceOp, len: usize, block: usize, nnz: u64, bits: u32) -> Algo {
+        let crossover = if block >= crate::config::AUTO_ROW_BLOCK {
+            self.cfg.crossover_rows
+        } else {
+            self.cfg.crossover
+        };
+        // All-gather CPU per value, calibrated so that on a free link the model switches to
+        // the ring at the measured crossover density (see `crate::cost`).
+        let gather_ns = crate::cost::RING_NS_PER_ELEM / crossover.max(1e-6);
+        let shape = crate::cost::OpShape {
+            world: self.cfg.world_size,
+            elems: len * block,
+            nnz,
+            block,
+            value_bytes: if bits > 32 { 8 } else { 4 },
+        };
+        let innet = self.cfg.auto_innet && self.innet.is_some() && !op.is_order();
+        let (ring, gather, innet) = crate::cost::estimate(&self.link, &shape, gather_ns, innet);
+        tracing::trace!(ring, gather, ?innet, "auto cost model (seconds)");
+        match innet {
+            Some(i) if i <= ring && i <= gather => Algo::Innet,
+            _ if gather < ring => Algo::AllGather,
+            _ => Algo::Ring,
+        }
+    }
+
     /// While idle: keeps the in-network path's registration alive.
     pub(crate) fn keepalive(&mut self) {
         if let Some(p) = self.innet.as_deref_mut() {
@@ -636,21 +666,12 @@ impl Engine {
                 }
             )));
         }
-        let crossover = if block >= crate::config::AUTO_ROW_BLOCK {
-            self.cfg.crossover_rows
-        } else {
-            self.cfg.crossover
-        };
+        let fp = agreed_fixed_point(e, agreed.e_med_min, n, self.cfg.codec.precision)?;
         let resolved = match algo {
-            Algo::Auto if density > crossover => Algo::Ring,
-            Algo::Auto if self.cfg.auto_innet && self.innet.is_some() && !op.is_order() => {
-                Algo::Innet
-            }
-            Algo::Auto => Algo::AllGather,
+            Algo::Auto => self.auto_algo(op, len, block, agreed.total_nnz, fp.bits()),
             a => a,
         };
         let tensor_id = tensor_id(req.key, len, block, sparse);
-        let fp = agreed_fixed_point(e, agreed.e_med_min, n, self.cfg.codec.precision)?;
         let mut innet_bytes = (0, 0);
         let out = match (resolved, payload) {
             (Algo::Ring, Payload::Dense(mut v)) if op.is_order() => {
@@ -1044,6 +1065,7 @@ mod tests {
             innet: Some(Box::new(Recorder(ids.clone()))),
             seq: 0,
             refused: false,
+            link: Default::default(),
         };
         let mut run = |key: Option<u64>, len: usize| {
             let req = OpRequest {
