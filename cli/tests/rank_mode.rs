@@ -110,14 +110,15 @@ fn every_algorithm_is_exact_through_the_communicator() {
             assert_eq!(v["ops"].as_array().unwrap().len(), 2, "{v}");
             assert!(v["bytes_sent"].as_u64().unwrap() > 0, "{v}");
             if algo == "auto" {
-                // 3 ranks x 5 % = 0.15 aggregate density: above the flat crossover.
-                assert_eq!(v["algo_resolved"], "ring", "{v}");
+                // The cost model's choice (a switch is configured, so it may be innet), the
+                // same on every rank.
+                assert_eq!(v["algo_resolved_all_same"], true, "{v}");
             }
         }
         // Rank 0 reads the switch's counters around the timed operations; only innet uses it.
         let sw = &rows[0].0["switch"];
         let data_in = sw["data_in"].as_u64().unwrap_or_else(|| panic!("{sw}"));
-        if algo == "innet" {
+        if algo == "innet" || rows[0].0["algo_resolved"] == "innet" {
             assert!(data_in > 0, "{sw}");
             assert!(sw["drops"]["duplicate"].is_u64(), "{sw}");
         } else {
