@@ -97,3 +97,64 @@ fn dropped_communicators_release_the_job() {
         );
     }
 }
+
+/// A switch restarted without the job (its registers and jobs are gone): the next in-network
+/// operation fails on every rank with "not registered on the switch", within seconds, instead
+/// of timing out as "unreachable" or aggregating into someone else's slots.
+#[test]
+fn switch_restarted_without_the_job_is_reported_as_such() {
+    let sw = spawn_switch(SwitchConfig::loopback(1, 4096)).unwrap();
+    let (data, control) = (sw.local_data_addr(), sw.control_addr());
+    let n = 3usize;
+    let master = free_master();
+    let first_done = std::sync::Barrier::new(n + 1);
+    let restarted = std::sync::Barrier::new(n + 1);
+    let results: Vec<(CollectiveError, Duration)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..n)
+            .map(|r| {
+                let (first_done, restarted) = (&first_done, &restarted);
+                s.spawn(move || {
+                    let mut c = Config::new(r, n, master)
+                        .with_timeout(Duration::from_secs(60))
+                        .with_switch(control)
+                        .with_algo(Algo::Innet);
+                    c.job_id = 9;
+                    let comm = Communicator::new(c).unwrap();
+                    let mut v = vec![0.25f32; 5_000];
+                    comm.all_reduce(&mut v, ReduceOp::Sum).unwrap();
+                    assert_eq!(v[0], 0.25 * n as f32);
+                    first_done.wait();
+                    restarted.wait();
+                    let t0 = Instant::now();
+                    let e = comm.all_reduce(&mut v, ReduceOp::Sum).unwrap_err();
+                    (e, t0.elapsed())
+                })
+            })
+            .collect();
+        first_done.wait();
+        sw.shutdown();
+        // Same data and control ports, no jobs: what a crashed and restarted switch looks like.
+        let sw2 = spawn_switch(SwitchConfig {
+            listen: data,
+            control: Some(control),
+            ..SwitchConfig::loopback(1, 4096)
+        })
+        .unwrap();
+        restarted.wait();
+        let out = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        drop(sw2);
+        out
+    });
+    for (r, (e, took)) in results.into_iter().enumerate() {
+        let text = e.to_string();
+        eprintln!("rank {r} after {took:?}: {text}");
+        assert!(
+            text.contains("not registered on the switch"),
+            "rank {r}: {text}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "rank {r} took {took:?}: {text}"
+        );
+    }
+}
