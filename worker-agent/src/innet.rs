@@ -27,6 +27,20 @@
 //!    aggregate *is* the exact sum, without any peeling. Recovery is counted
 //!    ([`Reduced::decode_retries`]) and logged with `tracing`. A wrong value is never
 //!    returned: any other decode error fails the all-reduce.
+//!
+//! # Payload modes
+//! The payload goes as a **sketch** (index OR + cells ADD) or as **dense lanes** (one lane per
+//! element, ADD, no index: SwitchML's scheme), whichever is fewer bytes for the agreed nonzero
+//! count ([`ModeChoice::Auto`]), so innet never sends more than dense aggregation through the
+//! switch would. Every worker takes the same choice from the same agreed inputs. Values wider
+//! than 32 bits (`fixed.bits() > 32`) travel as two carry-split 32-bit lanes in either mode
+//! (`codec::wide`).
+//!
+//! # Pre-agreed starts
+//! A caller that already agreed on the exponent, value width and nonzero count by other means
+//! (the collectives' operation header over TCP, which every operation exchanges anyway) starts
+//! with [`InnetCore::start_agreed`], [`InnetCore::start_agreed_dense`] or
+//! [`InnetCore::start_agreed_dense_lazy`] and skips phase 1: one round trip fewer.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
