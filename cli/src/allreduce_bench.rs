@@ -38,7 +38,7 @@ pub enum Algo {
     Ring,
     /// Sparse all-gather of (index, value) pairs over TCP (sketchreduce-collectives).
     Allgather,
-    /// Per tensor from its density (sketchreduce-collectives' `Algo::Auto`).
+    /// Chosen per operation by the cost model (sketchreduce-collectives' `Algo::Auto`).
     Auto,
 }
 
