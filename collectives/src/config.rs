@@ -6,6 +6,7 @@
 
 use crate::error::{CollectiveError, Result};
 use sketchreduce_codec::LaneWidth;
+use sketchreduce_control::Secret;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -258,6 +259,12 @@ pub struct Config {
     /// How long rank 0 waits for everyone at the rendezvous (and others retry connecting).
     /// Default [`DEFAULT_RENDEZVOUS_TIMEOUT`]. Env: `SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS`.
     pub rendezvous_timeout: Duration,
+    /// The job secret, which authenticates the rendezvous, the ring links and the switch's
+    /// control endpoint (`docs/security.md`). `None`: taken from the environment when the
+    /// job connects (`SKETCHREDUCE_SECRET_FILE`, else `SKETCHREDUCE_SECRET`, as the switch
+    /// reads them); without one there either, the rendezvous is unauthenticated (bounded,
+    /// like torch.distributed's). Not part of the [`Self::fingerprint`].
+    pub secret: Option<Secret>,
 }
 
 impl Config {
@@ -278,6 +285,23 @@ impl Config {
             job_id: 1,
             timeout: DEFAULT_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
+            secret: None,
+        }
+    }
+
+    /// Builder: job secret (see [`Config::secret`]).
+    pub fn with_secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// The secret the job uses: [`Config::secret`], else the one in the environment
+    /// (`SKETCHREDUCE_SECRET_FILE`, else `SKETCHREDUCE_SECRET`), else none. An unreadable or
+    /// too short secret is a [`CollectiveError::Config`].
+    pub fn job_secret(&self) -> Result<Option<Secret>> {
+        match &self.secret {
+            Some(s) => Ok(Some(s.clone())),
+            None => Secret::from_env().map_err(|e| CollectiveError::Config(e.to_string())),
         }
     }
 

@@ -161,6 +161,12 @@ use sketchreduce_wire::{JobSpec, WorkerSpec};
 /// Slots each job takes in the switch pool; job `id` uses slots
 /// `((id − 1) mod 32) · JOB_SLOTS ..` so up to 32 jobs share the default 4,096-slot pool.
 pub const JOB_SLOTS: u32 = 128;
+/// Longest text form of a socket address exchanged over the ring (an IPv6 address with scope
+/// and port takes at most 64 bytes).
+const MAX_ADDR_TEXT: usize = 72;
+/// Longest registration message rank 0 sends over the ring (`OK …` or `ERR reason`, cut).
+const MAX_REGISTRATION_NOTE: usize = 4096;
+
 /// Lanes per packet used by the collectives' jobs (1 KiB of payload).
 pub const JOB_LANES: u16 = 256;
 
@@ -209,6 +215,7 @@ impl AgentPath {
         let addrs: Vec<std::net::SocketAddr> = if cfg.world_size > 1 {
             let blobs = ring.all_gather(
                 local.to_string().into_bytes(),
+                |_| MAX_ADDR_TEXT,
                 "exchange of agent addresses",
             )?;
             blobs
@@ -228,9 +235,7 @@ impl AgentPath {
         // Rank 0 registers the job (replacing a stale registration of the same id, e.g. of a
         // crashed earlier run: a fresh epoch makes its leftover packets harmless) and tells
         // every rank the epoch and the data ports; only rank 0 talks to the control plane.
-        let secret = sketchreduce_control::Secret::from_env()
-            .map_err(|e| CollectiveError::Config(e.to_string()))?
-            .map(std::sync::Arc::new);
+        let secret = cfg.job_secret()?.map(std::sync::Arc::new);
         let mut job = job_spec(cfg, &addrs);
         let mut owner = None;
         let mine = if cfg.rank == 0 {
@@ -244,13 +249,25 @@ impl AgentPath {
                     });
                     format!("OK {epoch} {port} {ports}")
                 }
-                Err(e) => format!("ERR {e}"),
+                Err(e) => {
+                    let mut m = format!("ERR {e}");
+                    let mut cut = m.len().min(MAX_REGISTRATION_NOTE);
+                    while !m.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    m.truncate(cut);
+                    m
+                }
             }
         } else {
             String::new()
         };
         let reply = if cfg.world_size > 1 {
-            let blobs = ring.all_gather(mine.into_bytes(), "job registration")?;
+            let blobs = ring.all_gather(
+                mine.into_bytes(),
+                |r| if r == 0 { MAX_REGISTRATION_NOTE } else { 0 },
+                "job registration",
+            )?;
             String::from_utf8_lossy(&blobs[0]).into_owned()
         } else {
             mine

@@ -41,12 +41,14 @@ mod config;
 #[cfg(feature = "tch")]
 mod ddp;
 mod error;
+pub mod greeting;
 pub mod innet;
 mod lanes;
 mod meta;
 mod net;
 mod ops;
 mod reduce;
+mod rendezvous;
 mod sparse;
 #[cfg(feature = "tch")]
 pub mod tensor;
@@ -61,7 +63,9 @@ pub use ddp::{broadcast_variables, DdpReport, DistributedDataParallel, DEFAULT_B
 pub use error::{CollectiveError, Result};
 pub use lanes::chunk_range;
 pub use reduce::{finish, reference_all_reduce, Collective, OpInfo, OpPhases, Payload, ReduceOp};
+pub use rendezvous::{GREETING_DEADLINE, MAX_PENDING};
 pub use sketchreduce_codec::LaneWidth;
+pub use sketchreduce_control::Secret;
 pub use sparse::SparseVec;
 #[cfg(feature = "tch")]
 pub use tensor::{tensor_bytes, PendingTensor};
