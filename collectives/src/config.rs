@@ -79,6 +79,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// `SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS=1800` for torch's behaviour.
 pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Largest world size accepted (a larger `WORLD_SIZE` is a configuration mistake; rank 0 keeps
+/// per-rank state during the rendezvous).
+pub const MAX_WORLD_SIZE: usize = 1 << 16;
+
 /// Largest accepted timeout (one year): larger values are configuration mistakes, and
 /// deadlines computed from them must not overflow.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -407,10 +411,11 @@ impl Config {
 
     /// Checks ranges (rank < world, world ≥ 1, crossover finite, …).
     pub fn validate(&self) -> Result<()> {
-        if self.world_size == 0 {
-            return Err(CollectiveError::Config(
-                "world size must be at least 1".into(),
-            ));
+        if self.world_size == 0 || self.world_size > MAX_WORLD_SIZE {
+            return Err(CollectiveError::Config(format!(
+                "world size {} must be in 1..={MAX_WORLD_SIZE}",
+                self.world_size
+            )));
         }
         if self.rank >= self.world_size {
             return Err(CollectiveError::Config(format!(
@@ -510,6 +515,9 @@ mod tests {
             e.to_string().contains("rank 4 is not below world size 4"),
             "{e}"
         );
+        let huge: HashMap<&str, &str> = [("RANK", "0"), ("WORLD_SIZE", "100000000000")].into();
+        let e = Config::from_lookup(|k| huge.get(k).map(|s| s.to_string())).unwrap_err();
+        assert!(e.to_string().contains("world size 100000000000"), "{e}");
         let missing = Config::from_lookup(|_| None).unwrap_err();
         assert!(missing.to_string().contains("RANK is not set"));
     }

@@ -57,6 +57,7 @@ pub use comm::{Communicator, Pending, Stats};
 pub use config::{
     auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Transport, AUTO_CROSSOVER,
     AUTO_CROSSOVER_ROWS, AUTO_ROW_BLOCK, DEFAULT_RENDEZVOUS_TIMEOUT, DEFAULT_TIMEOUT, MAX_TIMEOUT,
+    MAX_WORLD_SIZE,
 };
 #[cfg(feature = "tch")]
 pub use ddp::{broadcast_variables, DdpReport, DistributedDataParallel, DEFAULT_BUCKET_BYTES};

@@ -53,6 +53,12 @@ pub(crate) fn connect(cfg: &Config) -> Result<Ring> {
     }
     let secret = cfg.job_secret()?;
     let secret = secret.as_ref();
+    if secret.is_none() && rank == 0 && !cfg.master.ip().is_loopback() {
+        tracing::warn!(
+            master = %cfg.master,
+            "rendezvous without a job secret: any host that reaches MASTER_PORT can join as a missing rank (set SKETCHREDUCE_SECRET_FILE on every rank, docs/security.md)"
+        );
+    }
     let deadline = Instant::now() + cfg.rendezvous_timeout;
     let (data, addrs, session) = if rank == 0 {
         let listener = TcpListener::bind(cfg.master)
