@@ -24,7 +24,7 @@ use sketchreduce_control::Secret;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,22 @@ pub const GREETING_DEADLINE: Duration = Duration::from_secs(4);
 pub const MAX_PENDING: usize = 64;
 /// Write timeout for greetings (small frames: they fit in the socket buffer).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refused connections logged as warnings (and named in a timeout) per listener; the rest are
+/// only counted, so that a flood of strangers cannot flood the log or grow a list.
+const NOTED: usize = 8;
+
+/// Counts refused connections; [`Refusals::note`] is true for the first [`NOTED`].
+#[derive(Debug, Default)]
+struct Refusals(AtomicUsize);
+
+impl Refusals {
+    fn note(&self) -> bool {
+        self.0.fetch_add(1, Ordering::Relaxed) < NOTED
+    }
+    fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 fn io_err(what: &str, e: io::Error) -> CollectiveError {
     CollectiveError::Io(format!("{what}: {e}"))
@@ -260,7 +276,7 @@ fn accept_greetings<G: Send, R>(
                 match listener.accept() {
                     Ok((s, peer)) => {
                         if pending.len() >= MAX_PENDING {
-                            tracing::warn!(%peer, "rendezvous: {MAX_PENDING} greetings pending, closing a new connection");
+                            tracing::debug!(%peer, "{MAX_PENDING} greetings pending: BUSY");
                             // Never blocks: a fresh connection's send buffer is empty.
                             let mut s = s;
                             s.set_nonblocking(true).ok();
@@ -331,10 +347,11 @@ impl Waiting {
     }
 }
 
-/// What a rendezvous connection delivered: a valid hello, or the reason it was refused.
+/// What a rendezvous connection delivered: a valid hello, or an unauthenticated one (with a
+/// note for the first few).
 enum Greeted {
     Hello(Hello, String),
-    Refused(String),
+    Refused(Option<String>),
 }
 
 /// Rank 0: collects every rank's hello (rank, world size, config fingerprint, data address),
@@ -354,7 +371,9 @@ fn serve(
     addrs[0] = Some(my_addr);
     let mut conns: Vec<Waiting> = Vec::new();
     let mut problem: Option<String> = None;
+    let refusals = Refusals::default();
     let mut refused: Vec<String> = Vec::new();
+    let mut unauthenticated = 0usize;
     // Ranks that checked in, valid or not: after a problem, rank 0 keeps listening until every
     // rank has been told (MISMATCH at once), so no rank is left to time out on a closed port.
     let mut arrived = vec![false; world];
@@ -370,13 +389,18 @@ fn serve(
         match Hello::open(&buf, secret, &ch.nonce) {
             Ok(h) => Some(Greeted::Hello(h, peer.to_string())),
             Err(e @ GreetingError::Unauthenticated(_)) => {
-                tracing::warn!(%peer, error = %e, "rendezvous: hello refused");
                 let why = e.to_string();
                 let _ = write_frame(s, &Answer::Refused(why.clone()).seal(None, "", 0));
-                Some(Greeted::Refused(format!("{peer}: {why}")))
+                let noted = refusals.note();
+                if noted {
+                    tracing::warn!(%peer, error = %e, "rendezvous: hello refused");
+                }
+                Some(Greeted::Refused(noted.then(|| format!("{peer}: {why}"))))
             }
             Err(e) => {
-                tracing::warn!(%peer, error = %e, "rendezvous: ignoring a non-sketchreduce client");
+                if refusals.note() {
+                    tracing::warn!(%peer, error = %e, "rendezvous: ignoring a non-sketchreduce client");
+                }
                 None
             }
         }
@@ -386,7 +410,8 @@ fn serve(
         let (h, peer) = match g {
             Greeted::Hello(h, peer) => (h, peer),
             Greeted::Refused(note) => {
-                refused.push(note);
+                refused.extend(note);
+                unauthenticated += 1;
                 return None;
             }
         };
@@ -451,10 +476,9 @@ fn serve(
     } else {
         let missing: Vec<usize> = (0..world).filter(|&r| addrs[r].is_none()).collect();
         let mut detail = format!("ranks {missing:?} never arrived");
-        if !refused.is_empty() {
+        if unauthenticated > 0 {
             detail += &format!(
-                "; {} hello(s) refused as unauthenticated ({}): do all ranks have the same job secret?",
-                refused.len(),
+                "; {unauthenticated} hello(s) refused as unauthenticated ({}): do all ranks have the same job secret?",
                 refused.join("; ")
             );
         }
@@ -589,12 +613,15 @@ fn accept_link(
     let (rank, world) = (cfg.rank, cfg.world_size);
     let prev = (rank + world - 1) % world;
     let fingerprint = cfg.fingerprint();
+    let refusals = Refusals::default();
     let greet = |s: &mut TcpStream, peer: SocketAddr, by: Instant| {
         let ch = Challenge::new(secret.is_some());
         write_frame(s, &ch.encode()).ok()?;
         let mut buf = Vec::new();
         let refuse = |why: &dyn std::fmt::Display| {
-            tracing::warn!(%peer, rank, "ring data port: refused a connection: {why}");
+            if refusals.note() {
+                tracing::warn!(%peer, rank, "ring data port: refused a connection: {why}");
+            }
         };
         if let Err(e) = read_frame_by(s, &mut buf, MAX_GREETING, by) {
             refuse(&e);
@@ -621,7 +648,10 @@ fn accept_link(
     let s = got.ok_or_else(|| CollectiveError::RendezvousTimeout {
         master: cfg.master.to_string(),
         timeout: cfg.rendezvous_timeout,
-        detail: format!("rank {prev} never connected to rank {rank}"),
+        detail: format!(
+            "rank {prev} never connected to rank {rank} ({} other connection(s) to its data port refused)",
+            refusals.count()
+        ),
     })?;
     s.set_nonblocking(false).ok();
     Ok(s)
