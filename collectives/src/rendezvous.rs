@@ -167,6 +167,16 @@ fn reach_rank_0(cfg: &Config, deadline: Instant) -> Result<(TcpStream, Challenge
                 reached = None;
                 std::thread::sleep(Duration::from_millis(100));
             }
+            Ok(()) if buf == BUSY => {
+                return Err(CollectiveError::RendezvousTimeout {
+                    master,
+                    timeout: cfg.rendezvous_timeout,
+                    detail: format!(
+                        "rank {}: rank 0 stayed busy with {MAX_PENDING} other connections",
+                        cfg.rank
+                    ),
+                })
+            }
             Ok(()) => {
                 let ch = Challenge::parse(&buf).map_err(|e| silent(&e))?;
                 return Ok((s, ch));
