@@ -26,9 +26,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NONCE: &str = "00112233445566778899aabbccddeeff";
-/// Pool and lane capability of the fuzzed switch core (registers of 2 MiB).
+/// Pool and lane capability of the fuzzed switch core (registers of 256 KiB: the plane cares
+/// about slot ranges and lane counts, not lane contents).
 const POOL: u32 = 1024;
-const MAX_LANES: u16 = 256;
+const MAX_LANES: u16 = 32;
 
 /// A control-plane backend over an in-memory switch core.
 struct CoreBackend(Mutex<SwitchCore>);
@@ -85,7 +86,7 @@ fn spec(id: u16, base: u32) -> JobSpec {
     JobSpec {
         id,
         epoch: 0,
-        lanes: 64,
+        lanes: 32,
         slot_base: base,
         slot_count: 16,
         workers: (0..3)

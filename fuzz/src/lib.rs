@@ -114,6 +114,19 @@ fn run_one(h: &mut dyn Harness, input: &[u8], after: u64) -> Result<u64, Failure
 /// Runs `iters` inputs through `h`: its seeds, then mutations of the corpus (deterministic
 /// for a given `seed`). Stops at the first input that breaks a property.
 pub fn fuzz(h: &mut dyn Harness, iters: u64, seed: u64) -> Result<Report, Failure> {
+    fuzz_with_progress(h, iters, seed, &mut |_| {})
+}
+
+/// Inputs between two calls of a progress callback.
+pub const PROGRESS_EVERY: u64 = 1 << 20;
+
+/// [`fuzz`], calling `progress` every [`PROGRESS_EVERY`] inputs.
+pub fn fuzz_with_progress(
+    h: &mut dyn Harness,
+    iters: u64,
+    seed: u64,
+    progress: &mut dyn FnMut(&Report),
+) -> Result<Report, Failure> {
     let t0 = Instant::now();
     let mut rng = Rng::new(seed);
     let mutator = Mutator::new(h.dictionary(), h.max_len());
@@ -136,6 +149,14 @@ pub fn fuzz(h: &mut dyn Harness, iters: u64, seed: u64) -> Result<Report, Failur
         mutator.mutate(&mut rng, &mut input, other);
         let sig = run_one(h, &input, n)?;
         n += 1;
+        if n.is_multiple_of(PROGRESS_EVERY) {
+            progress(&Report {
+                inputs: n,
+                corpus: corpus.len(),
+                outcomes: seen.len(),
+                elapsed: t0.elapsed(),
+            });
+        }
         if seen.insert(sig) {
             if corpus.len() < MAX_CORPUS {
                 corpus.push(input.clone());

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sketchreduce_fuzz::{fuzz, harness, hex, TARGETS};
+use sketchreduce_fuzz::{fuzz_with_progress, harness, hex, Report, TARGETS};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -39,7 +39,15 @@ fn main() -> anyhow::Result<()> {
     std::panic::set_hook(Box::new(|_| {}));
     for t in targets {
         let mut h = harness(t).context("target")?;
-        match fuzz(h.as_mut(), args.iters, args.seed) {
+        let mut progress = |r: &Report| {
+            eprintln!(
+                "{t}: {} inputs, {:.0} s, {} outcomes",
+                r.inputs,
+                r.elapsed.as_secs_f64(),
+                r.outcomes
+            )
+        };
+        match fuzz_with_progress(h.as_mut(), args.iters, args.seed, &mut progress) {
             Ok(r) => println!(
                 "{t}: {} inputs in {:.1} s ({:.0}/s), {} outcomes, corpus {}, no failure",
                 r.inputs,
