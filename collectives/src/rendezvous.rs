@@ -1,4 +1,5 @@
-//! The rendezvous on rank 0 and the ring links (`docs/security.md`, "Rendezvous"; greetings in
+//! The rendezvous on rank 0 and the ring links (`docs/security.md`, "Rendezvous and ring";
+//! greetings in
 //! [`crate::greeting`]).
 //!
 //! 1. Every rank ≠ 0 connects to `MASTER_ADDR:MASTER_PORT`. Rank 0 answers each connection
@@ -128,7 +129,8 @@ fn greeting_error(e: GreetingError, from: &str) -> CollectiveError {
 }
 
 /// Connects to rank 0 and reads its challenge, retrying while nothing listens yet (rank 0 not
-/// started) or the connection is closed before the challenge (rank 0 at its connection limit).
+/// started), while rank 0 answers `BUSY` (its greeting places are taken), and for a moment
+/// when a connection closes before the challenge.
 fn reach_rank_0(cfg: &Config, deadline: Instant) -> Result<(TcpStream, Challenge)> {
     let master = cfg.master.to_string();
     let ack = ACK_TIMEOUT.min(cfg.rendezvous_timeout);
