@@ -1,6 +1,6 @@
 //! The greetings of the rendezvous and of the ring links (`docs/security.md`, "Rendezvous and
-//! ring"):
-//! small tab-separated text frames, authenticated with the job secret when there is one.
+//! ring"): small tab-separated text frames, authenticated with the job secret when there is
+//! one.
 //! Encoding, parsing and MAC checks live here, without I/O, so that they can be fuzzed; the
 //! sockets are in the crate's `rendezvous` module.
 //!

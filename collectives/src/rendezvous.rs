@@ -1,6 +1,5 @@
 //! The rendezvous on rank 0 and the ring links (`docs/security.md`, "Rendezvous and ring";
-//! greetings in
-//! [`crate::greeting`]).
+//! greetings in [`crate::greeting`]).
 //!
 //! 1. Every rank ≠ 0 connects to `MASTER_ADDR:MASTER_PORT`. Rank 0 answers each connection
 //!    with a [`Challenge`] (a fresh nonce); the rank sends its [`Hello`] (rank, world size,
