@@ -5,7 +5,6 @@ use crate::buf::DenseBuf;
 use crate::config::{Algo, Config};
 use crate::error::{CollectiveError, Result};
 use crate::innet::InnetPath;
-use crate::net;
 use crate::reduce::{Collective, Engine, OpInfo, OpRequest, OpResult, Output, Payload, ReduceOp};
 use crate::sparse::SparseVec;
 use sketchreduce_codec::FixedPoint;
@@ -123,7 +122,7 @@ impl Communicator {
     /// Like [`Self::new`] with a custom in-network path.
     pub fn with_innet(cfg: Config, innet: Option<Box<dyn InnetPath>>) -> Result<Self> {
         cfg.validate()?;
-        let mut ring = net::connect(&cfg)?;
+        let mut ring = crate::rendezvous::connect(&cfg)?;
         let innet = match (innet, cfg.switch) {
             (Some(p), _) => Some(p),
             (None, Some(_)) => {

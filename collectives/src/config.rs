@@ -6,6 +6,7 @@
 
 use crate::error::{CollectiveError, Result};
 use sketchreduce_codec::LaneWidth;
+use sketchreduce_control::Secret;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -77,6 +78,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// there too) so a missing rank is reported within a minute; set
 /// `SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS=1800` for torch's behaviour.
 pub const DEFAULT_RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest world size accepted (a larger `WORLD_SIZE` is a configuration mistake; rank 0 keeps
+/// per-rank state during the rendezvous).
+pub const MAX_WORLD_SIZE: usize = 1 << 16;
 
 /// Largest accepted timeout (one year): larger values are configuration mistakes, and
 /// deadlines computed from them must not overflow.
@@ -256,6 +261,12 @@ pub struct Config {
     /// How long rank 0 waits for everyone at the rendezvous (and others retry connecting).
     /// Default [`DEFAULT_RENDEZVOUS_TIMEOUT`]. Env: `SKETCHREDUCE_RENDEZVOUS_TIMEOUT_SECS`.
     pub rendezvous_timeout: Duration,
+    /// The job secret, which authenticates the rendezvous, the ring links and the switch's
+    /// control endpoint (`docs/security.md`). `None`: taken from the environment when the
+    /// job connects (`SKETCHREDUCE_SECRET_FILE`, else `SKETCHREDUCE_SECRET`, as the switch
+    /// reads them); without one there either, the rendezvous is unauthenticated (bounded,
+    /// like torch.distributed's). Not part of the [`Self::fingerprint`].
+    pub secret: Option<Secret>,
 }
 
 impl Config {
@@ -276,6 +287,23 @@ impl Config {
             job_id: 1,
             timeout: DEFAULT_TIMEOUT,
             rendezvous_timeout: DEFAULT_RENDEZVOUS_TIMEOUT,
+            secret: None,
+        }
+    }
+
+    /// Builder: job secret (see [`Config::secret`]).
+    pub fn with_secret(mut self, secret: Secret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// The secret the job uses: [`Config::secret`], else the one in the environment
+    /// (`SKETCHREDUCE_SECRET_FILE`, else `SKETCHREDUCE_SECRET`), else none. An unreadable or
+    /// too short secret is a [`CollectiveError::Config`].
+    pub fn job_secret(&self) -> Result<Option<Secret>> {
+        match &self.secret {
+            Some(s) => Ok(Some(s.clone())),
+            None => Secret::from_env().map_err(|e| CollectiveError::Config(e.to_string())),
         }
     }
 
@@ -403,10 +431,11 @@ impl Config {
 
     /// Checks ranges (rank < world, world ≥ 1, crossover finite, …).
     pub fn validate(&self) -> Result<()> {
-        if self.world_size == 0 {
-            return Err(CollectiveError::Config(
-                "world size must be at least 1".into(),
-            ));
+        if self.world_size == 0 || self.world_size > MAX_WORLD_SIZE {
+            return Err(CollectiveError::Config(format!(
+                "world size {} must be in 1..={MAX_WORLD_SIZE}",
+                self.world_size
+            )));
         }
         if self.rank >= self.world_size {
             return Err(CollectiveError::Config(format!(
@@ -506,6 +535,9 @@ mod tests {
             e.to_string().contains("rank 4 is not below world size 4"),
             "{e}"
         );
+        let huge: HashMap<&str, &str> = [("RANK", "0"), ("WORLD_SIZE", "100000000000")].into();
+        let e = Config::from_lookup(|k| huge.get(k).map(|s| s.to_string())).unwrap_err();
+        assert!(e.to_string().contains("world size 100000000000"), "{e}");
         let missing = Config::from_lookup(|_| None).unwrap_err();
         assert!(missing.to_string().contains("RANK is not set"));
     }

@@ -66,19 +66,19 @@ impl LinkModel {
         }
         let mut input = Vec::new();
         // Warm the connections, then one small round trip around... one hop: latency.
-        ring.send_recv(&[0; 8], &mut input, "link probe")?;
+        ring.send_recv(&[0; 8], &mut input, 8, "link probe")?;
         let t = Instant::now();
         for _ in 0..4 {
-            ring.send_recv(&[0; 8], &mut input, "link probe")?;
+            ring.send_recv(&[0; 8], &mut input, 8, "link probe")?;
         }
         let latency = t.elapsed().as_secs_f64() / 4.0;
         let big = vec![0u8; PROBE_BYTES];
         let t = Instant::now();
-        ring.send_recv(&big, &mut input, "link probe")?;
+        ring.send_recv(&big, &mut input, PROBE_BYTES, "link probe")?;
         let dt = t.elapsed().saturating_sub(Duration::from_secs_f64(latency));
         let rate = PROBE_BYTES as f64 / dt.as_secs_f64().max(1e-6);
         let mine = LinkModel { rate, latency };
-        let blobs = ring.all_gather(mine.encode(), "link model")?;
+        let blobs = ring.all_gather(mine.encode(), |_| 16, "link model")?;
         Ok(blobs
             .first()
             .and_then(|b| LinkModel::decode(b))

@@ -16,6 +16,10 @@ pub enum CollectiveError {
     /// Rank 0 refused this job's configuration, or saw a peer whose config differs.
     #[error("configuration mismatch: {0}")]
     ConfigMismatch(String),
+    /// A greeting of the rendezvous or of a ring link was not authenticated (a missing or
+    /// different job secret, a replayed greeting), or a peer's secret setting differs.
+    #[error("authentication failed: {0}")]
+    Unauthenticated(String),
     /// Not every rank showed up at the rendezvous in time.
     #[error("rendezvous at {master} timed out after {timeout:?}: {detail}")]
     RendezvousTimeout {

@@ -175,6 +175,12 @@ use sketchreduce_wire::{JobSpec, WorkerSpec};
 /// Slots each job takes in the switch pool; job `id` uses slots
 /// `((id − 1) mod 32) · JOB_SLOTS ..` so up to 32 jobs share the default 4,096-slot pool.
 pub const JOB_SLOTS: u32 = 128;
+/// Longest text form of a socket address and path MTU exchanged over the ring (an IPv6
+/// address with scope and port takes at most 64 bytes).
+const MAX_ADDR_TEXT: usize = 80;
+/// Longest registration message rank 0 sends over the ring (`OK …` or `ERR reason`, cut).
+const MAX_REGISTRATION_NOTE: usize = 4096;
+
 /// Lanes per packet when nothing better is known: a 1 KiB payload, which fits every
 /// Ethernet MTU and QUIC datagram. The collectives use the largest lane count that fits the
 /// smallest path MTU of all ranks and the switch (360 lanes on a 1500-byte MTU).
@@ -228,7 +234,11 @@ impl AgentPath {
         let mtu = transport::path_mtu_towards(switch);
         let mine = format!("{local} {mtu}");
         let blobs = if cfg.world_size > 1 {
-            ring.all_gather(mine.into_bytes(), "exchange of agent addresses")?
+            ring.all_gather(
+                mine.into_bytes(),
+                |_| MAX_ADDR_TEXT,
+                "exchange of agent addresses",
+            )?
         } else {
             vec![mine.into_bytes()]
         };
@@ -244,9 +254,7 @@ impl AgentPath {
         // Rank 0 registers the job (replacing a stale registration of the same id, e.g. of a
         // crashed earlier run: a fresh epoch makes its leftover packets harmless) and tells
         // every rank the epoch and the data ports; only rank 0 talks to the control plane.
-        let secret = sketchreduce_control::Secret::from_env()
-            .map_err(|e| CollectiveError::Config(e.to_string()))?
-            .map(std::sync::Arc::new);
+        let secret = cfg.job_secret()?.map(std::sync::Arc::new);
         let mut owner = None;
         let mine = if cfg.rank == 0 {
             match register(switch, secret.clone(), cfg, &addrs, min_mtu) {
@@ -259,13 +267,25 @@ impl AgentPath {
                     });
                     format!("OK {epoch} {port} {ports} {lanes}")
                 }
-                Err(e) => format!("ERR {e}"),
+                Err(e) => {
+                    let mut m = format!("ERR {e}");
+                    let mut cut = m.len().min(MAX_REGISTRATION_NOTE);
+                    while !m.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    m.truncate(cut);
+                    m
+                }
             }
         } else {
             String::new()
         };
         let reply = if cfg.world_size > 1 {
-            let blobs = ring.all_gather(mine.into_bytes(), "job registration")?;
+            let blobs = ring.all_gather(
+                mine.into_bytes(),
+                |r| if r == 0 { MAX_REGISTRATION_NOTE } else { 0 },
+                "job registration",
+            )?;
             String::from_utf8_lossy(&blobs[0]).into_owned()
         } else {
             mine

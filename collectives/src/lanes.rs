@@ -71,8 +71,10 @@ fn ring_steps<L: WireLane>(
         let (send, recv) = chunks(s);
         out.clear();
         L::put(&x[chunk_range(d, n, send)], &mut out);
-        ring.send_recv(&out, &mut input, &format!("{during} step {s}"))?;
-        let dst = &mut x[chunk_range(d, n, recv)];
+        let dst = chunk_range(d, n, recv);
+        let want = dst.len() * L::BYTES;
+        ring.send_recv(&out, &mut input, want, &format!("{during} step {s}"))?;
+        let dst = &mut x[dst];
         check_len(input.len(), dst.len() * L::BYTES, ring, during)?;
         for (o, c) in dst.iter_mut().zip(input.chunks_exact(L::BYTES)) {
             apply(o, L::get(c));

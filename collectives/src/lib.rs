@@ -43,12 +43,14 @@ pub mod cost;
 #[cfg(feature = "tch")]
 mod ddp;
 mod error;
+pub mod greeting;
 pub mod innet;
 mod lanes;
 mod meta;
 mod net;
 mod ops;
 mod reduce;
+mod rendezvous;
 mod sparse;
 #[cfg(feature = "tch")]
 pub mod tensor;
@@ -58,7 +60,7 @@ pub use comm::{Communicator, Pending, Stats};
 pub use config::{
     auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Precision, Transport,
     AUTO_CROSSOVER, AUTO_CROSSOVER_ROWS, AUTO_ROW_BLOCK, DEFAULT_RENDEZVOUS_TIMEOUT,
-    DEFAULT_TIMEOUT, MAX_TIMEOUT,
+    DEFAULT_TIMEOUT, MAX_TIMEOUT, MAX_WORLD_SIZE,
 };
 #[cfg(feature = "tch")]
 pub use ddp::{broadcast_variables, DdpReport, DistributedDataParallel, DEFAULT_BUCKET_BYTES};
@@ -68,7 +70,9 @@ pub use reduce::{
     agreed_fixed_point, finish, fixed_point_for, median_exponent, reference_all_reduce,
     reference_all_reduce_with, Collective, OpInfo, OpPhases, Payload, ReduceOp, AUTO_TYPICAL_BITS,
 };
+pub use rendezvous::{GREETING_DEADLINE, MAX_PENDING};
 pub use sketchreduce_codec::LaneWidth;
+pub use sketchreduce_control::Secret;
 pub use sparse::SparseVec;
 #[cfg(feature = "tch")]
 pub use tensor::{tensor_bytes, PendingTensor};

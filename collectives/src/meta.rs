@@ -105,6 +105,22 @@ impl Reader<'_> {
 }
 
 impl Meta {
+    /// Longest encoded header: the fixed fields, the largest bitset and problem text (a peer's
+    /// header exchange frame is refused beyond this before it is read).
+    pub const MAX_ENCODED: usize = 1
+        + 8
+        + 4
+        + 4 * 8
+        + 4
+        + 4
+        + 8
+        + 1
+        + 8
+        + 8
+        + (8 + MAX_USED_BYTES)
+        + 1
+        + (8 + MAX_PROBLEM_BYTES);
+
     /// Wire form (little endian, length-prefixed variable fields).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(96 + self.used.len()));
@@ -184,6 +200,8 @@ pub(crate) struct Agreed {
     pub total_nnz: u64,
     /// Largest nonzero count of one rank (a lower bound on the union's size).
     pub max_nnz: u64,
+    /// Every rank's nonzero count (bounds its sparse all-gather blob).
+    pub nnz: Vec<u64>,
     /// OR over ranks of [`Meta::used`].
     pub used: Vec<u8>,
     /// Every rank's length (they differ only for a variable-length all-gather).
@@ -344,6 +362,7 @@ pub(crate) fn verdict(metas: &[Meta], rules: Rules) -> Result<Agreed, Refusal> {
             .unwrap_or(0),
         total_nnz: metas.iter().map(|m| m.nnz).sum(),
         max_nnz: metas.iter().map(|m| m.nnz).max().unwrap_or(0),
+        nnz: metas.iter().map(|m| m.nnz).collect(),
         used,
         lens: metas.iter().map(|m| m.len).collect(),
     })
@@ -381,6 +400,19 @@ mod tests {
             used: vec![0b01],
             ..Meta::default()
         }
+    }
+
+    #[test]
+    fn max_encoded_is_the_largest_header() {
+        let m = Meta {
+            used: vec![0xff; MAX_USED_BYTES],
+            problem: Some("p".repeat(2 * MAX_PROBLEM_BYTES)),
+            key: Some(1),
+            ..meta(1)
+        };
+        let b = m.encode();
+        assert_eq!(b.len(), Meta::MAX_ENCODED);
+        assert!(Meta::decode(&b).is_some());
     }
 
     #[test]

@@ -1,20 +1,25 @@
-//! TCP plumbing: the rendezvous on rank 0, and the ring of connections between workers
-//! (each rank sends to `rank + 1` and receives from `rank − 1`, modulo the world size).
+//! TCP plumbing shared by the rendezvous and the ring: bounded length-prefixed frames, and the
+//! ring of connections between workers (each rank sends to `rank + 1` and receives from
+//! `rank − 1`, modulo the world size). The rendezvous that builds the ring is in
+//! `rendezvous.rs`.
 //!
-//! Frames are an 8-byte little-endian length followed by the payload. Every read and write
-//! has the configured timeout, and every I/O error is mapped to an error naming the peer.
+//! Frames are an 8-byte little-endian length followed by the payload. Every frame read says
+//! how long it may be: a greeting a few KiB, a ring step the size that step's operation
+//! expects, so a peer's length prefix never decides on its own how much this rank allocates.
+//! Ring reads and writes have the configured per-call timeout; greetings have a whole-frame
+//! deadline. Every I/O error is mapped to an error naming the peer.
 
-use crate::config::Config;
 use crate::error::{CollectiveError, Result};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-const MAGIC: &str = "SKR1";
-/// How long a rank waits for rank 0 to acknowledge its hello.
-const ACK_TIMEOUT: Duration = Duration::from_secs(4);
-/// Largest frame accepted from the network (guards against garbage length prefixes).
-const MAX_FRAME: u64 = 1 << 36;
+/// Longest abort reason accepted (and sent; longer ones are cut).
+pub(crate) const MAX_ABORT_REASON: usize = 1024;
+/// Once a frame is longer than the buffer's capacity, the buffer grows by at most this much
+/// per read, so memory follows the bytes that actually arrive rather than the announced
+/// length.
+const GROW: usize = 16 << 20;
 
 pub(crate) fn write_frame(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     s.write_all(&(payload.len() as u64).to_le_bytes())?;
@@ -31,27 +36,96 @@ const INLINE_WRITE: usize = 16 * 1024;
 const ABORT_MARK: u64 = u64::MAX;
 const ABORT_TAG: &str = "sketchreduce-abort:";
 
-pub(crate) fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+/// Fills `buf` from `s`; with a deadline, the whole read must finish by it (a peer trickling
+/// bytes cannot extend it), without one each read waits up to the socket's timeout.
+fn read_full(s: &mut TcpStream, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<()> {
+    let mut off = 0;
+    while off < buf.len() {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "frame not complete by its deadline",
+                ));
+            }
+            s.set_read_timeout(Some(left))?;
+        }
+        match s.read(&mut buf[off..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads a length prefix and `len ≤ max` payload bytes into `buf`.
+fn read_body(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    deadline: Option<Instant>,
+) -> io::Result<u64> {
     let mut len = [0u8; 8];
-    s.read_exact(&mut len)?;
+    read_full(s, &mut len, deadline)?;
     let len = u64::from_le_bytes(len);
     if len == ABORT_MARK {
-        read_frame(s, buf)?;
-        return Err(io::Error::other(format!(
-            "{ABORT_TAG}{}",
-            String::from_utf8_lossy(buf)
-        )));
+        return Ok(len);
     }
-    if len > MAX_FRAME {
+    if len > max as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes announced: not a sketchreduce peer?"),
+            format!("frame of {len} bytes announced where at most {max} are expected"),
         ));
     }
+    let len = len as usize;
     buf.clear();
-    buf.resize(len as usize, 0);
-    s.read_exact(buf)?;
-    Ok(())
+    while buf.len() < len {
+        let at = buf.len();
+        let end = len.min(at + GROW.max(buf.capacity() - at));
+        buf.resize(end, 0);
+        read_full(s, &mut buf[at..end], deadline)?;
+    }
+    Ok(len as u64)
+}
+
+fn read_frame_inner(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    if read_body(s, buf, max, deadline)? != ABORT_MARK {
+        return Ok(());
+    }
+    // The reason is an ordinary frame: another abort mark there is malformed (no recursion).
+    if read_body(s, buf, MAX_ABORT_REASON, deadline)? == ABORT_MARK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "abort without a reason",
+        ));
+    }
+    Err(io::Error::other(format!(
+        "{ABORT_TAG}{}",
+        String::from_utf8_lossy(buf)
+    )))
+}
+
+/// Reads one frame of at most `max` bytes (each read waits up to the socket's timeout).
+pub(crate) fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>, max: usize) -> io::Result<()> {
+    read_frame_inner(s, buf, max, None)
+}
+
+/// Reads one frame of at most `max` bytes, all of it by `deadline`.
+pub(crate) fn read_frame_by(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    deadline: Instant,
+) -> io::Result<()> {
+    read_frame_inner(s, buf, max, Some(deadline))
 }
 
 /// The frame a rank sends around the ring when its communicator is dropped.
@@ -68,6 +142,8 @@ pub(crate) fn parse_bye(frame: &[u8]) -> Option<usize> {
 }
 
 const BYE_TAG: &str = "sketchreduce-bye\t";
+/// Longest BYE frame: the tag and a rank number.
+const MAX_BYE_FRAME: usize = 64;
 
 /// What a ring connection said while this rank was busy elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +200,7 @@ pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<Peeked> {
     None
 }
 
-fn map_io(
+pub(crate) fn map_io(
     e: io::Error,
     rank: usize,
     peer: usize,
@@ -162,14 +238,27 @@ fn map_io(
 pub(crate) struct Ring {
     pub rank: usize,
     pub world: usize,
-    next: Option<TcpStream>,
-    prev: Option<TcpStream>,
+    pub(crate) next: Option<TcpStream>,
+    pub(crate) prev: Option<TcpStream>,
     pub timeout: Duration,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
 }
 
 impl Ring {
+    /// A ring without connections yet (a world of one needs none).
+    pub fn new(rank: usize, world: usize, timeout: Duration) -> Self {
+        Ring {
+            rank,
+            world,
+            next: None,
+            prev: None,
+            timeout,
+            bytes_sent: 0,
+            bytes_recv: 0,
+        }
+    }
+
     pub fn next_rank(&self) -> usize {
         (self.rank + 1) % self.world
     }
@@ -177,9 +266,16 @@ impl Ring {
         (self.rank + self.world - 1) % self.world
     }
 
-    /// Sends `out` to the next rank while receiving one frame from the previous rank into
-    /// `input` (concurrently, so large frames cannot deadlock on full socket buffers).
-    pub fn send_recv(&mut self, out: &[u8], input: &mut Vec<u8>, during: &str) -> Result<()> {
+    /// Sends `out` to the next rank while receiving one frame of at most `max_in` bytes (what
+    /// this step expects) from the previous rank into `input` (concurrently, so large frames
+    /// cannot deadlock on full socket buffers).
+    pub fn send_recv(
+        &mut self,
+        out: &[u8],
+        input: &mut Vec<u8>,
+        max_in: usize,
+        during: &str,
+    ) -> Result<()> {
         let (rank, timeout) = (self.rank, self.timeout);
         let (next_rank, prev_rank) = (self.next_rank(), self.prev_rank());
         let closed = || CollectiveError::PeerLost {
@@ -194,11 +290,11 @@ impl Ring {
             // A small frame fits the socket buffer: write it, then read (no writer thread,
             // whose start-up would dominate a header exchange).
             let w = write_frame(next, out);
-            (w, read_frame(prev, input))
+            (w, read_frame(prev, input, max_in))
         } else {
             std::thread::scope(|sc| {
                 let writer = sc.spawn(|| write_frame(next, out));
-                let r = read_frame(prev, input);
+                let r = read_frame(prev, input, max_in);
                 (writer.join().expect("ring writer panicked"), r)
             })
         };
@@ -247,7 +343,7 @@ impl Ring {
             if left.is_zero() || prev.set_read_timeout(Some(left)).is_err() {
                 return false;
             }
-            if read_frame(prev, &mut buf).is_err() {
+            if read_frame(prev, &mut buf, MAX_BYE_FRAME).is_err() {
                 return false;
             }
             let Some(r) = parse_bye(&buf).filter(|&r| r < n) else {
@@ -269,17 +365,27 @@ impl Ring {
         if let Some(next) = self.next.as_mut() {
             next.set_write_timeout(Some(Duration::from_millis(500)))
                 .ok();
+            let mut cut = reason.len().min(MAX_ABORT_REASON);
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
             let _ = next.write_all(&ABORT_MARK.to_le_bytes());
-            let _ = write_frame(next, reason.as_bytes());
+            let _ = write_frame(next, &reason.as_bytes()[..cut]);
         }
         for s in [self.next.take(), self.prev.take()].into_iter().flatten() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
     }
 
-    /// All-gather of one byte blob per rank around the ring: `blobs[r]` is rank r's blob.
-    /// Each rank sends `world − 1` blobs (forwarding what it received).
-    pub fn all_gather(&mut self, mine: Vec<u8>, during: &str) -> Result<Vec<Vec<u8>>> {
+    /// All-gather of one byte blob per rank around the ring: `blobs[r]` is rank r's blob, at
+    /// most `max_len(r)` bytes (what the operation expects of rank r; a longer one is refused
+    /// before it is read). Each rank sends `world − 1` blobs (forwarding what it received).
+    pub fn all_gather(
+        &mut self,
+        mine: Vec<u8>,
+        max_len: impl Fn(usize) -> usize,
+        during: &str,
+    ) -> Result<Vec<Vec<u8>>> {
         let n = self.world;
         let mut blobs: Vec<Vec<u8>> = vec![Vec::new(); n];
         blobs[self.rank] = mine;
@@ -288,7 +394,12 @@ impl Ring {
             let recv = (self.rank + 2 * n - s - 1) % n;
             let mut input = std::mem::take(&mut blobs[recv]);
             let out = std::mem::take(&mut blobs[send]);
-            let res = self.send_recv(&out, &mut input, &format!("{during} (step {s})"));
+            let res = self.send_recv(
+                &out,
+                &mut input,
+                max_len(recv),
+                &format!("{during} (step {s})"),
+            );
             blobs[send] = out;
             res?;
             blobs[recv] = input;
@@ -297,326 +408,112 @@ impl Ring {
     }
 }
 
-/// What rank 0 learned at the rendezvous.
-struct Hello {
-    rank: usize,
-    world: usize,
-    fingerprint: u64,
-    data_addr: String,
-    settings: String,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
 
-fn parse_hello(b: &[u8]) -> Option<Hello> {
-    let s = std::str::from_utf8(b).ok()?;
-    let mut it = s.splitn(6, '\t');
-    if it.next()? != MAGIC {
-        return None;
+    /// A connected pair on loopback.
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
     }
-    Some(Hello {
-        rank: it.next()?.parse().ok()?,
-        world: it.next()?.parse().ok()?,
-        fingerprint: it.next()?.parse().ok()?,
-        data_addr: it.next()?.to_string(),
-        settings: it.next()?.to_string(),
-    })
-}
 
-/// Human-readable difference between two `key=value ...` setting strings.
-fn settings_diff(theirs: &str, ours: &str) -> String {
-    let a: Vec<&str> = theirs.split(' ').collect();
-    let b: Vec<&str> = ours.split(' ').collect();
-    let d: Vec<String> = a
-        .iter()
-        .filter(|kv| !b.contains(kv))
-        .map(|kv| {
-            let key = kv.split('=').next().unwrap_or("");
-            let ours = b
-                .iter()
-                .find(|o| o.split('=').next() == Some(key))
-                .copied()
-                .unwrap_or("(missing)");
-            format!("{kv} (rank 0 has {ours})")
-        })
-        .collect();
-    if d.is_empty() {
-        "settings differ".into()
-    } else {
-        d.join(", ")
+    /// Rank 1 of 3 whose predecessor is the returned stream (the next rank's end is returned
+    /// too, to keep it open).
+    fn ring_with_peer() -> (Ring, TcpStream, TcpStream) {
+        let (prev_peer, prev) = pair();
+        let (next, next_peer) = pair();
+        let mut ring = Ring::new(1, 3, Duration::from_secs(10));
+        for s in [&next, &prev] {
+            s.set_read_timeout(Some(ring.timeout)).unwrap();
+            s.set_write_timeout(Some(ring.timeout)).unwrap();
+        }
+        ring.next = Some(next);
+        ring.prev = Some(prev);
+        (ring, prev_peer, next_peer)
     }
-}
 
-/// Runs the rendezvous and connects the ring. Rank 0 listens on `cfg.master`, collects every
-/// rank's hello (rank, world size, config fingerprint, data address), refuses mismatches with
-/// an error sent to everyone, and answers with the list of data addresses.
-pub(crate) fn connect(cfg: &Config) -> Result<Ring> {
-    cfg.validate()?;
-    let (rank, world) = (cfg.rank, cfg.world_size);
-    let mut ring = Ring {
-        rank,
-        world,
-        next: None,
-        prev: None,
-        timeout: cfg.timeout,
-        bytes_sent: 0,
-        bytes_recv: 0,
-    };
-    if world == 1 {
-        return Ok(ring);
-    }
-    let deadline = Instant::now() + cfg.rendezvous_timeout;
-    let master = cfg.master.to_string();
-    let io_err = |what: &str, e: io::Error| CollectiveError::Io(format!("{what}: {e}"));
-
-    let (data, addrs) = if rank == 0 {
-        let listener = TcpListener::bind(cfg.master)
-            .map_err(|e| io_err(&format!("rank 0 cannot listen on MASTER {master}"), e))?;
-        let data = TcpListener::bind((cfg.master.ip(), 0)).map_err(|e| io_err("data port", e))?;
-        let my_addr = data.local_addr().map_err(|e| io_err("data port", e))?;
-        let addrs = serve_rendezvous(cfg, listener, my_addr, deadline)?;
-        (data, addrs)
-    } else {
-        let mut s = loop {
-            match TcpStream::connect_timeout(&cfg.master, Duration::from_millis(500)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(CollectiveError::RendezvousTimeout {
-                        master,
-                        timeout: cfg.rendezvous_timeout,
-                        detail: format!("rank {rank} could not reach rank 0: {e}"),
-                    })
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        s.set_nodelay(true).ok();
-        let ip = s
-            .local_addr()
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let data = TcpListener::bind((ip, 0)).map_err(|e| io_err("data port", e))?;
-        let my_addr = data.local_addr().map_err(|e| io_err("data port", e))?;
-        let hello = format!(
-            "{MAGIC}\t{rank}\t{world}\t{}\t{my_addr}\t{}",
-            cfg.fingerprint(),
-            cfg.shared_settings()
+    #[test]
+    fn a_ring_frame_longer_than_the_step_expects_is_refused_unread() {
+        // A peer announcing 64 GiB where this step expects 1,000 bytes: refused from the
+        // prefix (the code before allocated whatever was announced up to 64 GiB).
+        let (mut ring, mut peer, _next) = ring_with_peer();
+        peer.write_all(&(1u64 << 36).to_le_bytes()).unwrap();
+        let mut input = Vec::new();
+        let e = ring
+            .send_recv(b"x", &mut input, 1000, "test step")
+            .unwrap_err();
+        assert!(
+            matches!(&e, CollectiveError::PeerLost { peer: 0, reason, .. } if reason.contains("68719476736 bytes announced where at most 1000")),
+            "{e}"
         );
-        write_frame(&mut s, hello.as_bytes()).map_err(|e| io_err("rendezvous", e))?;
-        // Rank 0 acknowledges a hello at once (WAIT): whatever is listening on MASTER_PORT
-        // and stays silent is not rank 0 (the port was taken by another program and rank 0
-        // failed to listen), so fail now instead of after the whole rendezvous window.
-        let ack = ACK_TIMEOUT.min(cfg.rendezvous_timeout);
-        s.set_read_timeout(Some(ack)).ok();
-        let mut buf = Vec::new();
-        read_frame(&mut s, &mut buf).map_err(|e| CollectiveError::RendezvousTimeout {
-            master: master.clone(),
-            timeout: cfg.rendezvous_timeout,
-            detail: format!(
-                "rank {rank} reached {master} but no sketchreduce rank 0 answered within {ack:?} ({e}): is MASTER_PORT used by another program (then rank 0 could not listen on it)?"
-            ),
-        })?;
-        if buf == b"WAIT" {
-            // Rank 0 answers once everyone is in (or refuses); allow the whole rendezvous
-            // window plus a margin for rank 0's own deadline.
-            s.set_read_timeout(Some(cfg.rendezvous_timeout + Duration::from_secs(5)))
-                .ok();
-            read_frame(&mut s, &mut buf).map_err(|e| CollectiveError::RendezvousTimeout {
-                master: master.clone(),
-                timeout: cfg.rendezvous_timeout,
-                detail: format!("rank {rank} got no answer from rank 0: {e}"),
-            })?;
-        }
-        let reply = String::from_utf8_lossy(&buf).to_string();
-        let mut parts = reply.split('\t');
-        match parts.next() {
-            Some("OK") => {
-                let addrs: Vec<String> = parts.map(String::from).collect();
-                if addrs.len() != world {
-                    return Err(CollectiveError::Mismatch(format!(
-                        "rank 0 sent {} peer addresses for world size {world}",
-                        addrs.len()
-                    )));
-                }
-                (data, addrs)
-            }
-            Some("MISMATCH") => {
-                return Err(CollectiveError::ConfigMismatch(
-                    parts.collect::<Vec<_>>().join(" "),
-                ))
-            }
-            Some("TIMEOUT") => {
-                return Err(CollectiveError::RendezvousTimeout {
-                    master,
-                    timeout: cfg.rendezvous_timeout,
-                    detail: parts.collect::<Vec<_>>().join(" "),
-                })
-            }
-            _ => {
-                return Err(CollectiveError::Mismatch(format!(
-                    "unexpected rendezvous answer {reply:?}"
-                )))
-            }
-        }
-    };
-
-    // Ring links: connect to the next rank, accept from the previous one.
-    let next_rank = ring.next_rank();
-    let next_addr: SocketAddr = addrs[next_rank].parse().map_err(|_| {
-        CollectiveError::Mismatch(format!("bad peer address {:?}", addrs[next_rank]))
-    })?;
-    let mut next = TcpStream::connect_timeout(&next_addr, cfg.rendezvous_timeout).map_err(|e| {
-        CollectiveError::PeerLost {
-            rank,
-            peer: next_rank,
-            during: format!("connecting to {next_addr}"),
-            reason: e.to_string(),
-        }
-    })?;
-    write_frame(
-        &mut next,
-        format!("LINK\t{rank}\t{}", cfg.fingerprint()).as_bytes(),
-    )
-    .map_err(|e| io_err("ring link", e))?;
-    data.set_nonblocking(true).ok();
-    let prev_rank = ring.prev_rank();
-    let mut prev = loop {
-        match data.accept() {
-            Ok((s, _)) => break s,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    return Err(CollectiveError::RendezvousTimeout {
-                        master,
-                        timeout: cfg.rendezvous_timeout,
-                        detail: format!("rank {prev_rank} never connected to rank {rank}"),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(io_err("accepting ring link", e)),
-        }
-    };
-    prev.set_nonblocking(false).ok();
-    prev.set_read_timeout(Some(cfg.timeout)).ok();
-    let mut buf = Vec::new();
-    read_frame(&mut prev, &mut buf)
-        .map_err(|e| map_io(e, rank, prev_rank, cfg.timeout, "ring link"))?;
-    let expect = format!("LINK\t{prev_rank}\t{}", cfg.fingerprint());
-    if buf != expect.as_bytes() {
-        return Err(CollectiveError::Mismatch(format!(
-            "rank {rank} expected a ring link from rank {prev_rank}, got {:?}",
-            String::from_utf8_lossy(&buf)
-        )));
+        assert!(input.capacity() < 1 << 20);
     }
-    for s in [&next, &prev] {
-        s.set_nodelay(true).ok();
-        s.set_read_timeout(Some(cfg.timeout)).ok();
-        s.set_write_timeout(Some(cfg.timeout)).ok();
-    }
-    ring.next = Some(next);
-    ring.prev = Some(prev);
-    Ok(ring)
-}
 
-fn serve_rendezvous(
-    cfg: &Config,
-    listener: TcpListener,
-    my_addr: SocketAddr,
-    deadline: Instant,
-) -> Result<Vec<String>> {
-    let world = cfg.world_size;
-    let mut addrs: Vec<Option<String>> = vec![None; world];
-    addrs[0] = Some(my_addr.to_string());
-    let mut conns: Vec<TcpStream> = Vec::new();
-    let mut problem: Option<String> = None;
-    // Ranks that checked in, valid or not: after a problem, rank 0 keeps listening until every
-    // rank has been told (MISMATCH at once), so no rank is left to time out on a closed port.
-    let mut arrived = vec![false; world];
-    arrived[0] = true;
-    listener.set_nonblocking(true).ok();
-    let ours = cfg.shared_settings();
-    while arrived.iter().any(|a| !a) {
-        match listener.accept() {
-            Ok((mut s, peer)) => {
-                s.set_nonblocking(false).ok();
-                // A real rank sends its hello right after connecting; keep this short so a
-                // silent client cannot hold up the others' acknowledgements for long.
-                s.set_read_timeout(Some(ACK_TIMEOUT / 2)).ok();
-                let mut buf = Vec::new();
-                if read_frame(&mut s, &mut buf).is_err() {
-                    continue; // a port scanner or a dead client: ignore
-                }
-                let Some(h) = parse_hello(&buf) else {
-                    tracing::warn!("rendezvous: ignoring non-sketchreduce client {peer}");
-                    continue;
-                };
-                let mut found = None;
-                if h.world != world {
-                    found = Some(format!(
-                        "rank {} was started with WORLD_SIZE={} but rank 0 with {world}",
-                        h.rank, h.world
-                    ));
-                } else if h.rank == 0 || h.rank >= world {
-                    found = Some(format!("a worker at {peer} claims invalid rank {}", h.rank));
-                } else if addrs[h.rank].is_some() {
-                    found = Some(format!(
-                        "two workers claim rank {} (second one at {peer})",
-                        h.rank
-                    ));
-                } else if h.fingerprint != cfg.fingerprint() {
-                    found = Some(format!(
-                        "rank {}'s job config differs from rank 0's: {}",
-                        h.rank,
-                        settings_diff(&h.settings, &ours)
-                    ));
-                } else if problem.is_none() {
-                    addrs[h.rank] = Some(h.data_addr);
-                }
-                // The first problem is the one every rank hears about.
-                if problem.is_none() {
-                    problem = found;
-                }
-                if h.rank < world {
-                    arrived[h.rank] = true;
-                }
-                conns.push(s);
-                if let Some(p) = &problem {
-                    let reply = format!("MISMATCH\t{p}");
-                    for mut c in conns.drain(..) {
-                        let _ = write_frame(&mut c, reply.as_bytes());
-                    }
-                } else if let Some(c) = conns.last_mut() {
-                    let _ = write_frame(c, b"WAIT");
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
+    #[test]
+    fn a_chain_of_abort_marks_is_refused_without_recursion() {
+        // Each abort mark used to start a nested read: 200,000 of them overflowed the stack.
+        let (mut ring, mut peer, _next) = ring_with_peer();
+        let w = std::thread::spawn(move || {
+            let marks: Vec<u8> = (0..200_000)
+                .flat_map(|_| ABORT_MARK.to_le_bytes())
+                .collect();
+            let _ = peer.write_all(&marks);
+        });
+        let mut input = Vec::new();
+        let e = ring.send_recv(b"", &mut input, 0, "test step").unwrap_err();
+        assert!(
+            matches!(&e, CollectiveError::PeerLost { reason, .. } if reason.contains("abort without a reason")),
+            "{e}"
+        );
+        drop(ring);
+        w.join().unwrap();
+    }
+
+    #[test]
+    fn an_abort_reason_is_bounded_and_still_reported() {
+        let (mut ring, mut peer, _next) = ring_with_peer();
+        peer.write_all(&ABORT_MARK.to_le_bytes()).unwrap();
+        write_frame(&mut peer, b"rank 2 failed").unwrap();
+        let mut input = Vec::new();
+        let e = ring.send_recv(b"", &mut input, 0, "test step").unwrap_err();
+        assert!(
+            matches!(&e, CollectiveError::Aborted { peer: 0, reason, .. } if reason == "rank 2 failed"),
+            "{e}"
+        );
+        let (mut ring, mut peer, _next) = ring_with_peer();
+        peer.write_all(&ABORT_MARK.to_le_bytes()).unwrap();
+        peer.write_all(&(1u64 << 40).to_le_bytes()).unwrap();
+        let e = ring.send_recv(b"", &mut input, 0, "test step").unwrap_err();
+        assert!(matches!(&e, CollectiveError::PeerLost { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_whole_frame_deadline_is_not_extended_by_trickling() {
+        let (mut a, mut b) = pair();
+        let w = std::thread::spawn(move || {
+            let frame: Vec<u8> = [&5u64.to_le_bytes()[..], b"hello"].concat();
+            for x in frame {
+                if a.write_all(&[x]).is_err() {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(100));
             }
-            Err(e) => return Err(CollectiveError::Io(format!("rendezvous accept: {e}"))),
-        }
-    }
-    let reply;
-    let result;
-    if let Some(p) = problem {
-        reply = format!("MISMATCH\t{p}");
-        result = Err(CollectiveError::ConfigMismatch(p));
-    } else if addrs.iter().any(|a| a.is_none()) {
-        let missing: Vec<usize> = (0..world).filter(|&r| addrs[r].is_none()).collect();
-        let detail = format!("ranks {missing:?} never arrived");
-        reply = format!("TIMEOUT\t{detail}");
-        result = Err(CollectiveError::RendezvousTimeout {
-            master: cfg.master.to_string(),
-            timeout: cfg.rendezvous_timeout,
-            detail,
         });
-    } else {
-        let list: Vec<String> = addrs.into_iter().map(|a| a.unwrap_or_default()).collect();
-        reply = format!("OK\t{}", list.join("\t"));
-        result = Ok(list);
+        let mut buf = Vec::new();
+        let t = Instant::now();
+        let e = read_frame_by(&mut b, &mut buf, 100, t + Duration::from_millis(350)).unwrap_err();
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ),
+            "{e}"
+        );
+        drop(b);
+        w.join().unwrap();
     }
-    for mut c in conns {
-        let _ = write_frame(&mut c, reply.as_bytes());
-    }
-    result
 }

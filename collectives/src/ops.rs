@@ -127,18 +127,26 @@ impl Engine {
             bytes
         };
         let what = req.collective.name();
+        // Each rank's blob must have the length it announced (peers are not trusted): a
+        // longer frame is refused before it is read, a shorter one below.
+        let want = |r: usize| {
+            if broadcast && r != req.src {
+                0
+            } else {
+                agreed.lens.get(r).copied().unwrap_or(0)
+            }
+        };
         let mut blobs = if n > 1 {
-            self.ring.all_gather(mine, what)?
+            self.ring.all_gather(
+                mine,
+                |r| usize::try_from(want(r)).unwrap_or(usize::MAX),
+                what,
+            )?
         } else {
             vec![mine]
         };
-        // Each rank's blob must have the length it announced (peers are not trusted).
         for (r, b) in blobs.iter().enumerate() {
-            let want = if broadcast && r != req.src {
-                0
-            } else {
-                agreed.lens[r]
-            };
+            let want = want(r);
             if b.len() as u64 != want {
                 return Err(CollectiveError::Mismatch(format!(
                     "{what}: rank {r}'s data arrived with {} bytes, {want} announced",

@@ -509,9 +509,11 @@ impl Engine {
     pub(crate) fn agree(&mut self, me: Meta, rules: Rules) -> Result<Agreed> {
         let n = self.cfg.world_size;
         let metas = if n > 1 {
-            let blobs = self
-                .ring
-                .all_gather(me.encode(), "exchange of operation headers")?;
+            let blobs = self.ring.all_gather(
+                me.encode(),
+                |_| Meta::MAX_ENCODED,
+                "exchange of operation headers",
+            )?;
             let mut m = Vec::with_capacity(n);
             for (r, b) in blobs.iter().enumerate() {
                 m.push(
@@ -685,7 +687,7 @@ impl Engine {
             }
             (Algo::AllGather, Payload::Dense(mut v)) if op.is_order() => {
                 let s = SparseVec::from_dense(&v, 1)?;
-                let (idx, keys) = self.all_gather_order(op, &s)?;
+                let (idx, keys) = self.all_gather_order(op, &s, &agreed.nnz)?;
                 v.iter_mut().for_each(|x| *x = 0.0);
                 for (&i, &k) in idx.iter().zip(&keys) {
                     v[i as usize] = from_order_key(k as i32);
@@ -693,7 +695,7 @@ impl Engine {
                 Payload::Dense(v)
             }
             (Algo::AllGather, Payload::Sparse(s)) if op.is_order() => {
-                let (indices, keys) = self.all_gather_order(op, &s)?;
+                let (indices, keys) = self.all_gather_order(op, &s, &agreed.nnz)?;
                 Payload::Sparse(SparseVec {
                     len: s.len,
                     block: s.block,
@@ -722,7 +724,7 @@ impl Engine {
             }
             (Algo::AllGather, Payload::Dense(mut v)) => {
                 let s = SparseVec::from_dense(&v, 1)?;
-                let (idx, sums) = self.all_gather_pairs(&fp, &s)?;
+                let (idx, sums) = self.all_gather_pairs(&fp, &s, &agreed.nnz)?;
                 if raw {
                     let mut dense = vec![0i64; v.len()];
                     idx.iter()
@@ -738,7 +740,7 @@ impl Engine {
                 }
             }
             (Algo::AllGather, Payload::Sparse(s)) => {
-                let (indices, sums) = self.all_gather_pairs(&fp, &s)?;
+                let (indices, sums) = self.all_gather_pairs(&fp, &s, &agreed.nnz)?;
                 let values = sums.iter().map(|&q| finish(&fp, q, op, n)).collect();
                 Payload::Sparse(SparseVec {
                     len: s.len,
@@ -836,38 +838,50 @@ impl Engine {
 
     /// All-gather of (block index, fixed-point block) pairs; returns the union of indices and
     /// the integer sums per value (`block` per index).
-    fn all_gather_pairs(&mut self, fp: &FixedPoint, s: &SparseVec) -> Result<(Vec<u64>, Vec<i64>)> {
-        let (lane, n) = (fp.lane(), self.cfg.world_size);
-        self.gather_merge(s, lane, |v| fp.to_fixed(v), i64::wrapping_add, None, n)
+    fn all_gather_pairs(
+        &mut self,
+        fp: &FixedPoint,
+        s: &SparseVec,
+        nnz: &[u64],
+    ) -> Result<(Vec<u64>, Vec<i64>)> {
+        let lane = fp.lane();
+        self.gather_merge(s, nnz, lane, |v| fp.to_fixed(v), i64::wrapping_add, None)
     }
 
     /// All-gather of (block index, order-key block) pairs merged with min/max; a rank
     /// without an index contributes zeros there. Returns the union and the keys.
-    fn all_gather_order(&mut self, op: ReduceOp, s: &SparseVec) -> Result<(Vec<u64>, Vec<i64>)> {
+    fn all_gather_order(
+        &mut self,
+        op: ReduceOp,
+        s: &SparseVec,
+        nnz: &[u64],
+    ) -> Result<(Vec<u64>, Vec<i64>)> {
         let pick = op.pick();
-        let n = self.cfg.world_size;
         self.gather_merge(
             s,
+            nnz,
             LaneWidth::W32,
             |v| order_key(v) as i64,
             move |a, b| pick(a as i32, b as i32) as i64,
             Some(order_key(0.0) as i64),
-            n,
         )
     }
 
     /// All-gather of (block index, lane block) pairs, merged by index with `combine` (the
     /// first value of an index starts its accumulator). With `absent: Some(z)`, an index
-    /// that fewer than `world` ranks sent is also combined with `z` (the lane of a zero).
+    /// that fewer than every rank sent is also combined with `z` (the lane of a zero).
+    /// `nnz[r]` is the nonzero count rank r announced in its header: its blob is refused if
+    /// longer than that many pairs.
     fn gather_merge(
         &mut self,
         s: &SparseVec,
+        nnz: &[u64],
         lane: LaneWidth,
         enc: impl Fn(f32) -> i64,
         combine: impl Fn(i64, i64) -> i64,
         absent: Option<i64>,
-        world: usize,
     ) -> Result<(Vec<u64>, Vec<i64>)> {
+        let world = self.cfg.world_size;
         let wide_index = s.len > u32::MAX as usize;
         let mut blob = Vec::with_capacity(8 + s.indices.len() * 8 + s.values.len() * lane.bytes());
         blob.extend_from_slice(&(s.indices.len() as u64).to_le_bytes());
@@ -885,14 +899,22 @@ impl Engine {
                 LaneWidth::W64 => blob.extend_from_slice(&q.to_le_bytes()),
             }
         }
+        let ib = if wide_index { 8 } else { 4 };
+        let vb = lane.bytes();
+        // A rank's blob: the pair count, then at most one index and one value per announced
+        // nonzero, and never more values than the agreed shape holds.
+        let cap = (s.len as u64).saturating_mul(s.block as u64);
+        let max_blob = |r: usize| {
+            let k = nnz.get(r).copied().unwrap_or(0).min(cap);
+            usize::try_from(k.saturating_mul((ib + vb) as u64).saturating_add(8))
+                .unwrap_or(usize::MAX)
+        };
         let blobs = if self.cfg.world_size > 1 {
-            self.ring.all_gather(blob, "sparse all-gather")?
+            self.ring.all_gather(blob, max_blob, "sparse all-gather")?
         } else {
             vec![blob]
         };
         // Parse every rank's pairs, then merge by index (the combine is order-free).
-        let ib = if wide_index { 8 } else { 4 };
-        let vb = lane.bytes();
         let b = s.block;
         let mut parts: Vec<(&[u8], &[u8], usize)> = Vec::with_capacity(blobs.len());
         for (r, blob) in blobs.iter().enumerate() {
@@ -1060,7 +1082,7 @@ mod tests {
         let cfg = Config::new(0, 1, master);
         let ids = Arc::new(Mutex::new(Vec::new()));
         let mut e = Engine {
-            ring: crate::net::connect(&cfg).unwrap(),
+            ring: crate::rendezvous::connect(&cfg).unwrap(),
             cfg,
             innet: Some(Box::new(Recorder(ids.clone()))),
             seq: 0,
