@@ -22,9 +22,17 @@ pub(crate) const MAX_ABORT_REASON: usize = 1024;
 const GROW: usize = 16 << 20;
 
 pub(crate) fn write_frame(s: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
-    s.write_all(&(payload.len() as u64).to_le_bytes())?;
-    s.write_all(payload)?;
-    Ok(())
+    let len = (payload.len() as u64).to_le_bytes();
+    if payload.len() <= INLINE_WRITE {
+        // One segment for small frames (the sockets are TCP_NODELAY): header exchanges are
+        // latency-bound, and an abort's reason arrives with its mark.
+        let mut frame = Vec::with_capacity(8 + payload.len());
+        frame.extend_from_slice(&len);
+        frame.extend_from_slice(payload);
+        return s.write_all(&frame);
+    }
+    s.write_all(&len)?;
+    s.write_all(payload)
 }
 
 /// Frames up to this size are written before reading in [`Ring::send_recv`] instead of from
@@ -158,46 +166,58 @@ pub(crate) enum Peeked {
 /// is busy elsewhere; `None` if it is ordinary data (a neighbour already in the next
 /// operation) or nothing.
 pub(crate) fn peek_abort(fd: std::os::fd::RawFd) -> Option<Peeked> {
-    let mut buf = [0u8; 4096];
-    // SAFETY: `buf` is a valid writable buffer of its length; MSG_PEEK leaves the data queued.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n == 0 {
-        return Some(Peeked::Closed);
-    }
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
-            _ => Some(Peeked::Closed),
+    // An abort is written in one piece, but TCP may deliver the mark before the reason: wait
+    // briefly for the rest rather than report an abort without its reason.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let mut buf = [0u8; 16 + MAX_ABORT_REASON];
+    loop {
+        // SAFETY: `buf` is a valid writable buffer of its length; MSG_PEEK leaves the data
+        // queued.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
         };
+        if n == 0 {
+            return Some(Peeked::Closed);
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                _ => Some(Peeked::Closed),
+            };
+        }
+        let b = &buf[..n as usize];
+        if b.len() >= 8 && b[..8] == ABORT_MARK.to_le_bytes() {
+            let len = b
+                .get(8..16)
+                .and_then(|l| l.try_into().ok())
+                .map(|l: [u8; 8]| (u64::from_le_bytes(l) as usize).min(MAX_ABORT_REASON));
+            match len {
+                Some(len) if b.len() >= 16 + len => {
+                    let reason = String::from_utf8_lossy(&b[16..16 + len]).into_owned();
+                    return Some(Peeked::Abort(reason));
+                }
+                _ if Instant::now() >= deadline => {
+                    return Some(Peeked::Abort("(its reason did not arrive)".into()));
+                }
+                _ => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+            }
+        }
+        // A neighbour that left (its communicator dropped) sent a BYE: it contributes nothing
+        // more, like a closed connection.
+        if b.len() > 8 && parse_bye(&b[8..]).is_some() {
+            return Some(Peeked::Closed);
+        }
+        return None;
     }
-    let b = &buf[..n as usize];
-    if b.len() >= 8 && u64::from_le_bytes(b[..8].try_into().ok()?) == ABORT_MARK {
-        let reason = b
-            .get(16..)
-            .map(|r| {
-                let len = b
-                    .get(8..16)
-                    .and_then(|l| l.try_into().ok())
-                    .map_or(0, |l: [u8; 8]| u64::from_le_bytes(l) as usize);
-                String::from_utf8_lossy(&r[..len.min(r.len())]).into_owned()
-            })
-            .unwrap_or_default();
-        return Some(Peeked::Abort(reason));
-    }
-    // A neighbour that left (its communicator dropped) sent a BYE: it contributes nothing
-    // more, like a closed connection.
-    if b.len() > 8 && parse_bye(&b[8..]).is_some() {
-        return Some(Peeked::Closed);
-    }
-    None
 }
 
 pub(crate) fn map_io(
@@ -369,8 +389,12 @@ impl Ring {
             while !reason.is_char_boundary(cut) {
                 cut -= 1;
             }
-            let _ = next.write_all(&ABORT_MARK.to_le_bytes());
-            let _ = write_frame(next, &reason.as_bytes()[..cut]);
+            // Mark, length and reason in one write, so they usually arrive together.
+            let mut frame = Vec::with_capacity(16 + cut);
+            frame.extend_from_slice(&ABORT_MARK.to_le_bytes());
+            frame.extend_from_slice(&(cut as u64).to_le_bytes());
+            frame.extend_from_slice(&reason.as_bytes()[..cut]);
+            let _ = next.write_all(&frame);
         }
         for s in [self.next.take(), self.prev.take()].into_iter().flatten() {
             let _ = s.shutdown(std::net::Shutdown::Both);
