@@ -75,6 +75,34 @@ fn block_contains(block: &[u32], k: u8, g: u32) -> bool {
     ok
 }
 
+/// Sets the index bits of `keys` (any order) in `words`, which must have
+/// `params.index_words()` entries: the index of a contribution without its sketch (the first
+/// round of union-rank).
+pub fn insert_keys(
+    params: &CodecParams,
+    keys: &[u32],
+    words: &mut [u32],
+) -> Result<(), CodecError> {
+    if words.len() != params.index_words() {
+        return Err(CodecError::ShapeMismatch {
+            what: "index words",
+            expected: params.index_words(),
+            got: words.len(),
+        });
+    }
+    let dim = params.dim();
+    for &k in keys {
+        if k as u64 >= dim {
+            return Err(CodecError::IndexOutOfRange {
+                index: k as u64,
+                dim,
+            });
+        }
+        insert(params, words, k);
+    }
+    Ok(())
+}
+
 /// Replaces `out` with every position the (aggregated) index reports, in increasing order
 /// (bitmap: the union; group bitmap: every position of a marked group; Bloom: the union plus
 /// false positives). Works on the index alone, so a receiver can run it while the sketch is
@@ -465,6 +493,37 @@ pub fn popcount(words: &[u32]) -> u64 {
 mod tests {
     use super::*;
     use crate::fixed::LaneWidth;
+
+    #[test]
+    fn insert_keys_gives_the_index_of_the_keys() {
+        let kinds = [
+            IndexKind::Bitmap,
+            IndexKind::Bloom { blocks: 4, k: 4 },
+            IndexKind::Groups { shift: 3 },
+        ];
+        for kind in kinds {
+            let p = CodecParams::explicit(3, 2, 1000, LaneWidth::W32, kind, 10, 3, false).unwrap();
+            let keys = [999u32, 5, 17, 5, 400];
+            let mut words = vec![0u32; p.index_words()];
+            insert_keys(&p, &keys, &mut words).unwrap();
+            let mut cands = Vec::new();
+            candidates_into(&p, &words, &mut cands).unwrap();
+            for k in keys {
+                assert!(cands.binary_search(&k).is_ok(), "{kind:?}: {k} missing");
+            }
+            if kind == IndexKind::Bitmap {
+                assert_eq!(cands, vec![5, 17, 400, 999]);
+            }
+            assert!(matches!(
+                insert_keys(&p, &[1000], &mut words),
+                Err(CodecError::IndexOutOfRange { .. })
+            ));
+            assert!(matches!(
+                insert_keys(&p, &keys, &mut words[1..]),
+                Err(CodecError::ShapeMismatch { .. })
+            ));
+        }
+    }
 
     #[test]
     fn simd_and_scalar_bloom_scans_agree_and_find_every_key() {

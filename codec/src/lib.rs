@@ -46,7 +46,7 @@ pub use baselines::{candidate_rank, dense_bytes, dense_encode, Coo, UnionRank};
 pub use decode::{Decoded, DecodedSums, Decoder};
 pub use error::CodecError;
 pub use fixed::{exponent_of, exponent_range, max_exponent, FixedPoint, LaneWidth};
-pub use index::candidates_into;
+pub use index::{candidates_into, insert_keys};
 pub use params::{CodecParams, IndexKind, Layout, CHECK_LANES};
 pub use sizing::{
     sketch_cells_for, sketch_shape, IndexChoice, LayoutChoice, Sizing, SupportProfile,

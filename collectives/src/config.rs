@@ -217,7 +217,13 @@ pub struct CodecPolicy {
     /// dynamic range would cost its typical values their precision, then `64 − ⌈log2 n⌉`
     /// bits (two 32-bit lanes through the switch).
     pub precision: Precision,
+    /// How innet carries its payload: [`InnetMode::Auto`] (default) picks dense lanes,
+    /// the sketch or union-rank by bytes and union size (`docs/design.md`, "Worker agent").
+    pub innet_mode: InnetMode,
 }
+
+/// Payload mode of in-network operations (the agent's [`sketchreduce_agent::ModeChoice`]).
+pub use sketchreduce_agent::ModeChoice as InnetMode;
 
 /// Width policy of the fixed-point values (the codec's [`sketchreduce_codec::ValuePolicy`]).
 pub use sketchreduce_codec::ValuePolicy as Precision;
@@ -409,6 +415,19 @@ impl Config {
                 o => {
                     return Err(CollectiveError::Config(format!(
                         "SKETCHREDUCE_PRECISION={o:?} (auto|narrow|wide)"
+                    )))
+                }
+            };
+        }
+        if let Some(m) = get("SKETCHREDUCE_INNET_MODE") {
+            c.codec.innet_mode = match m.trim().to_ascii_lowercase().as_str() {
+                "auto" => InnetMode::Auto,
+                "sketch" => InnetMode::Sketch,
+                "union-rank" | "union_rank" => InnetMode::UnionRank,
+                "dense" => InnetMode::Dense,
+                o => {
+                    return Err(CollectiveError::Config(format!(
+                        "SKETCHREDUCE_INNET_MODE={o:?} (auto|sketch|union-rank|dense)"
                     )))
                 }
             };

@@ -10,8 +10,11 @@
 //! ```text
 //! ring       2(n−1)/n · d · b / R      + 2(n−1) · L + d · RING_NS_PER_ELEM
 //! all-gather (n−1)/n · nnz · (4 + b)/R + (n−1) · L  + d · GATHER_NS_PER_ELEM + nnz · gather_ns
-//! innet      2 · L + d · SCAN_NS + (sketch smaller: sketch / R + nnz · SKETCH_NS_PER_KEY, else d · b / R)
-//!            sketch ≈ index + 1.15 · min(nnz, d) · b,  dense = d · b
+//! innet      2 · L + d · SCAN_NS + (sketch smaller than dense:
+//!                u < UNION_RANK_FROM: sketch / R + u · SKETCH_NS_PER_KEY
+//!                else:                (index + u · b) / R + 2 · L + u · UNION_NS_PER_KEY
+//!             otherwise d · b / R)
+//!            u = min(nnz, d), sketch ≈ index + 1.15 · u · b, dense = d · b
 //! ```
 //!
 //! innet's bytes travel up and down at the same time (full-duplex links to the switch), as the
@@ -34,6 +37,8 @@ pub const GATHER_NS_PER_ELEM: f64 = 4.0;
 pub const SCAN_NS: f64 = 2.5;
 /// innet CPU per nonzero for encoding and peeling a sketch, in ns.
 pub const SKETCH_NS_PER_KEY: f64 = 75.0;
+/// innet CPU per nonzero for union-rank (index, candidates, ranks, no peeling), in ns.
+pub const UNION_NS_PER_KEY: f64 = 30.0;
 
 /// The link every rank sees, as rank 0 measured it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -133,14 +138,19 @@ pub fn estimate(
         + d * GATHER_NS_PER_ELEM * 1e-9
         + nnz * gather_ns * 1e-9;
     let innet = innet.then(|| {
-        // The agent itself picks the sketch or dense lanes, whichever sends less.
+        // The agent itself picks dense lanes when the sketch would send more, else the
+        // sketch for small unions and union-rank for large ones.
         let union = nnz.min(d);
         let index = (d / 8.0).min(union * 1.5);
         let sketch_bytes = index + 1.15 * union * b;
         let fixed = 2.0 * l + d * SCAN_NS * 1e-9;
-        let sketch = sketch_bytes / r + union * SKETCH_NS_PER_KEY * 1e-9;
+        let sparse = if union < sketchreduce_agent::DEFAULT_UNION_RANK_FROM as f64 {
+            sketch_bytes / r + union * SKETCH_NS_PER_KEY * 1e-9
+        } else {
+            (index + union * b) / r + 2.0 * l + union * UNION_NS_PER_KEY * 1e-9
+        };
         let dense = d * b / r;
-        fixed + if sketch_bytes < d * b { sketch } else { dense }
+        fixed + if sketch_bytes < d * b { sparse } else { dense }
     });
     (ring, gather, innet)
 }

@@ -298,7 +298,10 @@ impl AgentPath {
         let acfg = AgentConfig {
             agg: AggConfig::with_timeout(cfg.timeout),
             register: false,
-            ..AgentConfig::default()
+            innet: sketchreduce_agent::InnetConfig {
+                mode: cfg.codec.innet_mode,
+                ..Default::default()
+            },
         };
         let mut agent = Agent::new(t, &job, cfg.rank as u8, acfg).map_err(ie)?;
         // A neighbour that dies or aborts while this rank waits on the switch ends the

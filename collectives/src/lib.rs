@@ -58,7 +58,7 @@ pub mod tensor;
 pub use buf::DenseBuf;
 pub use comm::{Communicator, Pending, Stats};
 pub use config::{
-    auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, Precision, Transport,
+    auto_crossover, parse_timeout_secs, Algo, CodecPolicy, Config, InnetMode, Precision, Transport,
     AUTO_CROSSOVER, AUTO_CROSSOVER_ROWS, AUTO_ROW_BLOCK, DEFAULT_RENDEZVOUS_TIMEOUT,
     DEFAULT_TIMEOUT, MAX_TIMEOUT, MAX_WORLD_SIZE,
 };

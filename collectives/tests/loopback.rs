@@ -355,7 +355,15 @@ fn innet_through_switch_matches_ring_and_reference() {
     use sketchreduce_switch::{spawn_switch, SwitchConfig};
     let sw = spawn_switch(SwitchConfig::loopback(1, 4096)).unwrap();
     let control = sw.control_addr();
-    for (job, n) in [(1u16, 2usize), (2, 4), (3, 8)] {
+    // Auto picks the sketch for these small unions; union-rank is forced in the last two.
+    let cases = [
+        (1u16, 2usize, InnetMode::Auto),
+        (2, 4, InnetMode::Auto),
+        (3, 8, InnetMode::Auto),
+        (4, 4, InnetMode::UnionRank),
+        (5, 8, InnetMode::UnionRank),
+    ];
+    for (job, n, mode) in cases {
         let d = 20_000;
         let inputs: Vec<Vec<f32>> = (0..n).map(|r| grad(7 * r as u64 + 1, d, 0.02)).collect();
         let dense: Vec<Vec<f32>> = (0..n).map(|r| grad(50 + r as u64, 3000, 1.0)).collect();
@@ -365,11 +373,15 @@ fn innet_through_switch_matches_ring_and_reference() {
         let (inputs, dense) = (&inputs, &dense);
         let out = on_ranks(
             n,
-            |c| Config {
-                job_id: job,
-                crossover: 1.0,
-                auto_innet: true,
-                ..c.with_switch(control).with_algo(Algo::Innet)
+            |c| {
+                let mut c = Config {
+                    job_id: job,
+                    crossover: 1.0,
+                    auto_innet: true,
+                    ..c.with_switch(control).with_algo(Algo::Innet)
+                };
+                c.codec.innet_mode = mode;
+                c
             },
             |comm| {
                 let r = comm.rank();
@@ -393,6 +405,11 @@ fn innet_through_switch_matches_ring_and_reference() {
             auto_algos.push(auto_algo);
             assert_eq!(info.algo, Algo::Innet);
             assert!(info.bytes_sent > 0);
+            let want_mode = match mode {
+                InnetMode::UnionRank => "union-rank",
+                _ => "sketch",
+            };
+            assert_eq!(info.phases.innet_mode, Some(want_mode), "n={n} rank {r}");
             assert_eq!(
                 bits(&a),
                 bits(&want),

@@ -70,19 +70,27 @@ pub struct InnetConfig {
     pub cells: Option<usize>,
     /// Force the number of hashes (3 or 4).
     pub hashes: Option<u8>,
-    /// Sketch, dense lanes, or whichever sends fewer bytes.
+    /// Sketch, union-rank, dense lanes, or the cheapest.
     pub mode: ModeChoice,
+    /// [`ModeChoice::Auto`] takes union-rank instead of the sketch from this many expected
+    /// union nonzeros on: peeling costs tens of nanoseconds per key and the sketch ~0.1–0.2
+    /// extra lanes per key, union-rank one more round trip.
+    pub union_rank_from: u64,
 }
 
 /// How the payload of an in-network all-reduce is carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ModeChoice {
-    /// The sketch unless it would be larger than one lane per element (decided identically on
-    /// every worker after the agreement phase, from the agreed nonzero counts).
+    /// Dense lanes when the sketch would be larger than one lane per element, else the
+    /// sketch for small unions and union-rank for large ones
+    /// ([`InnetConfig::union_rank_from`]); decided identically on every worker from the agreed
+    /// nonzero counts.
     #[default]
     Auto,
     /// Always index + sketch.
     Sketch,
+    /// Always the index, then one lane per candidate (two rounds, no peeling).
+    UnionRank,
     /// Always one lane per element (SwitchML-style dense aggregation, no index).
     Dense,
 }
@@ -94,6 +102,8 @@ pub enum PayloadMode {
     Empty,
     /// Index (OR) + value sketch (ADD), decoded by peeling.
     Sketch,
+    /// Index (OR), then one ADD lane per candidate of the aggregated index.
+    UnionRank,
     /// One ADD lane per element.
     Dense,
 }
@@ -104,6 +114,7 @@ impl PayloadMode {
         match self {
             PayloadMode::Empty => "empty",
             PayloadMode::Sketch => "sketch",
+            PayloadMode::UnionRank => "union-rank",
             PayloadMode::Dense => "dense",
         }
     }
@@ -143,9 +154,14 @@ impl Default for InnetConfig {
             cells: None,
             hashes: None,
             mode: ModeChoice::Auto,
+            union_rank_from: DEFAULT_UNION_RANK_FROM,
         }
     }
 }
+
+/// Default [`InnetConfig::union_rank_from`]: 16,384 keys peel in ~0.5 ms, about one round
+/// trip through a switch plus the barrier between the two rounds.
+pub const DEFAULT_UNION_RANK_FROM: u64 = 16_384;
 
 /// The result of one all-reduce: exact integer sums (at the candidate positions of a sketch,
 /// or at every position in dense mode), and the conversion back to floats. The float sum is
@@ -290,12 +306,17 @@ enum Phase {
         input: Input,
         fixed: FixedPoint,
         params: Option<CodecParams>,
+        /// Only the index travels (union-rank's first round).
+        union_rank: bool,
     },
+    /// One lane per candidate: union-rank's second round, or the recovery of a stalled
+    /// sketch (`mode` tells which).
     Recover {
         input: Input,
         fixed: FixedPoint,
         cells: usize,
         keys: Vec<u32>,
+        mode: PayloadMode,
     },
 }
 
@@ -772,19 +793,26 @@ impl InnetCore {
                 input,
                 fixed,
                 params,
+                union_rank,
             } => {
                 self.phases.aggregate = self.lap(now);
-                self.after_payload(input, fixed, params)
+                self.after_payload(input, fixed, params, union_rank)
             }
             Phase::Recover {
                 input,
                 fixed,
                 cells,
                 keys,
+                mode,
             } => {
                 let d = self.lap(now);
-                self.phases.recovery += d;
-                self.after_recover(input, fixed, cells, keys)
+                if mode == PayloadMode::UnionRank {
+                    // Union-rank's second round is part of its aggregation.
+                    self.phases.aggregate += d;
+                } else {
+                    self.phases.recovery += d;
+                }
+                self.after_recover(input, fixed, cells, keys, mode)
             }
         };
         match r {
@@ -933,6 +961,12 @@ impl InnetCore {
                 p.index_words() as u64 + per * p.cells() as u64 >= per * dim as u64
             }
         };
+        let union_rank = !dense
+            && match self.cfg.mode {
+                ModeChoice::UnionRank => true,
+                ModeChoice::Auto => expected >= self.cfg.union_rank_from,
+                ModeChoice::Sketch | ModeChoice::Dense => false,
+            };
         let (mut iw, mut cw) = std::mem::take(&mut self.bufs);
         let mut scanned = Duration::ZERO;
         if let (Some(values), false) = (dense_input, dense) {
@@ -1003,7 +1037,26 @@ impl InnetCore {
         } else {
             let params =
                 params.ok_or_else(|| AgentError::Config("sketch without parameters".into()))?;
-            if wide {
+            if union_rank {
+                // Round 1: the index of this worker's nonzeros (those that do not round to 0).
+                let mut keys = std::mem::take(&mut cw);
+                keys.clear();
+                for (&i, &v) in self.idx.iter().zip(&self.vals) {
+                    if fixed
+                        .try_to_fixed(v, i as usize)
+                        .map_err(|e| self.codec_err(e))?
+                        != 0
+                    {
+                        keys.push(i);
+                    }
+                }
+                iw.clear();
+                iw.resize(params.index_words(), 0);
+                sketchreduce_codec::insert_keys(&params, &keys, &mut iw)
+                    .map_err(|e| self.codec_err(e))?;
+                self.bufs.1 = keys;
+                (vec![Stream::new(Op::Or, iw)], Some(params))
+            } else if wide {
                 let mut enc = Encoder::<i64>::new(&params).map_err(|e| self.codec_err(e))?;
                 let mut encoding = Encoding::<i64>::new(&params).map_err(|e| self.codec_err(e))?;
                 enc.encode_sparse(&self.idx, &self.vals, &fixed, &mut encoding)
@@ -1037,7 +1090,13 @@ impl InnetCore {
         tracing::debug!(
             tensor_id = input.tensor_id,
             expected,
-            mode = if dense { "dense" } else { "sketch" },
+            mode = if dense {
+                "dense"
+            } else if union_rank {
+                "union-rank"
+            } else {
+                "sketch"
+            },
             words = streams.iter().map(|s| s.words.len()).sum::<usize>(),
             "innet payload"
         );
@@ -1048,6 +1107,7 @@ impl InnetCore {
             input,
             fixed,
             params,
+            union_rank,
         };
         Ok(None)
     }
@@ -1106,6 +1166,7 @@ impl InnetCore {
         input: Input,
         fixed: FixedPoint,
         params: Option<CodecParams>,
+        union_rank: bool,
     ) -> Result<Option<Reduced>, AgentError> {
         let mut streams = self.agg.take_streams();
         let workers = self.agg.world() as u32;
@@ -1132,6 +1193,19 @@ impl InnetCore {
                 ..self.empty(&input, Some(fixed))
             }));
         };
+        if union_rank {
+            let iw = std::mem::take(&mut streams[0].words);
+            let t = Instant::now();
+            let mut keys = Vec::new();
+            let r = sketchreduce_codec::candidates_into(&params, &iw, &mut keys)
+                .map_err(|e| self.codec_err(e))
+                .and_then(|()| {
+                    self.start_rank_round(input, fixed, &params, keys, PayloadMode::UnionRank)
+                });
+            self.phases.decode = t.elapsed();
+            self.bufs.0 = iw;
+            return r.map(|()| None);
+        }
         let cw = std::mem::take(&mut streams[1].words);
         let iw = std::mem::take(&mut streams[0].words);
         let t_dec = Instant::now();
@@ -1172,43 +1246,83 @@ impl InnetCore {
                 let mut keys = Vec::new();
                 sketchreduce_codec::candidates_into(&params, &iw, &mut keys)
                     .map_err(|e| self.codec_err(e))?;
-                let mut q = vec![0i64; keys.len()];
-                for (&i, &v) in self.idx.iter().zip(&self.vals) {
-                    let x = fixed.to_fixed(v);
-                    if x == 0 {
-                        continue;
-                    }
-                    let r = sketchreduce_codec::candidate_rank(&keys, i).ok_or_else(|| {
-                        AgentError::Codec(format!(
-                            "job {}: own nonzero {i} missing from the aggregated index",
-                            self.agg.job()
-                        ))
-                    })?;
-                    q[r] = q[r].wrapping_add(x);
-                }
-                // One lane per candidate (two for wide values).
-                let words = if wide {
-                    let mut w = vec![0u32; 2 * q.len()];
-                    wide_words(q.into_iter(), workers, &mut w).map_err(|e| self.codec_err(e))?;
-                    w
-                } else {
-                    q.iter().map(|&x| x as u32).collect()
-                };
+                let r = self.start_rank_round(input, fixed, &params, keys, PayloadMode::Sketch);
                 self.phases.decode = t_dec.elapsed();
-                self.agg.start(vec![Stream::new(Op::Add, words)])?;
-                self.enter(Instant::now(), "recovery", input.tensor_id);
-                self.phase = Phase::Recover {
-                    input,
-                    fixed,
-                    cells: params.cells(),
-                    keys,
-                };
-                Ok(None)
+                r.map(|()| None)
             }
             Err(e) => Err(self.codec_err(e)),
         };
         self.bufs = (iw, cw);
         res
+    }
+
+    /// Starts a round with one lane per candidate of the aggregated index (`keys`,
+    /// increasing): this worker's fixed-point value at its key's rank, 0 elsewhere. The ADD
+    /// aggregate is then the exact sum at every candidate, without peeling.
+    fn start_rank_round(
+        &mut self,
+        input: Input,
+        fixed: FixedPoint,
+        params: &CodecParams,
+        keys: Vec<u32>,
+        mode: PayloadMode,
+    ) -> Result<(), AgentError> {
+        let workers = self.agg.world() as u32;
+        let wide = fixed.bits() > 32;
+        let mut q = vec![0i64; keys.len()];
+        // Own positions in increasing order (the usual case: a scan of a dense input) are
+        // ranked by one merge pass over the candidates, others by binary search.
+        let sorted = self.idx.windows(2).all(|w| w[0] < w[1]);
+        let mut at = 0usize;
+        for (&i, &v) in self.idx.iter().zip(&self.vals) {
+            let x = fixed.to_fixed(v);
+            if x == 0 {
+                continue;
+            }
+            let r = if sorted {
+                while at < keys.len() && keys[at] < i {
+                    at += 1;
+                }
+                (keys.get(at) == Some(&i)).then_some(at)
+            } else {
+                sketchreduce_codec::candidate_rank(&keys, i)
+            };
+            let r = r.ok_or_else(|| {
+                AgentError::Codec(format!(
+                    "job {}: own nonzero {i} missing from the aggregated index",
+                    self.agg.job()
+                ))
+            })?;
+            q[r] = q[r].wrapping_add(x);
+        }
+        // One lane per candidate (two for wide values).
+        let words = if wide {
+            let mut w = vec![0u32; 2 * q.len()];
+            wide_words(q.into_iter(), workers, &mut w).map_err(|e| self.codec_err(e))?;
+            w
+        } else {
+            q.iter().map(|&x| x as u32).collect()
+        };
+        self.agg.start(vec![Stream::new(Op::Add, words)])?;
+        let name = if mode == PayloadMode::UnionRank {
+            "aggregate"
+        } else {
+            "recovery"
+        };
+        self.enter(Instant::now(), name, input.tensor_id);
+        let cells = if mode == PayloadMode::UnionRank {
+            0
+        } else {
+            params.cells()
+        };
+        self.phase = Phase::Recover {
+            input,
+            fixed,
+            cells,
+            keys,
+            mode,
+        };
+        Ok(())
     }
 
     fn after_recover(
@@ -1217,6 +1331,7 @@ impl InnetCore {
         fixed: FixedPoint,
         cells: usize,
         keys: Vec<u32>,
+        mode: PayloadMode,
     ) -> Result<Option<Reduced>, AgentError> {
         let streams = self.agg.take_streams();
         let sums: Vec<i64> = if fixed.bits() > 32 {
@@ -1228,10 +1343,10 @@ impl InnetCore {
         let nz = sums.iter().filter(|&&s| s != 0).count() as u64;
         self.remember_union(input.tensor_id, nz);
         Ok(Some(Reduced {
-            mode: PayloadMode::Sketch,
+            mode,
             keys,
             sums,
-            decode_retries: 1,
+            decode_retries: (mode == PayloadMode::Sketch) as u32,
             cells,
             ..self.empty(&input, Some(fixed))
         }))

@@ -27,6 +27,7 @@ pub use aggregation::{AggConfig, AggState, AggStats, Aggregation, Stream, Transm
 pub use error::AgentError;
 pub use innet::{
     Agreed, InnetConfig, InnetCore, InnetStats, ModeChoice, PayloadMode, Phases, Reduced,
+    DEFAULT_UNION_RANK_FROM,
 };
 pub use quic::QuicTransport;
 pub use transport::{

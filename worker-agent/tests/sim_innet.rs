@@ -37,7 +37,7 @@ fn check(r: &Reduced, want: &[i64], f: &FixedPoint) {
 }
 
 /// How the test hands each worker its input.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum How {
     /// `start` with the dense tensor.
     Dense,
@@ -325,6 +325,52 @@ fn dense_mode_when_the_sketch_would_be_larger() {
         ..Default::default()
     };
     run_with(3, 0.0, 7, 1, sketch, How::Sparse, 0.6, PayloadMode::Sketch);
+}
+
+#[test]
+fn union_rank_mode_is_exact() {
+    // Index first, then one lane per candidate: exact under loss, for every kind of input and
+    // for wide values; auto picks it for unions from `union_rank_from` keys on.
+    let forced = InnetConfig {
+        mode: ModeChoice::UnionRank,
+        ..Default::default()
+    };
+    for (k, how) in [
+        How::Dense,
+        How::Sparse,
+        How::Agreed,
+        How::AgreedDense,
+        How::AgreedWide,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let retries = run_with(
+            3,
+            0.03,
+            40 + k as u64,
+            2,
+            forced.clone(),
+            how,
+            0.05,
+            PayloadMode::UnionRank,
+        );
+        assert!(retries.iter().all(|&r| r == 0), "{how:?}: {retries:?}");
+    }
+    let auto_low = InnetConfig {
+        union_rank_from: 100,
+        ..Default::default()
+    };
+    run_with(
+        4,
+        0.01,
+        47,
+        2,
+        auto_low,
+        How::AgreedDense,
+        0.02,
+        PayloadMode::UnionRank,
+    );
 }
 
 #[test]
