@@ -955,22 +955,33 @@ impl Engine {
                 }
             }
         };
+        // Every rank validated its own vector, so a peer's indices are strictly increasing
+        // and below the length; anything else is a malformed blob, refused before merging.
+        for (r, (ip, _, k)) in parts.iter().enumerate() {
+            let mut prev: Option<u64> = None;
+            for j in 0..*k {
+                let i = read_idx(ip, j);
+                if i as usize >= s.len || prev.is_some_and(|p| i <= p) {
+                    return Err(CollectiveError::Mismatch(format!(
+                        "rank {r} sent index {i} out of order or beyond length {}",
+                        s.len
+                    )));
+                }
+                prev = Some(i);
+            }
+        }
         let total: usize = parts.iter().map(|p| p.2).sum();
         let mut indices = Vec::new();
         let mut sums: Vec<i64> = Vec::new();
-        if total.saturating_mul(16) >= s.len {
-            // Many pairs relative to the length: accumulate into a dense table, O(len + pairs).
+        if total >= s.len {
+            // At least one pair per position on average: a dense table is O(len + pairs) and
+            // beats the merge's log factor. Below that its allocation (12 B per position,
+            // page-faulted each op) dominated: 240 ms for 8 ranks at 1 % of 4M on this VM.
             let mut acc = vec![0i64; s.len * b];
             let mut seen = vec![0u32; s.len];
-            for (r, (ip, vp, k)) in parts.iter().enumerate() {
+            for (ip, vp, k) in parts.iter() {
                 for j in 0..*k {
                     let i = read_idx(ip, j) as usize;
-                    if i >= s.len {
-                        return Err(CollectiveError::Mismatch(format!(
-                            "rank {r} sent index {i} beyond length {}",
-                            s.len
-                        )));
-                    }
                     let first = seen[i] == 0;
                     seen[i] += 1;
                     for c in 0..b {
@@ -988,42 +999,43 @@ impl Engine {
             }
             return Ok((indices, sums));
         }
-        let mut keys: Vec<(u64, u32, u32)> = Vec::with_capacity(total);
+        // Sparse: a k-way merge of the ranks' sorted runs, O(pairs · log ranks), output only.
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut heads: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::with_capacity(parts.len());
+        let mut pos = vec![0usize; parts.len()];
         for (r, (ip, _, k)) in parts.iter().enumerate() {
-            for j in 0..*k {
-                let i = read_idx(ip, j);
-                if i as usize >= s.len {
-                    return Err(CollectiveError::Mismatch(format!(
-                        "rank {r} sent index {i} beyond length {}",
-                        s.len
-                    )));
-                }
-                keys.push((i, r as u32, j as u32));
+            if *k > 0 {
+                heads.push(Reverse((read_idx(ip, 0), r)));
             }
         }
-        keys.sort_unstable_by_key(|k| k.0);
-        let mut last = u64::MAX;
+        indices.reserve(total);
+        sums.reserve(total * b);
         let mut count = 0u32;
-        for (i, r, j) in keys {
-            let vp = parts[r as usize].1;
-            if i != last {
-                if last != u64::MAX {
+        while let Some(Reverse((i, r))) = heads.pop() {
+            let (ip, vp, k) = parts[r];
+            let j = pos[r];
+            pos[r] += 1;
+            if pos[r] < k {
+                heads.push(Reverse((read_idx(ip, pos[r]), r)));
+            }
+            if indices.last() != Some(&i) {
+                if !indices.is_empty() {
                     let at = sums.len() - b;
                     fill_absent(&mut sums[at..], count);
                 }
                 indices.push(i);
-                sums.extend((0..b).map(|c| read_val(vp, j as usize * b + c)));
-                last = i;
+                sums.extend((0..b).map(|c| read_val(vp, j * b + c)));
                 count = 1;
                 continue;
             }
             count += 1;
             let base = sums.len() - b;
             for c in 0..b {
-                sums[base + c] = combine(sums[base + c], read_val(vp, j as usize * b + c));
+                sums[base + c] = combine(sums[base + c], read_val(vp, j * b + c));
             }
         }
-        if last != u64::MAX {
+        if !indices.is_empty() {
             let at = sums.len() - b;
             fill_absent(&mut sums[at..], count);
         }
