@@ -7,7 +7,8 @@ MASTER_ADDR, MASTER_PORT and GLOO_SOCKET_IFNAME set. Prints progress on stderr a
 
 What matches train_ncf (what decides the time of a step):
 - the model: user and item embedding tables (--users x --dim, --items x --dim, N(0, 0.1)), an
-  MLP 2*dim -> 64 -> 32 -> 1 with ReLU, binary cross-entropy with logits;
+  MLP 2*dim -> 64 -> 32 -> 1 with ReLU (tch's initialisation), binary cross-entropy with
+  logits;
 - the work: --batch interactions per rank and iteration, users and items Zipf(--zipf)
   distributed, half of the items drawn from the user's hidden taste group (the same rule and
   group hash as train_ncf, a different random generator: same distribution, other numbers);
@@ -47,6 +48,15 @@ def group_of(x, salt):
     return (((x + salt) * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF) >> 40) % 4
 
 
+def mix32(x):
+    """32 well-mixed bits of a 64-bit seed (splitmix64): torch's CPU generator keeps only the
+    low 32 bits of a seed, and train_ncf puts the rank in the high ones."""
+    z = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
 class Zipf:
     """Zipf(s) over 1..n by inverse CDF (train_ncf: rand_distr::Zipf), returning 0-based ids."""
 
@@ -71,7 +81,7 @@ class Data:
     def interactions(self, seed, n):
         """n interactions: Zipf users and items; with probability 1/2 up to 16 redraws of the
         item until its group matches the user's (as train_ncf); label = groups match."""
-        g = torch.Generator().manual_seed(seed & 0x7FFF_FFFF_FFFF_FFFF)
+        g = torch.Generator().manual_seed(mix32(seed))
         u = self.zu.sample((n,), g)
         cand = self.zi.sample((n, 17), g)
         want = torch.rand(n, generator=g) < 0.5
@@ -97,6 +107,9 @@ class Ncf(nn.Module):
         nn.init.normal_(self.user.weight, 0.0, 0.1)
         nn.init.normal_(self.item.weight, 0.0, 0.1)
         self.mlp = nn.Sequential(nn.Linear(2 * a.dim, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1))
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):  # tch's default: Kaiming uniform with the ReLU gain
+                nn.init.kaiming_uniform_(m.weight, nonlinearity="relu")
 
     def forward(self, u, i):
         return self.mlp(torch.cat([self.user(u), self.item(i)], 1)).view(-1)
