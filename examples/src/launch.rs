@@ -167,11 +167,21 @@ impl Place {
         })
     }
 
-    fn command(&self, r: usize, program: &Path) -> Command {
-        match self {
+    /// `program` as rank `r` of `n` (torch.distributed's environment), in its namespace if
+    /// any; quiet unless rank 0 of a run with a progress bar.
+    fn rank(&self, r: usize, n: usize, port: u16, program: &Path, quiet: bool) -> Command {
+        let mut c = match self {
             Place::Loopback => Command::new(program),
             Place::Netns(tb) => tb.rank_command(r, program),
+        };
+        c.env("RANK", r.to_string())
+            .env("WORLD_SIZE", n.to_string())
+            .env("MASTER_ADDR", self.master_addr())
+            .env("MASTER_PORT", port.to_string());
+        if r != 0 || quiet {
+            c.env("SKETCHREDUCE_QUIET", "1");
         }
+        c
     }
 }
 
@@ -252,12 +262,8 @@ pub fn launch(common: &Common, algos: &[Algo], gloo: Option<&GlooPeer>) -> Resul
         );
         let cmds = (0..n)
             .map(|r| {
-                let mut c = place.command(r, &exe);
+                let mut c = place.rank(r, n, port, &exe, common.quiet);
                 c.args(&args)
-                    .env("RANK", r.to_string())
-                    .env("WORLD_SIZE", n.to_string())
-                    .env("MASTER_ADDR", place.master_addr())
-                    .env("MASTER_PORT", port.to_string())
                     .env("SKETCHREDUCE_ALGO", algo.name())
                     .env(
                         "SKETCHREDUCE_JOB",
@@ -269,9 +275,6 @@ pub fn launch(common: &Common, algos: &[Algo], gloo: Option<&GlooPeer>) -> Resul
                 }
                 if let Place::Netns(tb) = &place {
                     c.env("SKETCHREDUCE_SECRET_FILE", tb.secret_file());
-                }
-                if r != 0 || common.quiet {
-                    c.env("SKETCHREDUCE_QUIET", "1");
                 }
                 c
             })
@@ -295,16 +298,12 @@ pub fn launch(common: &Common, algos: &[Algo], gloo: Option<&GlooPeer>) -> Resul
         );
         let cmds = (0..n)
             .map(|r| {
-                let mut c = place.command(r, py);
+                let mut c = place.rank(r, n, port, py, common.quiet);
                 c.arg(&peer.script)
                     .args(&peer.args)
                     .args(["--iters", &common.iters.to_string()])
                     .args(["--seed", &common.seed.to_string()])
                     .args(["--eval-every", &common.eval_every.to_string()])
-                    .env("RANK", r.to_string())
-                    .env("WORLD_SIZE", n.to_string())
-                    .env("MASTER_ADDR", place.master_addr())
-                    .env("MASTER_PORT", port.to_string())
                     .env(
                         "GLOO_SOCKET_IFNAME",
                         match place {
@@ -315,9 +314,6 @@ pub fn launch(common: &Common, algos: &[Algo], gloo: Option<&GlooPeer>) -> Resul
                     .env("OMP_NUM_THREADS", "1")
                     // c10d warns that a namespace has no hostname for its address: noise.
                     .env("TORCH_CPP_LOG_LEVEL", "ERROR");
-                if r != 0 || common.quiet {
-                    c.env("SKETCHREDUCE_QUIET", "1");
-                }
                 c
             })
             .collect();
