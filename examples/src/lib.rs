@@ -1,22 +1,28 @@
 //! Shared plumbing of the example programs: the launcher that spawns the switch and one worker
-//! process per rank on loopback (re-executing the current binary with `RANK`/`WORLD_SIZE`/
-//! `MASTER_ADDR`/`MASTER_PORT` set), per-rank summaries, and the comparison table.
+//! process per rank (re-executing the current binary with `RANK`/`WORLD_SIZE`/`MASTER_ADDR`/
+//! `MASTER_PORT` set) on loopback or in a shaped network-namespace testbed, per-rank summaries,
+//! and the comparison table.
 
+mod launch;
+pub mod phases;
 pub mod plot;
+mod report;
+pub mod testbed;
 
-use anyhow::{bail, Context, Result};
+pub use launch::{launch, start, start_with, Extras, GlooPeer, Launched, Role, RunResult};
+pub use report::print_report;
+
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sketchreduce_collectives::{Algo, Communicator, Config, DEFAULT_TIMEOUT};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use sketchreduce_collectives::{Algo, Communicator, DEFAULT_TIMEOUT};
 use std::time::{Duration, Instant};
 
 /// Options every training example shares.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
-    /// Spawn the switch and this many worker processes on loopback. Ignored when RANK and
-    /// WORLD_SIZE are set (then this process is one rank of a job started elsewhere).
+    /// Spawn the switch and this many worker processes (on loopback, or with --netns in
+    /// network namespaces). Ignored when RANK and WORLD_SIZE are set (then this process is one
+    /// rank of a job started elsewhere).
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
     /// All-reduce algorithm: innet | ring | allgather | auto.
@@ -52,6 +58,33 @@ pub struct Common {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Run every rank in its own network namespace, linked to a bridge in a switch namespace
+    /// by tbf-shaped links (`benches/netbench/netns.sh`), and the switch (`sketchreduce
+    /// switch`, authenticated control endpoint on the bridge) in the switch namespace.
+    /// Needs root; the testbed is torn down on exit, on errors and on Ctrl-C.
+    #[arg(long)]
+    pub netns: bool,
+    /// With --netns: rate of every link, both directions (tc units).
+    #[arg(long, default_value = "1gbit")]
+    pub netns_rate: String,
+    /// With --netns: namespace name prefix (1-8 lowercase letters/digits; pick another one to
+    /// run next to a testbed that is in use).
+    #[arg(long, default_value = "skdemo")]
+    pub netns_prefix: String,
+    /// With --netns: first three octets of the testbed's /24 (ranks at .1.., the bridge at .254).
+    #[arg(long, default_value = "10.233.7")]
+    pub netns_subnet: String,
+    /// With --netns: the testbed script [default: benches/netbench/netns.sh of this source tree].
+    #[arg(long)]
+    pub netns_script: Option<std::path::PathBuf>,
+    /// With --netns: the `sketchreduce` binary that runs the switch [default: next to this
+    /// program].
+    #[arg(long)]
+    pub switch_bin: Option<std::path::PathBuf>,
+    /// Also run the example's torch.distributed (gloo) peer with this Python (one with the
+    /// full torch, e.g. .venv-gloo/bin/python) and add its row to the comparison.
+    #[arg(long)]
+    pub gloo_python: Option<std::path::PathBuf>,
 }
 
 /// What each rank prints (one JSON line on stdout prefixed by `SUMMARY `).
@@ -88,6 +121,10 @@ pub struct Summary {
     pub first_metric: Option<f64>,
     /// Held-out metric after training.
     pub final_metric: Option<f64>,
+    /// Per-phase times of each gradient operation of a step, in `sync_gradients` order
+    /// (empty when the phases were not recorded, e.g. the gloo peer).
+    #[serde(default)]
+    pub phases: Vec<phases::OpBreakdown>,
 }
 
 /// Per-iteration measurements of one rank.
@@ -106,6 +143,8 @@ pub struct Meter {
     pub last_loss: f64,
     /// (iteration, loss, held-out metric if evaluated) per iteration.
     pub curve: Vec<(usize, f64, Option<f64>)>,
+    /// Per-phase times of each gradient operation of a step.
+    pub phases: phases::StepPhases,
 }
 
 impl Meter {
@@ -237,6 +276,7 @@ impl Meter {
             metric: metric.into(),
             first_metric,
             final_metric,
+            phases: self.phases.breakdown(),
         }
     }
 }
@@ -388,196 +428,6 @@ impl Adam {
     }
 }
 
-/// How this process runs.
-pub enum Role {
-    /// One rank of a job (RANK/WORLD_SIZE set): the communicator and the algorithm.
-    Worker(Arc<Communicator>, Algo),
-    /// The launcher already ran the job(s) and printed the results.
-    Done,
-}
-
-/// Entry point of every example: a worker when `RANK` is set, else the launcher.
-pub fn start(common: &Common, title: &str) -> Result<Role> {
-    if std::env::var_os("RANK").is_some() {
-        let mut cfg = Config::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
-        if std::env::var_os("SKETCHREDUCE_ALGO").is_none() {
-            cfg.algo = common.algo.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        if std::env::var_os("SKETCHREDUCE_TIMEOUT_SECS").is_none() {
-            cfg.timeout = sketchreduce_collectives::parse_timeout_secs(
-                "--timeout",
-                &common.timeout.to_string(),
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let algo = cfg.algo;
-        let comm = Communicator::new(cfg).map_err(|e| anyhow::anyhow!("rank setup: {e}"))?;
-        return Ok(Role::Worker(Arc::new(comm), algo));
-    }
-    let algos: Vec<Algo> = if common.compare {
-        vec![Algo::Innet, Algo::Ring, Algo::AllGather, Algo::Auto]
-    } else {
-        vec![common.algo.parse().map_err(|e| anyhow::anyhow!("{e}"))?]
-    };
-    let results = launch(common, &algos)?;
-    print_report(title, common, &results);
-    Ok(Role::Done)
-}
-
-/// Spawns the switch (unless `--switch`) and, for each algorithm, `--workers` processes of
-/// this binary; returns every rank's summary per algorithm.
-pub fn launch(common: &Common, algos: &[Algo]) -> Result<Vec<(Algo, Vec<Summary>, Duration)>> {
-    sketchreduce_collectives::parse_timeout_secs("--timeout", &common.timeout.to_string())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let n = common.workers;
-    if n == 0 || n > 32 {
-        bail!("--workers must be in 1..=32");
-    }
-    let needs_switch = algos.iter().any(|a| matches!(a, Algo::Innet | Algo::Auto));
-    let mut _switch = None;
-    let switch_addr = match (&common.switch, needs_switch) {
-        (Some(s), _) => Some(s.clone()),
-        (None, true) => {
-            let h = sketchreduce_switch::spawn_switch(sketchreduce_switch::SwitchConfig::loopback(
-                1, 4096,
-            ))
-            .map_err(|e| anyhow::anyhow!("starting the in-process switch: {e}"))?;
-            let a = h.control_addr().to_string();
-            eprintln!(
-                "[launcher] switch (in-process) control {a}, data {}",
-                h.local_data_addr()
-            );
-            _switch = Some(h);
-            Some(a)
-        }
-        (None, false) => None,
-    };
-    let exe = std::env::current_exe()?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut out = Vec::new();
-    for (k, &algo) in algos.iter().enumerate() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let t0 = Instant::now();
-        eprintln!("[launcher] {algo}: {n} workers, MASTER 127.0.0.1:{port}");
-        let mut children = Vec::new();
-        for r in 0..n {
-            let mut c = Command::new(&exe);
-            c.args(&args)
-                .env("RANK", r.to_string())
-                .env("WORLD_SIZE", n.to_string())
-                .env("MASTER_ADDR", "127.0.0.1")
-                .env("MASTER_PORT", port.to_string())
-                .env("SKETCHREDUCE_ALGO", algo.name())
-                .env(
-                    "SKETCHREDUCE_JOB",
-                    (k + 1 + std::process::id() as usize % 8 * 4).to_string(),
-                )
-                .env("SKETCHREDUCE_TIMEOUT_SECS", common.timeout.to_string())
-                .stdout(Stdio::piped());
-            if let Some(s) = &switch_addr {
-                c.env("SKETCHREDUCE_SWITCH", s);
-            }
-            if r != 0 || common.quiet {
-                c.env("SKETCHREDUCE_QUIET", "1");
-            }
-            children.push(c.spawn().with_context(|| format!("spawning rank {r}"))?);
-        }
-        let mut sums = Vec::new();
-        let mut failed = Vec::new();
-        for (r, mut ch) in children.into_iter().enumerate() {
-            let stdout = ch.stdout.take().unwrap();
-            for line in BufReader::new(stdout).lines() {
-                let line = line?;
-                if let Some(j) = line.strip_prefix("SUMMARY ") {
-                    sums.push(serde_json::from_str::<Summary>(j)?);
-                } else {
-                    println!("{line}");
-                }
-            }
-            let st = ch.wait()?;
-            if !st.success() {
-                failed.push(format!("rank {r} exited with {st}"));
-            }
-        }
-        if !failed.is_empty() {
-            bail!("{algo} run failed: {}", failed.join("; "));
-        }
-        sums.sort_by_key(|s| s.rank);
-        out.push((algo, sums, t0.elapsed()));
-    }
-    Ok(out)
-}
-
-/// Prints the per-algorithm table and the bit-identity verdict.
-pub fn print_report(title: &str, common: &Common, results: &[(Algo, Vec<Summary>, Duration)]) {
-    println!();
-    println!(
-        "== {title}: {} workers, {} iterations, seed {} ==",
-        common.workers, common.iters, common.seed
-    );
-    let metric = results
-        .iter()
-        .find_map(|r| r.1.first().map(|s| s.metric.clone()))
-        .unwrap_or_default();
-    println!(
-        "{:<10} {:>9} {:>10} {:>9} {:>13} {:>9} {:>9} {:>9} {:>9} {:>7}  {:<16} grad ops (innet/ring/allgather)",
-        "algo",
-        "iter ms",
-        "compute ms",
-        "comm ms",
-        "KB sent/iter",
-        "loss[0]",
-        "loss[end]",
-        format!("{metric}[0]"),
-        format!("{metric}[end]"),
-        "wall s",
-        "param hash",
-    );
-    let mut hashes = Vec::new();
-    for (algo, sums, wall) in results {
-        let Some(s0) = sums.first() else { continue };
-        let mean = |f: fn(&Summary) -> f64| sums.iter().map(f).sum::<f64>() / sums.len() as f64;
-        let ranks_agree = sums.iter().all(|s| s.param_hash == s0.param_hash);
-        let ops: Vec<String> = s0.ops_by_algo.iter().map(|(_, c)| c.to_string()).collect();
-        println!(
-            "{:<10} {:>9.1} {:>10.1} {:>9.1} {:>13.1} {:>9.5} {:>9.5} {:>9} {:>9} {:>7.1}  {:<16} {}{}",
-            algo.name(),
-            mean(|s| s.iter_ms),
-            mean(|s| s.compute_ms),
-            mean(|s| s.comm_ms),
-            mean(|s| s.bytes_per_iter) / 1024.0,
-            s0.first_loss,
-            s0.final_loss,
-            fmt_metric(s0.first_metric),
-            fmt_metric(s0.final_metric),
-            wall.as_secs_f64(),
-            s0.param_hash,
-            ops.join("/"),
-            if ranks_agree {
-                ""
-            } else {
-                "  (RANKS DISAGREE!)"
-            }
-        );
-        hashes.push(s0.param_hash.clone());
-    }
-    if hashes.len() > 1 {
-        let same = hashes.iter().all(|h| *h == hashes[0]);
-        println!(
-            "final parameters bit-identical across algorithms: {}",
-            if same { "YES" } else { "NO" }
-        );
-    }
-    println!("({metric}: held-out metric of rank 0's model before and after training; curves and CSV in {}/)", common.out_dir.display());
-    println!("(loopback on this machine: the bottleneck is the CPU shared by all workers, not a network)");
-}
-
-fn fmt_metric(m: Option<f64>) -> String {
-    m.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
-}
-
 /// A progress bar on stderr for rank 0 (hidden for other ranks and with --quiet).
 pub fn progress(iters: usize, label: &str) -> indicatif::ProgressBar {
     if std::env::var_os("SKETCHREDUCE_QUIET").is_some() {
@@ -624,10 +474,15 @@ pub fn train_step(
     let loss = loss();
     loss.backward();
     let t1 = Instant::now();
+    let log = phases::global();
+    let n0 = log.map_or(0, |l| l.len());
     let report = ddp
         .sync_gradients()
         .map_err(|e| anyhow::anyhow!("iteration {it}: {e}"))?;
     let t2 = Instant::now();
+    if let Some(l) = log {
+        meter.phases.add(&l.since(n0));
+    }
     update();
     let t3 = Instant::now();
     let mut l = [loss.double_value(&[]) as f32];

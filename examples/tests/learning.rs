@@ -28,9 +28,10 @@ fn run(exe: &str, out_dir: &Path, args: &[&str]) -> (String, Vec<String>) {
     (stdout, row)
 }
 
-/// Columns: algo, iter ms, compute ms, comm ms, KB, loss[0], loss[end], metric[0], metric[end].
+/// Columns (loopback): algo, iter ms, vs ring, compute ms, comm ms, KB, loss[0], loss[end],
+/// metric[0], metric[end].
 fn metric_ends(row: &[String]) -> (f64, f64) {
-    (row[7].parse().unwrap(), row[8].parse().unwrap())
+    (row[8].parse().unwrap(), row[9].parse().unwrap())
 }
 
 fn check_curves(dir: &Path, name: &str, iters: usize) {

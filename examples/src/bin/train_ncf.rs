@@ -2,6 +2,11 @@
 //! synthetic, Zipf-distributed interaction stream generated on the fly (fixed seed), so the
 //! embedding gradients are very sparse (sparse COO tensors).
 //!
+//! The default shape is MovieLens-20M's, the data set of the standard NCF training benchmark
+//! (MLPerf Training's NCF): 138,493 users and 26,744 items, 64-wide embeddings, i.e. 10.6 M
+//! embedding parameters (42 MB of gradient per step if all-reduced dense) against 512
+//! interactions per rank and step.
+//!
 //! `train_ncf --workers 4 --compare` spawns the switch and 4 worker processes for each
 //! algorithm and prints a comparison table, including whether the final parameters are
 //! bit-identical across algorithms (they are: every algorithm computes the same exact
@@ -13,7 +18,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use sketchreduce_collectives::DistributedDataParallel;
 use sketchreduce_examples::{
-    auc, param_hash, progress, sgd_step, start, train_step, Adam, Common, Meter, Role,
+    auc, param_hash, progress, sgd_step, start_with, train_step, Adam, Common, Extras, GlooPeer,
+    Meter, Role,
 };
 use tch::{nn, nn::Module, Device, Tensor};
 
@@ -23,13 +29,13 @@ struct Args {
     #[command(flatten)]
     common: Common,
     /// Users (rows of the user embedding table).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 138_493)]
     users: u64,
     /// Items (rows of the item embedding table).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = 26_744)]
     items: u64,
     /// Embedding width.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     dim: i64,
     /// Interactions per worker per iteration.
     #[arg(long, default_value_t = 512)]
@@ -139,13 +145,57 @@ fn interactions(a: &Args, seed: u64, n: usize) -> (Tensor, Tensor, Tensor) {
     )
 }
 
+/// The gloo peer (`examples/python/train_ncf_gloo.py`, same model, batch, optimizer) and the
+/// names of the gradient operations of one step: DDP's order is the sparse parameters in
+/// reverse registration order, then the dense bucket(s).
+fn extras(a: &Args) -> Extras {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/train_ncf_gloo.py");
+    let mut args: Vec<String> = vec![
+        "--users".into(),
+        a.users.to_string(),
+        "--items".into(),
+        a.items.to_string(),
+        "--dim".into(),
+        a.dim.to_string(),
+        "--batch".into(),
+        a.batch.to_string(),
+        "--zipf".into(),
+        a.zipf.to_string(),
+        "--lr".into(),
+        a.lr.to_string(),
+        "--optim".into(),
+        a.optim.clone(),
+        "--eval-size".into(),
+        a.eval_size.to_string(),
+    ];
+    let bucket = (a.common.bucket_mb * (1 << 20) as f64) as u64;
+    args.extend(["--bucket-bytes".into(), bucket.to_string()]);
+    Extras {
+        gloo: Some(GlooPeer {
+            script,
+            args,
+            label: "gloo (torch DDP-style)".into(),
+            note: format!(
+                "torch.distributed gloo, the same model, batch and optimizer in PyTorch; as a DDP user has it by default, nn.Embedding(sparse=False): every gradient, the {}x{} and {}x{} embedding tables included, is all-reduced dense in DDP's {} MB buckets after backward (DDP would overlap them with backward: at most the backward time could hide), then {}; same data distribution, its own sampler, float32 sums: its parameters are not expected to match; bytes are eth0's tx counter (headers included), on loopback gloo's ring payload",
+                a.users, a.dim, a.items, a.dim, a.common.bucket_mb,
+                if a.optim == "adam" { "torch.optim.Adam over the dense gradients" } else { "torch.optim.SGD" }
+            ),
+        }),
+        op_labels: vec![
+            "item embedding".into(),
+            "user embedding".into(),
+            "MLP bucket".into(),
+        ],
+    }
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     for (what, n) in [("--users", a.users), ("--items", a.items)] {
         Zipf::new(n, a.zipf)
             .map_err(|e| anyhow::anyhow!("{what} {n} with --zipf {}: {e}", a.zipf))?;
     }
-    let (comm, algo) = match start(&a.common, "train_ncf")? {
+    let (comm, algo) = match start_with(&a.common, "train_ncf", &extras(&a))? {
         Role::Done => return Ok(()),
         Role::Worker(c, algo) => (c, algo),
     };
