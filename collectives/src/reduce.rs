@@ -460,7 +460,15 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 impl Engine {
     /// [`Algo::Auto`]'s choice: the cheapest algorithm in the cost model (see
     /// [`crate::cost`]); every input is agreed among the ranks, so every rank picks the same.
-    fn auto_algo(&self, op: ReduceOp, len: usize, block: usize, nnz: u64, bits: u32) -> Algo {
+    fn auto_algo(
+        &self,
+        op: ReduceOp,
+        len: usize,
+        block: usize,
+        sparse: bool,
+        nnz: u64,
+        bits: u32,
+    ) -> Algo {
         let crossover = if block >= crate::config::AUTO_ROW_BLOCK {
             self.cfg.crossover_rows
         } else {
@@ -475,6 +483,7 @@ impl Engine {
             nnz,
             block,
             value_bytes: if bits > 32 { 8 } else { 4 },
+            sparse,
         };
         let innet = self.cfg.auto_innet && self.innet.is_some() && !op.is_order();
         let (ring, gather, innet) = crate::cost::estimate(&self.link, &shape, gather_ns, innet);
@@ -670,7 +679,7 @@ impl Engine {
         }
         let fp = agreed_fixed_point(e, agreed.e_med_min, n, self.cfg.codec.precision)?;
         let resolved = match algo {
-            Algo::Auto => self.auto_algo(op, len, block, agreed.total_nnz, fp.bits()),
+            Algo::Auto => self.auto_algo(op, len, block, sparse, agreed.total_nnz, fp.bits()),
             a => a,
         };
         let tensor_id = tensor_id(req.key, len, block, sparse);
