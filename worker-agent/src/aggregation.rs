@@ -229,6 +229,7 @@ pub struct Aggregation {
     streams: Vec<Stream>,
     meta: Vec<StreamMeta>,
     total_chunks: u32,
+    /// One past the furthest chunk started (see [`Aggregation::started_chunks`]).
     next_chunk: u32,
     done_chunks: u32,
     /// Ranks whose workers exited (see [`Aggregation::peer_gone`]); kept across operations.
@@ -422,8 +423,10 @@ impl Aggregation {
         self.streams.get_mut(i).map(|s| &mut s.words[..])
     }
 
-    /// Chunks of the operation started so far (chunk `k` is started once chunk `k − W`
-    /// completed; a started chunk is sent at the next [`Self::poll_transmit`]).
+    /// One past the furthest chunk started so far (chunk `k` is started once chunk `k − W`
+    /// completed; a started chunk is sent at the next [`Self::poll_transmit`]). Not a count:
+    /// after a loss one slot can lag while the others run far ahead, so chunks below this
+    /// may still be unstarted, but none at or above it is started.
     pub fn started_chunks(&self) -> u32 {
         self.next_chunk
     }
@@ -442,7 +445,8 @@ impl Aggregation {
             ..SlotState::idle()
         };
         self.queue.push_back((w as u32, Pending::Data));
-        self.next_chunk = k + 1;
+        // The furthest, not the latest: a lagging slot's chunk starts after later ones.
+        self.next_chunk = self.next_chunk.max(k + 1);
     }
 
     fn current_rto(&self) -> Duration {

@@ -503,3 +503,110 @@ fn lazy_dense_without_fill_fails_loudly() {
         }
     }
 }
+
+/// A worker fed the way `Agent::all_reduce_agreed_dense` feeds it: lazily quantized dense
+/// lanes, `fill_dense` before the transmissions of each driver turn.
+struct Lazy {
+    core: InnetCore,
+    values: Vec<f32>,
+    in_turn: bool,
+}
+
+impl sketchreduce_agent::Endpoint for Lazy {
+    fn handle_datagram(&mut self, now: std::time::Instant, d: &[u8]) {
+        self.core.handle_datagram(now, d)
+    }
+    fn poll_transmit(
+        &mut self,
+        now: std::time::Instant,
+        buf: &mut [u8],
+    ) -> Option<sketchreduce_agent::Transmit> {
+        // As the socket driver does: one fill per turn, then every due datagram.
+        if !self.in_turn {
+            self.core.fill_dense(&self.values);
+            self.in_turn = true;
+        }
+        let t = self.core.poll_transmit(now, buf);
+        self.in_turn = t.is_some();
+        t
+    }
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        self.core.poll_timeout()
+    }
+}
+
+/// Lazily filled dense lanes stay exact when packets are lost and duplicated. Without
+/// jitter, datagrams sent together arrive together, so a worker handles several results per
+/// driver turn: one slot lagging after a loss while the others run ahead. (That once sent a
+/// chunk that was never quantized: the fill followed the latest chunk started, which a
+/// lagging slot's completion moves back, instead of the furthest one.)
+#[test]
+fn lazy_dense_is_exact_under_loss() {
+    let n = 4;
+    let spec = job(n);
+    for (seed, loss) in [(1u64, 0.01), (2, 0.05), (3, 0.1)] {
+        let mut core = SwitchCore::new(64);
+        core.create(spec.clone()).unwrap();
+        let mut net = SimNet::new(
+            SimConfig {
+                loss,
+                duplicate: 0.02,
+                jitter: Duration::ZERO,
+                seed,
+                ..Default::default()
+            },
+            n,
+            |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
+        );
+        let mut agents: Vec<Lazy> = (0..n)
+            .map(|r| {
+                let mut a = AggConfig::with_timeout(Duration::from_secs(30));
+                a.window = 4;
+                let cfg = InnetConfig {
+                    mode: ModeChoice::Dense,
+                    ..Default::default()
+                };
+                Lazy {
+                    core: InnetCore::new(&spec, r as u8, a, cfg).unwrap(),
+                    values: Vec::new(),
+                    in_turn: false,
+                }
+            })
+            .collect();
+        for it in 0..3 {
+            let grads = generate(&SynthSpec {
+                dim: 30_000 + it * 7,
+                workers: n,
+                density: 1.0,
+                overlap: 0.0,
+                pattern: Pattern::Random,
+                seed: seed * 100 + it as u64,
+            })
+            .unwrap();
+            let (f, want) = reference(&grads);
+            for (a, g) in agents.iter_mut().zip(&grads) {
+                a.values = g.clone();
+                let agreed = Agreed {
+                    fixed: f,
+                    nnz_sum: (n * g.len()) as u64,
+                    max_nnz: g.len() as u64,
+                };
+                a.core.start_agreed_dense_lazy(5, g, agreed).unwrap();
+            }
+            let mut results: Vec<Option<Result<Reduced, AgentError>>> = vec![None; n];
+            assert!(net.run(&mut agents, |ag| {
+                for (i, a) in ag.iter_mut().enumerate() {
+                    if let Some(r) = a.core.poll_complete() {
+                        results[i] = Some(r);
+                    }
+                }
+                results.iter().all(|r| r.is_some())
+            }));
+            for r in results {
+                let r = r.unwrap().unwrap();
+                assert_eq!(r.mode, PayloadMode::Dense);
+                check(&r, &want, &f);
+            }
+        }
+    }
+}
