@@ -39,9 +39,11 @@
 #            the qdisc, so anything below that makes local TCP senders (ring, gloo) lose packets
 #            at their own NIC (measured: ~1,000-3,000 tbf drops per cell with 512kb). UDP
 #            senders are bounded by their socket send buffer. Default 8mb.
-#   --loss   percent of packets dropped at random by nftables (`numgen random`) inside every
-#            rank namespace, on eth0, in both directions (input and output hooks), all
-#            protocols: the loss a lossy link would cause. Resolution 0.01 %.
+#   --loss   percent of packets dropped at random by nftables (`numgen random`) where they
+#            arrive: at every rank's eth0 (from the switch and from other ranks) and at the
+#            switch's bridge (from each rank), all protocols: every path loses that share, as
+#            behind a lossy link. Not at the sender's output hook: the sender's stack would
+#            see that drop as an error, not a loss. Resolution 0.01 %.
 #   --mtu    MTU of every link and the bridge (1500; 9000 for jumbo frames).
 #
 # State is written to /run/sketchreduce-netbench/P.env (shell syntax) for other scripts,
@@ -107,6 +109,11 @@ check_owner() {
 # Loss in hundredths of a percent, for `numgen random mod 10000 < N`.
 loss_units() { awk -v p="$1" 'BEGIN { printf "%d", p * 100 + 0.5 }'; }
 
+# Loss happens on arrival (input hook), where a lossy link would make a packet vanish: a
+# drop at the sender's own output hook is not a loss to TCP (the stack sees the error and
+# retries on its 200 ms probe timer), so the old output-hook rule stalled the TCP ring for
+# 200 ms per hit and measured the emulation, not the protocol.
+# Rank namespaces: everything arriving on eth0 (from the switch and from other ranks).
 set_loss() {
     local ns="$1" units
     units="$(loss_units "$LOSS")"
@@ -118,9 +125,25 @@ table inet sknb_loss {
         type filter hook input priority -10; policy accept;
         iifname "eth0" numgen random mod 10000 < $units counter drop
     }
-    chain out {
-        type filter hook output priority -10; policy accept;
-        oifname "eth0" numgen random mod 10000 < $units counter drop
+}
+EOF
+}
+
+# The switch namespace: what each rank sends to the switch (one rule per rank, so drops are
+# counted per link).
+set_loss_switch() {
+    local units i rules=""
+    units="$(loss_units "$LOSS")"
+    ip netns exec "$SW" nft delete table inet sknb_loss 2>/dev/null || true
+    [ "$units" -gt 0 ] || return 0
+    for i in $(seq 0 $((RANKS - 1))); do
+        rules="$rules
+        iifname \"br0\" ip saddr $SUBNET.$((i + 1)) numgen random mod 10000 < $units counter drop"
+    done
+    ip netns exec "$SW" nft -f - <<EOF
+table inet sknb_loss {
+    chain in {
+        type filter hook input priority -10; policy accept;$rules
     }
 }
 EOF
@@ -158,6 +181,7 @@ up() {
     ip -n "$SW" link set lo up
     ip -n "$SW" link add br0 type bridge
     ip -n "$SW" link set br0 mtu "$MTU"
+    set_loss_switch
     ip -n "$SW" addr add "$SUBNET.254/24" dev br0
     for i in $(seq 0 $((RANKS - 1))); do
         local ns h p
@@ -217,12 +241,20 @@ stats() {
         local up dn nft
         up="$(ip netns exec "$ns" tc -s -j qdisc show dev eth0 2>/dev/null || echo '[]')"
         dn="$(ip netns exec "$SW" tc -s -j qdisc show dev "p$i" 2>/dev/null || echo '[]')"
-        nft="$(ip netns exec "$ns" nft list table inet sknb_loss 2>/dev/null \
+        nft="$({ ip netns exec "$ns" nft list table inet sknb_loss 2>/dev/null
+                 ip netns exec "$SW" nft list table inet sknb_loss 2>/dev/null \
+                     | grep -F "saddr $SUBNET.$((i + 1)) "; } \
             | sed -n 's/.*counter packets \([0-9]*\) bytes.*/\1/p' | awk '{s += $1} END {print s + 0}' || true)"
         printf '{"rank":%s,"up":%s,"down":%s,"nft_drops":%s}' "$i" "$up" "$dn" "${nft:-0}"
     done
     printf ']}\n'
 }
+
+# `loss` and `stats` act on the testbed brought up earlier: its rank count and subnet.
+if [ "$CMD" != up ] && [ -f "$STATE" ]; then
+    RANKS="$(sed -n 's/^RANKS=//p' "$STATE")"
+    SUBNET="$(sed -n 's/^RANK_IP_BASE=//p' "$STATE")"
+fi
 
 case "$CMD" in
     up) check_owner; up ;;
@@ -231,7 +263,8 @@ case "$CMD" in
         check_owner
         for ns in $(our_namespaces); do
             case "$ns" in "$SW") ;; *) set_loss "$ns" ;; esac
-        done ;;
+        done
+        set_loss_switch ;;
     stats) stats ;;
     exec)
         [ $# -ge 2 ] || die "usage: netns.sh exec [--prefix P] sw|RANK CMD..."

@@ -96,7 +96,7 @@ pub(crate) fn connect(cfg: &Config) -> Result<Ring> {
     };
     let (next, prev) = link(cfg, secret, &data, &addrs, &session)?;
     for s in [&next, &prev] {
-        s.set_nodelay(true).ok();
+        crate::net::tune_ring_socket(s);
         s.set_read_timeout(Some(cfg.timeout)).ok();
         s.set_write_timeout(Some(cfg.timeout)).ok();
     }

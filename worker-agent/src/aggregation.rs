@@ -49,6 +49,9 @@ use sketchreduce_wire::{Header, JobSpec, Kind, Op, Packet};
 
 use crate::error::AgentError;
 
+/// A slot whose STATUS says "waiting for other workers" backs off to at most this many RTOs.
+const WAITING_BACKOFF: u32 = 4;
+
 /// Timing and window parameters of an [`Aggregation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AggConfig {
@@ -592,6 +595,7 @@ impl Aggregation {
             });
             return;
         }
+        let cap = (self.current_rto() * WAITING_BACKOFF).min(self.cfg.max_rto);
         let s = &mut self.slots[w];
         s.status = Some((h.round, h.count, h.bitmap));
         s.probe_sent = None;
@@ -612,17 +616,12 @@ impl Aggregation {
             return;
         }
         // Our contribution is in and the set waits for other workers: back off this timer
-        // and every timer that has no evidence of loss (they wait for the same workers).
-        let backoff = (s.rto * 2).min(self.cfg.max_rto);
+        // only (another slot may hold this worker's own lost DATA; its probe finds out), and
+        // only to a few RTOs: once the others recover, this slot's RESULT may be the copy
+        // that is lost, and at the end of an operation no later chunk reveals that.
+        let backoff = (s.rto * 2).min(cap);
         s.rto = backoff;
         s.deadline = Some(now + backoff);
-        for o in self.slots.iter_mut() {
-            if o.busy && !o.evidence && o.probe_sent.is_none() && !o.queued_data {
-                if let Some(d) = o.deadline {
-                    o.deadline = Some(d.max(now + backoff));
-                }
-            }
-        }
     }
 
     fn on_result(&mut self, now: Instant, w: usize, h: &Header, p: &Packet<&[u8]>) {
@@ -689,7 +688,10 @@ impl Aggregation {
         }
         let words = &mut self.streams[si].words;
         words[start..end].copy_from_slice(&self.scratch[..end - start]);
-        if st.sends == 1 {
+        // Karn's rule, extended to probes: a chunk that was resent or probed may have waited
+        // for another worker's recovery, and its "RTT" would inflate the RTO to the point
+        // where every later loss waits for max_rto.
+        if st.sends == 1 && st.status.is_none() && st.probe_sent.is_none() {
             if let Some(t0) = st.first_sent {
                 self.sample_rtt(now.saturating_duration_since(t0));
             }
@@ -861,9 +863,10 @@ impl Aggregation {
         if !self.running {
             return;
         }
-        // Expired slots without evidence: only the oldest is probed now, the others wait one
-        // more RTO (they most likely wait for the same slower worker).
-        let mut oldest: Option<usize> = None;
+        // Expired slots without evidence are each probed (read-only, header-sized): a
+        // STATUS per slot is the only way to tell "my DATA was lost" from "waiting for a
+        // slower worker" there. Probing only the oldest and backing off the rest on a
+        // "waiting" answer livelocked when two workers' losses sat in different slots.
         for w in 0..self.window {
             let st = self.slots[w];
             if !st.busy {
@@ -895,27 +898,14 @@ impl Aggregation {
             } else if diagnose {
                 self.queue_data(w);
                 self.queue_probe(w);
-            } else if oldest.is_none_or(|o| self.slots[o].chunk > st.chunk) {
-                if let Some(o) = oldest.replace(w) {
-                    self.defer(o, now);
-                }
             } else {
-                self.defer(w, now);
+                self.queue_probe(w);
             }
             // Until the packet actually leaves, do not fire again.
             if self.slots[w].queued_data || self.slots[w].queued_probe {
                 self.slots[w].deadline = None;
             }
         }
-        if let Some(w) = oldest {
-            self.queue_probe(w);
-            self.slots[w].deadline = None;
-        }
-    }
-
-    fn defer(&mut self, w: usize, now: Instant) {
-        let s = &mut self.slots[w];
-        s.deadline = Some(now + s.rto);
     }
 
     fn queue_data(&mut self, w: usize) {

@@ -149,3 +149,22 @@ fn loss_is_recovered_exactly_and_quickly() {
         lossy.retransmissions
     );
 }
+
+#[test]
+fn small_operations_never_stall_on_crossed_losses() {
+    // Operations of ~100 chunks, all in flight at once. With several losses per operation,
+    // worker A's lost DATA can sit in one slot while B's sits in another: each worker's probe
+    // of its own oldest slot says "waiting for the others". Backing off every other timer on
+    // that answer left both losses undiscovered until the diagnostic probe at half the worker
+    // timeout (5 s); every expired slot must be probed instead.
+    let clean = run(4, 100 * 256, 40, 3, Duration::ZERO, 0.0);
+    let lossy = run(4, 100 * 256, 40, 3, Duration::ZERO, 0.03);
+    assert!(lossy.retransmissions > 0);
+    let per_op = lossy.elapsed.as_secs_f64() / 40.0;
+    assert!(
+        per_op <= 0.05,
+        "{:.1} ms per operation under 3 % loss (loss-free {:.2} ms)",
+        per_op * 1e3,
+        clean.elapsed.as_secs_f64() / 40.0 * 1e3
+    );
+}
