@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use sketchreduce_agent::{
-    bind_udp, Agent, AgentConfig, AggConfig, InnetConfig, Lossy, QuicTransport, Transport,
-    UdpTransport,
+    bind_udp, Agent, AgentConfig, AggConfig, InnetConfig, Lossy, QuicConfig, QuicTransport,
+    Transport, UdpTransport,
 };
 use sketchreduce_codec::synth::{generate, Pattern, SynthSpec};
 use sketchreduce_codec::{max_exponent, FixedPoint, IndexChoice, LaneWidth};
@@ -139,6 +139,10 @@ pub struct Args {
     /// Transport.
     #[arg(long, value_enum, default_value_t = TransportKind::Udp)]
     pub transport: TransportKind,
+    /// With --transport quic: every worker presents its own client certificate and the switch
+    /// accepts only those (as `sketchreduce switch --quic-client-fingerprints`).
+    #[arg(long)]
+    pub quic_client_certs: bool,
     /// Injected loss probability per datagram, in each direction (seeded, inside the agents).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
@@ -175,6 +179,9 @@ pub struct Args {
     pub switch_quic: Option<SocketAddr>,
     #[arg(long, hide = true)]
     pub fingerprint: Option<String>,
+    /// Directory of the worker's QUIC client identity (internal).
+    #[arg(long, hide = true)]
+    pub quic_identity: Option<std::path::PathBuf>,
     /// Local IP address a worker binds (internal; namespaces use their own).
     #[arg(long, default_value = "127.0.0.1", hide = true)]
     pub bind: std::net::IpAddr,
@@ -202,6 +209,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--overlap must be in [0, 1]"
     );
     anyhow::ensure!((0.0..1.0).contains(&args.loss), "--loss must be in [0, 1)");
+    anyhow::ensure!(
+        !args.quic_client_certs || args.transport == TransportKind::Quic,
+        "--quic-client-certs needs --transport quic"
+    );
     anyhow::ensure!(args.iters >= 1, "--iters must be >= 1");
     anyhow::ensure!(args.dim as u64 <= u32::MAX as u64, "--dim must fit in u32");
     anyhow::ensure!(
@@ -254,10 +265,32 @@ fn read_json_line(p: &mut Proc, what: &str) -> anyhow::Result<Value> {
 fn parent(args: Args) -> anyhow::Result<()> {
     let quic = args.transport == TransportKind::Quic;
     let mut cfg = SwitchConfig::loopback(2, 4096);
+    // One client identity per rank (kept across runs, like the switch's), all allowed.
+    let client_dirs: Vec<std::path::PathBuf> = if args.quic_client_certs {
+        (0..args.workers)
+            .map(|r| std::env::temp_dir().join(format!("sketchreduce-bench-quic-client-{r}")))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let client_allow = if client_dirs.is_empty() {
+        None
+    } else {
+        let fps = client_dirs
+            .iter()
+            .map(|d| {
+                sketchreduce_quic::load_or_create_identity(d)
+                    .map(|id| sketchreduce_quic::fingerprint_bytes(&id.cert_der))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .context("worker QUIC identities")?;
+        Some(sketchreduce_quic::ClientAllowList::new(fps)?)
+    };
     if quic {
         cfg.quic = Some(QuicSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cert_dir: std::env::temp_dir().join("sketchreduce-bench-quic"),
+            client_allow,
         });
     }
     let sw = spawn_switch(cfg).context("starting the switch")?;
@@ -286,6 +319,9 @@ fn parent(args: Args) -> anyhow::Result<()> {
             let qa = sw.quic_addr().context("switch has no QUIC endpoint")?;
             c.args(["--switch-quic", &qa.to_string()]);
             c.args(["--fingerprint", sw.fingerprint().unwrap_or_default()]);
+            if let Some(d) = client_dirs.get(rank) {
+                c.arg("--quic-identity").arg(d);
+            }
         }
         c.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -621,11 +657,22 @@ fn worker_run(args: &Args, sock: std::net::UdpSocket, job: &JobSpec) -> anyhow::
     let control = args.switch_control.context("--switch-control")?;
     let base: Box<dyn Transport> = match args.transport {
         TransportKind::Udp => Box::new(UdpTransport::new(sock, control)?),
-        TransportKind::Quic => Box::new(QuicTransport::connect(
-            sock,
-            args.switch_quic.context("--switch-quic")?,
-            args.fingerprint.as_deref().context("--fingerprint")?,
-        )?),
+        TransportKind::Quic => {
+            let identity = match &args.quic_identity {
+                Some(d) => {
+                    Some(sketchreduce_quic::load_or_create_identity(d).context("--quic-identity")?)
+                }
+                None => None,
+            };
+            Box::new(QuicTransport::connect_with(
+                sock,
+                &QuicConfig {
+                    server: args.switch_quic.context("--switch-quic")?,
+                    fingerprint: args.fingerprint.clone().context("--fingerprint")?,
+                    identity,
+                },
+            )?)
+        }
     };
     let transport: Box<dyn Transport> = if args.loss > 0.0 {
         Box::new(Lossy::new(

@@ -7,6 +7,7 @@ mod allreduce_rank;
 mod codec_bench;
 mod demo;
 mod p4_cmd;
+mod quic_cmd;
 mod switch_bench;
 mod switch_cmd;
 
@@ -32,6 +33,9 @@ enum Command {
     P4(p4_cmd::P4Command),
     /// Codec demo: simulate workers on a realistic sparse gradient and check exactness.
     Demo(demo::Args),
+    /// QUIC identities (fingerprints for the switch's client allow-list).
+    #[command(subcommand)]
+    Quic(quic_cmd::QuicCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -71,6 +75,7 @@ fn main() {
         Command::Bench(BenchCommand::Allreduce(a)) => allreduce_bench::run(a),
         Command::P4(c) => p4_cmd::run(c),
         Command::Demo(a) => demo::run(a),
+        Command::Quic(c) => quic_cmd::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

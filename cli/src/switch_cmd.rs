@@ -62,6 +62,12 @@ pub struct RunArgs {
     /// Directory of the QUIC certificate and key (generated on first use).
     #[arg(long)]
     pub cert_dir: Option<PathBuf>,
+    /// Require QUIC clients to present a certificate listed in FILE: one SHA-256 fingerprint
+    /// (64 hex digits, as `sketchreduce quic fingerprint --dir D` prints a worker's) per line,
+    /// `#` comments and blank lines allowed. Other clients fail the TLS handshake. An empty or
+    /// malformed file is a startup error. Without it, only the switch is authenticated by TLS.
+    #[arg(long, value_name = "FILE", requires = "quic")]
+    pub quic_client_fingerprints: Option<PathBuf>,
     /// Seconds between counter logs (info level; 0 = only at shutdown).
     #[arg(long, default_value_t = 10)]
     pub stats_interval: u64,
@@ -153,10 +159,19 @@ fn run_switch(args: RunArgs) -> anyhow::Result<()> {
         Some(p) => JobFile::load(p)?.jobs,
         None => Vec::new(),
     };
+    let client_allow = match &args.quic_client_fingerprints {
+        Some(p) => Some(
+            sketchreduce_quic::ClientAllowList::load(p)
+                .with_context(|| format!("--quic-client-fingerprints {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let allowed_clients = client_allow.as_ref().map(|a| a.fingerprints().len());
     let quic = match (args.quic, &args.cert_dir) {
         (Some(listen), Some(dir)) => Some(QuicSettings {
             listen,
             cert_dir: dir.clone(),
+            client_allow,
         }),
         (Some(_), None) => anyhow::bail!("--quic needs --cert-dir"),
         _ => None,
@@ -198,6 +213,9 @@ fn run_switch(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, fingerprint = fp, "QUIC endpoint");
         println!("quic: {addr}");
         println!("quic fingerprint: {fp}");
+        if let Some(n) = allowed_clients {
+            println!("quic client certificates: required, {n} allowed");
+        }
     }
     for j in sw.plane().jobs() {
         println!(

@@ -10,20 +10,30 @@
 //!
 //! Authentication is by certificate pinning: the switch generates a self-signed certificate on
 //! first use ([`load_or_create_identity`]) and prints its [`fingerprint`]; workers accept
-//! exactly that certificate ([`client_config`]). TLS 1.3 only, crypto by `ring`.
+//! exactly that certificate ([`client_config`]). Optionally the switch also authenticates the
+//! workers: each worker has its own self-signed identity ([`client_config_with_identity`]) and
+//! the switch accepts only the fingerprints in a [`ClientAllowList`]
+//! ([`server_config_with_clients`]). TLS 1.3 only, crypto by `ring`.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use sketchreduce_control::{ClientSession, Secret, SessionError};
 use sketchreduce_wire::control::{encode_frame, frame_len, FrameError, Request, Response};
 use thiserror::Error;
+
+mod allow;
+#[cfg(test)]
+mod loopback_tests;
+mod verify;
+
+pub use allow::{
+    parse_fingerprint, AllowListError, ClientAllowList, FingerprintError, MAX_ALLOW_LIST_BYTES,
+};
 
 /// ALPN protocol id of sketchreduce over QUIC.
 pub const ALPN: &[u8] = b"sketchreduce/1";
@@ -79,7 +89,8 @@ pub enum QuicError {
     Session(#[from] SessionError),
 }
 
-/// The switch's certificate and private key (DER).
+/// A self-signed certificate and its private key (DER): the switch's, or a worker's client
+/// identity.
 #[derive(Clone)]
 pub struct Identity {
     /// Self-signed X.509 certificate, DER.
@@ -93,6 +104,20 @@ impl std::fmt::Debug for Identity {
         f.debug_struct("Identity")
             .field("fingerprint", &fingerprint(&self.cert_der))
             .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// A fresh self-signed certificate (names `sketchreduce`, `localhost`) and key, in memory.
+    pub fn generate() -> Result<Self, QuicError> {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            SERVER_NAME.to_string(),
+            "localhost".to_string(),
+        ])?;
+        Ok(Identity {
+            cert_der: ck.cert.der().to_vec(),
+            key_der: ck.key_pair.serialize_der(),
+        })
     }
 }
 
@@ -114,12 +139,7 @@ pub fn load_or_create_identity(dir: &Path) -> Result<Identity, QuicError> {
         return Ok(Identity { cert_der, key_der });
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let ck =
-        rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string(), "localhost".to_string()])?;
-    let id = Identity {
-        cert_der: ck.cert.der().to_vec(),
-        key_der: ck.key_pair.serialize_der(),
-    };
+    let id = Identity::generate()?;
     write_private(&key_path, &id.key_der)?;
     std::fs::write(&cert_path, &id.cert_der).map_err(io_err(&cert_path))?;
     tracing::info!(dir = %dir.display(), fingerprint = %fingerprint(&id.cert_der), "generated QUIC certificate");
@@ -139,31 +159,18 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), QuicError> {
     f.write_all(bytes).map_err(io_err(path))
 }
 
+/// SHA-256 of a DER certificate: what [`ClientAllowList`] holds.
+pub fn fingerprint_bytes(cert_der: &[u8]) -> [u8; 32] {
+    Sha256::digest(cert_der).into()
+}
+
 /// Lowercase hex SHA-256 of a DER certificate.
 pub fn fingerprint(cert_der: &[u8]) -> String {
-    let digest = Sha256::digest(cert_der);
     let mut s = String::with_capacity(64);
-    for b in digest {
+    for b in fingerprint_bytes(cert_der) {
         s.push_str(&format!("{b:02x}"));
     }
     s
-}
-
-fn parse_fingerprint(fp: &str) -> Result<[u8; 32], QuicError> {
-    let clean: String = fp
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    let bad = || QuicError::BadFingerprint(fp.to_string());
-    if clean.len() != 64 {
-        return Err(bad());
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&clean[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(out)
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -184,15 +191,39 @@ fn transport() -> quinn::TransportConfig {
 }
 
 /// Server configuration: TLS 1.3 with the given identity, ALPN [`ALPN`], datagrams enabled
-/// with [`DATAGRAM_BUFFER`]-byte buffers.
+/// with [`DATAGRAM_BUFFER`]-byte buffers. Clients are not authenticated by TLS.
 pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, QuicError> {
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(id.cert_der.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone())),
-        )?;
+    build_server_config(id, None)
+}
+
+/// As [`server_config`], but every client must present a certificate whose SHA-256 (of the
+/// end-entity DER) is in `allowed`, with a valid handshake signature by that certificate's
+/// key; other clients fail the handshake.
+pub fn server_config_with_clients(
+    id: &Identity,
+    allowed: &ClientAllowList,
+) -> Result<quinn::ServerConfig, QuicError> {
+    build_server_config(id, Some(allowed))
+}
+
+fn build_server_config(
+    id: &Identity,
+    clients: Option<&ClientAllowList>,
+) -> Result<quinn::ServerConfig, QuicError> {
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(allowed) => builder.with_client_cert_verifier(Arc::new(verify::AllowedClients::new(
+            allowed.clone(),
+            &provider,
+        ))),
+    };
+    let mut tls = builder.with_single_cert(
+        vec![CertificateDer::from(id.cert_der.clone())],
+        private_key(id),
+    )?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -200,78 +231,51 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, QuicError> {
     Ok(cfg)
 }
 
+fn private_key(id: &Identity) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key_der.clone()))
+}
+
 /// Client configuration: TLS 1.3, ALPN [`ALPN`], and a verifier that accepts exactly the
 /// certificate whose SHA-256 (of the end-entity DER) is `pinned_fingerprint` (64 hex digits,
-/// colons allowed), with a valid handshake signature by that certificate's key.
+/// colons allowed), with a valid handshake signature by that certificate's key. Presents no
+/// client certificate.
 pub fn client_config(pinned_fingerprint: &str) -> Result<quinn::ClientConfig, QuicError> {
-    let pinned = parse_fingerprint(pinned_fingerprint)?;
+    build_client_config(pinned_fingerprint, None)
+}
+
+/// As [`client_config`], but presents `id` as the client certificate (for a switch that
+/// requires one, see [`server_config_with_clients`]).
+pub fn client_config_with_identity(
+    pinned_fingerprint: &str,
+    id: &Identity,
+) -> Result<quinn::ClientConfig, QuicError> {
+    build_client_config(pinned_fingerprint, Some(id))
+}
+
+fn build_client_config(
+    pinned_fingerprint: &str,
+    id: Option<&Identity>,
+) -> Result<quinn::ClientConfig, QuicError> {
+    let pinned = parse_fingerprint(pinned_fingerprint)
+        .map_err(|_| QuicError::BadFingerprint(pinned_fingerprint.to_string()))?;
     let provider = provider();
-    let verifier = PinnedVerifier {
-        pinned,
-        algorithms: provider.signature_verification_algorithms,
-    };
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+    let verifier = verify::PinnedServer::new(pinned, &provider);
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut tls = match id {
+        None => builder.with_no_client_auth(),
+        Some(id) => builder.with_client_auth_cert(
+            vec![CertificateDer::from(id.cert_der.clone())],
+            private_key(id),
+        )?,
+    };
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     cfg.transport_config(Arc::new(transport()));
     Ok(cfg)
-}
-
-/// Accepts exactly one certificate, identified by its SHA-256.
-#[derive(Debug)]
-struct PinnedVerifier {
-    pinned: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if got == self.pinned {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        // TLS 1.3 only (QUIC requires it).
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// Sends one control request on a new bidirectional stream of `conn` (one control
@@ -337,6 +341,9 @@ mod tests {
         assert_eq!(a.key_der, b.key_der);
         server_config(&a).unwrap();
         client_config(&fingerprint(&a.cert_der)).unwrap();
+        let allowed = ClientAllowList::new([fingerprint_bytes(&a.cert_der)]).unwrap();
+        server_config_with_clients(&a, &allowed).unwrap();
+        client_config_with_identity(&fingerprint(&a.cert_der), &a).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,14 +23,20 @@ pub fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
 
-/// The QUIC connections by remote address.
+/// The QUIC connections by remote address, and the count of failed handshakes.
 #[derive(Default)]
 pub(crate) struct QuicPeers {
     count: AtomicUsize,
     map: RwLock<HashMap<SocketAddr, quinn::Connection>>,
+    handshake_failures: AtomicU64,
 }
 
 impl QuicPeers {
+    /// Handshakes that failed (see `SwitchHandle::quic_handshake_failures`).
+    pub(crate) fn handshake_failures(&self) -> u64 {
+        self.handshake_failures.load(Ordering::Relaxed)
+    }
+
     /// Whether any QUIC connection is up (lets the UDP path skip the map lookup).
     #[inline]
     pub(crate) fn active(&self) -> bool {
@@ -99,7 +105,11 @@ pub(crate) fn start(
     });
     let id = sketchreduce_quic::load_or_create_identity(&q.cert_dir)?;
     let fingerprint = sketchreduce_quic::fingerprint(&id.cert_der);
-    let cfg = sketchreduce_quic::server_config(&id)?;
+    let cfg = match &q.client_allow {
+        Some(allowed) => sketchreduce_quic::server_config_with_clients(&id, allowed)?,
+        None => sketchreduce_quic::server_config(&id)?,
+    };
+    let client_certs = q.client_allow.as_ref().map(|a| a.fingerprints().len());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -118,7 +128,7 @@ pub(crate) fn start(
         what: "QUIC local_addr".into(),
         source,
     })?;
-    tracing::info!(%addr, %fingerprint, "QUIC endpoint listening");
+    tracing::info!(%addr, %fingerprint, ?client_certs, "QUIC endpoint listening");
     let ep = endpoint.clone();
     let thread = std::thread::Builder::new()
         .name("switch-quic".into())
@@ -126,10 +136,24 @@ pub(crate) fn start(
             rt.block_on(async move {
                 while let Some(incoming) = ep.accept().await {
                     let ctx = ctx.clone();
+                    let remote = canonical(incoming.remote_address());
                     tokio::spawn(async move {
                         match incoming.await {
                             Ok(conn) => serve(conn, ctx).await,
-                            Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
+                            Err(e) => {
+                                ctx.shared
+                                    .peers
+                                    .handshake_failures
+                                    .fetch_add(1, Ordering::Relaxed);
+                                // With client certificates required, a failed handshake is
+                                // most likely a worker missing from the allow-list: say so
+                                // where an operator looks.
+                                if client_certs.is_some() {
+                                    tracing::info!(%remote, error = %e, "QUIC handshake failed");
+                                } else {
+                                    tracing::debug!(%remote, error = %e, "QUIC handshake failed");
+                                }
+                            }
                         }
                     });
                 }

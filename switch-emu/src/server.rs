@@ -64,6 +64,10 @@ pub struct QuicSettings {
     pub listen: SocketAddr,
     /// Where the self-signed certificate and key live (created on first use).
     pub cert_dir: PathBuf,
+    /// Client certificates the endpoint accepts, by fingerprint. `None`: clients are not
+    /// authenticated by TLS (only the switch is); `Some`: a client without an allowed
+    /// certificate fails the handshake.
+    pub client_allow: Option<sketchreduce_quic::ClientAllowList>,
 }
 
 /// How to run a switch.
@@ -241,6 +245,13 @@ impl SwitchHandle {
     /// SHA-256 fingerprint (lowercase hex) of the QUIC certificate, if QUIC is enabled.
     pub fn fingerprint(&self) -> Option<&str> {
         self.fingerprint.as_deref()
+    }
+
+    /// QUIC handshakes that failed so far, for any reason: a client certificate refused (or
+    /// missing) when [`QuicSettings::client_allow`] is set, a client that refused the switch's
+    /// certificate, a timeout.
+    pub fn quic_handshake_failures(&self) -> u64 {
+        self.shared.peers.handshake_failures()
     }
 
     /// Slots in the pool.

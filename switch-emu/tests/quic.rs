@@ -17,6 +17,7 @@ fn switch(tag: &str) -> (SwitchHandle, std::path::PathBuf) {
     sc.quic = Some(QuicSettings {
         listen: "127.0.0.1:0".parse().unwrap(),
         cert_dir: dir.clone(),
+        client_allow: None,
     });
     (spawn_switch(sc).unwrap(), dir)
 }

@@ -29,7 +29,7 @@ pub use innet::{
     Agreed, InnetConfig, InnetCore, InnetStats, ModeChoice, PayloadMode, Phases, Reduced,
     DEFAULT_UNION_RANK_FROM,
 };
-pub use quic::QuicTransport;
+pub use quic::{QuicConfig, QuicTransport};
 pub use transport::{
     bind_udp, drive, drive_with, local_ip_towards, path_mtu_towards, Interrupt, InterruptEvent,
     Lossy, Transport, UdpTransport,

@@ -1,7 +1,9 @@
 //! QUIC transport: each QUIC datagram is one wire packet; control requests go over a
 //! bidirectional stream (see `sketchreduce_quic`). The switch's certificate is pinned by
-//! fingerprint. A small tokio runtime (one worker thread) drives the connection in the
-//! background; the agent's API stays blocking.
+//! fingerprint; the worker presents its own certificate when [`QuicConfig::identity`] is set
+//! (needed when the switch runs with an allow-list of client certificates). A small tokio
+//! runtime (one worker thread) drives the connection in the background; the agent's API stays
+//! blocking.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -12,6 +14,23 @@ use sketchreduce_wire::control::{Request, Response};
 
 use crate::error::AgentError;
 use crate::transport::{env_secret, Transport, CONTROL_TIMEOUT};
+
+pub use sketchreduce_quic::Identity;
+
+/// How a worker connects to the switch's QUIC endpoint.
+#[derive(Debug, Clone)]
+pub struct QuicConfig {
+    /// The switch's QUIC endpoint.
+    pub server: SocketAddr,
+    /// SHA-256 of the switch's certificate (64 hex digits), as the switch prints it.
+    pub fingerprint: String,
+    /// Client certificate to present (e.g. from `sketchreduce_quic::load_or_create_identity`);
+    /// `None`: none. A switch with an allow-list refuses workers whose certificate it does not
+    /// list; that surfaces as a connection error at the first control request or datagram,
+    /// since a TLS 1.3 client completes its side of the handshake before the server checks
+    /// the client certificate.
+    pub identity: Option<Identity>,
+}
 
 /// A QUIC connection to the switch.
 pub struct QuicTransport {
@@ -38,12 +57,26 @@ fn terr(what: &str) -> impl Fn(std::fmt::Arguments<'_>) -> AgentError + '_ {
 impl QuicTransport {
     /// Connects from the bound `sock` (whose address the job spec names for this rank) to the
     /// switch's QUIC endpoint `server`, accepting only the certificate with SHA-256
-    /// `fingerprint`.
+    /// `fingerprint`, presenting no client certificate.
     pub fn connect(
         sock: UdpSocket,
         server: SocketAddr,
         fingerprint: &str,
     ) -> Result<Self, AgentError> {
+        Self::connect_with(
+            sock,
+            &QuicConfig {
+                server,
+                fingerprint: fingerprint.to_string(),
+                identity: None,
+            },
+        )
+    }
+
+    /// Connects from the bound `sock` (whose address the job spec names for this rank) as
+    /// `cfg` says.
+    pub fn connect_with(sock: UdpSocket, cfg: &QuicConfig) -> Result<Self, AgentError> {
+        let server = cfg.server;
         let local = sock.local_addr()?;
         let secret = env_secret()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -51,8 +84,11 @@ impl QuicTransport {
             .enable_all()
             .build()
             .map_err(|e| terr("runtime")(format_args!("{e}")))?;
-        let cfg = sketchreduce_quic::client_config(fingerprint)
-            .map_err(|e| terr("client config")(format_args!("{e}")))?;
+        let client = match &cfg.identity {
+            Some(id) => sketchreduce_quic::client_config_with_identity(&cfg.fingerprint, id),
+            None => sketchreduce_quic::client_config(&cfg.fingerprint),
+        }
+        .map_err(|e| terr("client config")(format_args!("{e}")))?;
         let endpoint = {
             let _g = rt.enter();
             let mut ep = quinn::Endpoint::new(
@@ -62,7 +98,7 @@ impl QuicTransport {
                 Arc::new(quinn::TokioRuntime),
             )
             .map_err(|e| terr("endpoint")(format_args!("{e}")))?;
-            ep.set_default_client_config(cfg);
+            ep.set_default_client_config(client);
             ep
         };
         let connecting = {
@@ -142,7 +178,14 @@ impl Transport for QuicTransport {
                 .await
             })
             .map_err(|_| terr("control")(format_args!("timed out")))?
-            .map_err(|e| terr("control")(format_args!("{e}")))
+            .map_err(|e| match (&e, conn.close_reason()) {
+                // A stream error only says "connection lost"; the connection's close reason
+                // says why (e.g. the switch refused this worker's client certificate).
+                (sketchreduce_quic::QuicError::Connection(_), _) | (_, None) => {
+                    terr("control")(format_args!("{e}"))
+                }
+                (_, Some(why)) => terr("control")(format_args!("{e}: {why}")),
+            })
     }
 
     fn local_addr(&self) -> SocketAddr {

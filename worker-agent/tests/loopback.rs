@@ -28,6 +28,7 @@ fn switch(quic: bool) -> SwitchHandle {
         cfg.quic = Some(QuicSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             cert_dir: dir,
+            client_allow: None,
         });
     }
     spawn_switch(cfg).expect("switch")
