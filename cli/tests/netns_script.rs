@@ -75,10 +75,12 @@ fn testbed_shapes_both_ends_drops_with_nftables_and_tears_down() {
         .unwrap();
     assert!(String::from_utf8_lossy(&mtu.stdout).contains("mtu 9000"));
 
-    // 400 UDP datagrams from rank 0 to rank 1: half are dropped on the way out of rank 0 (an
-    // nftables drop in the output hook fails that send with EPERM, hence `|| true`).
-    let send =
-        format!("for i in $(seq 400); do echo x 2>/dev/null > /dev/udp/{subnet}.2/9 || true; done");
+    // 400 UDP datagrams from rank 0 to rank 1 and 400 to the switch's address: half of each
+    // vanish where they arrive (rank 1's eth0, the switch's bridge), after leaving rank 0
+    // through its uplink, as behind a lossy link (the sender sees no error).
+    let send = format!(
+        "for i in $(seq 400); do echo x > /dev/udp/{subnet}.2/9; echo x > /dev/udp/{subnet}.254/9; done"
+    );
     let st = Command::new("ip")
         .args([
             "netns",
@@ -90,17 +92,21 @@ fn testbed_shapes_both_ends_drops_with_nftables_and_tears_down() {
         ])
         .status()
         .unwrap();
-    assert!(st.success());
+    assert!(st.success(), "sends fail when the drop is at the sender");
     let stats = netns(&["stats", "--prefix", &prefix]);
     assert!(stats.status.success());
     let v: Value = serde_json::from_slice(&stats.stdout).expect("stats JSON");
     let links = v["links"].as_array().unwrap();
     assert_eq!(links.len(), 2);
-    let r0 = links.iter().find(|l| l["rank"] == 0).unwrap();
-    let dropped = r0["nft_drops"].as_u64().unwrap();
+    let link = |r: u64| links.iter().find(|l| l["rank"] == r).unwrap();
+    // Rank 1's link: half of what arrived for it. Rank 0's: half of its datagrams at the
+    // switch, plus half of the ICMP port-unreachable replies coming back to it.
+    let dropped = link(1)["nft_drops"].as_u64().unwrap();
+    assert!((100..=300).contains(&dropped), "50 % of 400? {dropped}");
+    let dropped = link(0)["nft_drops"].as_u64().unwrap();
     assert!(
-        (100..=300).contains(&dropped),
-        "50 % of 400 dropped? {dropped}"
+        (100..=700).contains(&dropped),
+        "50 % of 400 and replies? {dropped}"
     );
     for l in links {
         for side in ["up", "down"] {
@@ -109,8 +115,8 @@ fn testbed_shapes_both_ends_drops_with_nftables_and_tears_down() {
             assert_eq!(q["options"]["rate"], 12_500_000, "100mbit in bytes/s: {l}");
         }
     }
-    // The sent half went through rank 0's uplink qdisc.
-    assert!(r0["up"][0]["packets"].as_u64().unwrap() >= 400 - dropped);
+    // Every datagram left rank 0 through its uplink qdisc (ARP aside).
+    assert!(link(0)["up"][0]["packets"].as_u64().unwrap() >= 800);
 
     // Loss off: nothing more is dropped.
     assert!(netns(&["loss", "--prefix", &prefix, "--loss", "0"])

@@ -436,6 +436,12 @@ pub fn spawn_switch(cfg: SwitchConfig) -> Result<SwitchHandle, SwitchError> {
         SocketAddr::from(([127, 0, 0, 1], port))
     });
     check_bind(control_addr, cfg.secret.is_some()).map_err(SwitchError::Config)?;
+    // QUIC control streams are a control endpoint too: off loopback they need the secret, or
+    // TLS client certificates that admit only allowed workers.
+    if let Some(q) = &cfg.quic {
+        check_bind(q.listen, cfg.secret.is_some() || q.client_allow.is_some())
+            .map_err(SwitchError::Config)?;
+    }
     let listener =
         TcpListener::bind(control_addr).map_err(io(format!("bind TCP {control_addr}")))?;
     let control_addr = listener.local_addr().map_err(io("local_addr"))?;

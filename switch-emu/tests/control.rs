@@ -682,6 +682,19 @@ fn startup_checks() {
     assert!(e.to_string().contains("secret"), "{e}");
     sc.secret = secret();
     spawn_switch(sc).unwrap().shutdown();
+    // So does a QUIC endpoint (its streams carry the same control requests).
+    let mut sc = SwitchConfig::loopback(1, 16);
+    let dir = std::env::temp_dir().join(format!("sr-control-quic-bind-{}", std::process::id()));
+    sc.quic = Some(QuicSettings {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        cert_dir: dir.clone(),
+        client_allow: None,
+    });
+    let e = spawn_switch(sc.clone()).unwrap_err();
+    assert!(e.to_string().contains("secret"), "{e}");
+    sc.secret = secret();
+    spawn_switch(sc).unwrap().shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
     // The default control address is loopback even when the data path is not.
     let mut sc = SwitchConfig::loopback(1, 16);
     sc.listen = "0.0.0.0:0".parse().unwrap();
