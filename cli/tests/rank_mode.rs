@@ -160,3 +160,51 @@ fn a_failing_rank_still_prints_its_line_and_exits_non_zero() {
     assert!(!ok);
     assert!(v["error"].as_str().unwrap().contains("--loss"), "{v}");
 }
+
+/// Issue 11: a rank process killed (SIGKILL) while the job runs in-network all-reduces makes
+/// every other rank fail within 3 s, naming it, instead of waiting for the operation timeout
+/// (torch.distributed's 30 minutes by default).
+#[test]
+fn a_rank_killed_mid_innet_is_named_within_3_s() {
+    let (_sw, control) = start_switch();
+    let port = free_port().to_string();
+    let mut children: Vec<Child> = (0..3)
+        .map(|r| {
+            Command::new(BIN)
+                .args(["bench", "allreduce", "--rank-from-env", "--dim", "1000000"])
+                .args(["--density", "1.0", "--overlap", "0", "--iters", "100000"])
+                .args(["--time-budget-s", "600"])
+                .env("RANK", r.to_string())
+                .env("WORLD_SIZE", "3")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("SKETCHREDUCE_ALGO", "innet")
+                .env("SKETCHREDUCE_SWITCH", &control)
+                .env("SKETCHREDUCE_JOB", "40")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn rank")
+        })
+        .collect();
+    // Generating the inputs, joining and the warm-up take about a second; then operations
+    // follow each other back to back, almost all of their time on the switch.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    children[1].kill().unwrap();
+    let killed = std::time::Instant::now();
+    let _ = children[1].wait();
+    for r in [0, 2] {
+        let c = children.remove(if r == 0 { 0 } else { 1 });
+        let out = c.wait_with_output().unwrap();
+        let took = killed.elapsed();
+        let (v, ok) = json_line(&out);
+        assert!(!ok, "rank {r} survived: {v}");
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "rank {r} took {took:?}: {v}"
+        );
+        let err = v["error"].as_str().unwrap_or_default();
+        eprintln!("rank {r} failed {took:?} after the kill: {err}");
+        assert!(err.contains("rank 1"), "rank {r}: {err}");
+    }
+}

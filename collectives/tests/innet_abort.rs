@@ -53,10 +53,12 @@ fn rank_dying_mid_innet_is_named_within_seconds() {
             assert_eq!(r, dead);
             continue;
         };
+        // Issue 11's bound for a rank killed mid-innet (the operation timeout is 60 s).
         assert!(
-            took < Duration::from_secs(5),
+            took < Duration::from_secs(3),
             "rank {r} took {took:?} (timeout {timeout:?}): {e}"
         );
+        eprintln!("rank {r}: failed after {took:?}: {e}");
         let text = e.to_string();
         match &e {
             CollectiveError::PeerLost { peer, .. } => assert_eq!(*peer, dead, "rank {r}: {text}"),
