@@ -20,9 +20,10 @@
 //!     identical DATA is resent at once;
 //!   - **probe before resending** otherwise: when a chunk's retransmission timeout (RTO:
 //!     smoothed RTT + 4·variance, Karn's rule, clamped to [`AggConfig::min_rto`],
-//!     [`AggConfig::max_rto`]) expires without evidence, the worker PROBEs the oldest such
-//!     slot instead of resending. A STATUS showing its bit means "waiting for other workers":
-//!     no resend, and every timer without evidence backs off; a STATUS without its bit (or an
+//!     [`AggConfig::max_rto`]) expires without evidence, the worker PROBEs that slot instead
+//!     of resending (every expired slot: a STATUS is slot-specific). A STATUS showing its bit
+//!     means "waiting for other workers": no resend, and that slot's timer backs off (to at
+//!     most four RTOs); a STATUS without its bit (or an
 //!     older round) resends the DATA; a complete set (its RESULT was lost) resends the DATA,
 //!     which the switch answers with the stored RESULT; no STATUS within another RTO resends
 //!     DATA and PROBE;
