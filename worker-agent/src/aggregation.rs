@@ -170,6 +170,8 @@ struct SlotState {
     queued_probe: bool,
     /// A PROBE is in flight since this instant (cleared by its STATUS or a DATA resend).
     probe_sent: Option<Instant>,
+    /// PROBEs sent for this chunk (a STATUS is an RTT sample only after exactly one).
+    probes: u32,
     /// A chunk sent after this one's last transmission has completed: this one is lost.
     evidence: bool,
     /// Latest STATUS for this slot in this round: (switch round, count, bitmap).
@@ -190,6 +192,7 @@ impl SlotState {
             queued_data: false,
             queued_probe: false,
             probe_sent: None,
+            probes: 0,
             evidence: false,
             status: None,
         }
@@ -596,6 +599,13 @@ impl Aggregation {
             });
             return;
         }
+        // A PROBE's round trip is a clean RTT sample (it waits for nobody, unlike a chunk's
+        // DATA → RESULT): it teaches the RTO a slow path even when every chunk gets probed
+        // and so gives no sample of its own.
+        // Karn's rule again: after a second PROBE, a STATUS may answer either.
+        if let (Some(t), 1, None) = (st.probe_sent, st.probes, st.status) {
+            self.sample_rtt(now.saturating_duration_since(t));
+        }
         let cap = (self.current_rto() * WAITING_BACKOFF).min(self.cfg.max_rto);
         let s = &mut self.slots[w];
         s.status = Some((h.round, h.count, h.bitmap));
@@ -689,10 +699,10 @@ impl Aggregation {
         }
         let words = &mut self.streams[si].words;
         words[start..end].copy_from_slice(&self.scratch[..end - start]);
-        // Karn's rule, extended to probes: a chunk that was resent or probed may have waited
-        // for another worker's recovery, and its "RTT" would inflate the RTO to the point
-        // where every later loss waits for max_rto.
-        if st.sends == 1 && st.status.is_none() && st.probe_sent.is_none() {
+        // Karn's rule, extended: a chunk that was resent, or whose PROBE was answered
+        // "waiting for others", may have waited for another worker's recovery, and its "RTT"
+        // would inflate the RTO to the point where every later loss waits for max_rto.
+        if st.sends == 1 && st.status.is_none() {
             if let Some(t0) = st.first_sent {
                 self.sample_rtt(now.saturating_duration_since(t0));
             }
@@ -886,15 +896,22 @@ impl Aggregation {
                 return;
             }
             let diagnose = waited >= self.cfg.probe_after;
-            if st.evidence || st.probe_sent.is_some() {
-                // Lost (evidence), or the PROBE went unanswered: resend the DATA. Silence
-                // from the switch backs the timer off (exponentially, as TCP's RTO).
-                if st.probe_sent.is_some() {
-                    self.slots[w].rto = (st.rto * 2).min(self.cfg.max_rto);
-                }
+            if st.evidence {
+                // Lost: resend the DATA.
                 self.queue_data(w);
-                if st.probe_sent.is_some() || diagnose {
+                if diagnose {
                     self.queue_probe(w);
+                }
+            } else if st.probe_sent.is_some() {
+                // The PROBE went unanswered: probe again, backing the timer off exponentially
+                // (as TCP's RTO), without resending the DATA. Until the first RTT sample the
+                // RTO is a guess; on a slow path (bmv2, a queue) every chunk would otherwise
+                // be resent several times before its RESULT, and never give a sample. A lost
+                // DATA shows in the STATUS that eventually answers.
+                self.slots[w].rto = (st.rto * 2).min(self.cfg.max_rto);
+                self.queue_probe(w);
+                if diagnose {
+                    self.queue_data(w);
                 }
             } else if diagnose {
                 self.queue_data(w);
@@ -976,6 +993,7 @@ impl Aggregation {
                     };
                     let s = &mut self.slots[w];
                     s.probe_sent = Some(now);
+                    s.probes += 1;
                     let t0 = s.first_sent.unwrap_or(now);
                     let at = (now + s.rto).min(t0 + self.cfg.worker_timeout);
                     s.deadline = Some(s.deadline.map_or(at, |d| d.min(at)));

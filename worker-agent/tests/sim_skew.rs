@@ -31,12 +31,24 @@ struct Outcome {
     duplicates: u64,
     /// Retransmissions by all workers.
     retransmissions: u64,
+    /// PROBEs sent by all workers.
+    probes: u64,
 }
 
 /// `ops` all-reduces of one ADD stream of `words` per worker; worker `late` starts each
 /// operation `skew` after the others.
 fn run(n: usize, words: usize, ops: usize, late: usize, skew: Duration, loss: f64) -> Outcome {
-    run_cfg(n, words, ops, late, skew, loss, 500, 128)
+    run_cfg(
+        n,
+        words,
+        ops,
+        late,
+        skew,
+        loss,
+        500,
+        128,
+        Duration::from_micros(10),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -49,6 +61,7 @@ fn run_cfg(
     loss: f64,
     reorder_us: u64,
     window: u32,
+    latency: Duration,
 ) -> Outcome {
     let mut spec = job(n);
     spec.slot_count = window;
@@ -58,7 +71,7 @@ fn run_cfg(
     let cfg = SimConfig {
         loss,
         rate: Some(GBIT),
-        latency: Duration::from_micros(10),
+        latency,
         seed: 42,
         ..Default::default()
     };
@@ -112,6 +125,7 @@ fn run_cfg(
         data_in: c.jobs.iter().map(|(_, j)| j.data_in).sum(),
         duplicates: total_drops(&c)[DropReason::Duplicate as usize],
         retransmissions: agents.iter().map(|a| a.stats().retransmissions).sum(),
+        probes: agents.iter().map(|a| a.stats().probes).sum(),
     }
 }
 
@@ -166,5 +180,33 @@ fn small_operations_never_stall_on_crossed_losses() {
         "{:.1} ms per operation under 3 % loss (loss-free {:.2} ms)",
         per_op * 1e3,
         clean.elapsed.as_secs_f64() / 40.0 * 1e3
+    );
+}
+
+#[test]
+fn a_slow_switch_is_not_flooded_with_probes() {
+    // A switch 20 ms away each way (bmv2 forwards a few thousand packets per second, so a
+    // window's round trip takes that long): the first timers fire long before any RESULT, and
+    // each expired slot is probed. The STATUS round trips then teach the RTO the path, so the
+    // probes stop: far fewer than one per chunk over the operations, and no resends.
+    let chunks = 8 * 64;
+    let o = run_cfg(
+        4,
+        chunks * 256,
+        8,
+        3,
+        Duration::ZERO,
+        0.0,
+        500,
+        64,
+        Duration::from_millis(20),
+    );
+    assert_eq!(o.retransmissions, 0);
+    let per_chunk = o.probes as f64 / (4 * 8 * chunks) as f64;
+    assert!(
+        per_chunk < 0.2,
+        "{} probes for {} chunks",
+        o.probes,
+        4 * 8 * chunks
     );
 }
