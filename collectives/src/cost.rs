@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 /// Ring CPU per element and rank (quantize, add, convert), in ns.
 pub const RING_NS_PER_ELEM: f64 = 15.0;
 /// All-gather CPU per element of the dense form (finding nonzeros, writing the result), in ns.
-pub const GATHER_NS_PER_ELEM: f64 = 4.0;
+/// Fitted to the testbed after the k-way merge: 4 ranks at density 0.001 of 4M take 10.3 ms,
+/// of which ~1 ms is wire and latency and ~3 ms is per value.
+pub const GATHER_NS_PER_ELEM: f64 = 1.5;
 /// innet CPU per element (scan of a dense input, result conversion), in ns.
 pub const SCAN_NS: f64 = 2.5;
 /// innet CPU per nonzero for encoding and peeling a sketch, in ns.
@@ -183,8 +185,15 @@ mod tests {
     fn on_a_slow_link_bytes_decide() {
         let link = LinkModel::default();
         let gather_ns = RING_NS_PER_ELEM / crate::AUTO_CROSSOVER;
-        // Sparse: innet moves the fewest bytes; without a switch the all-gather wins.
+        // Very sparse (0.1 % per rank): a few KB either way, so fixed costs decide and the
+        // all-gather wins (testbed, 4 ranks: 9.6–10.3 ms against innet's 14–15 ms).
         let (ring, gather, innet) = estimate(&link, &shape(0.001, 4), gather_ns, true);
+        assert!(
+            gather < innet.unwrap() && innet.unwrap() < ring,
+            "{ring} {gather} {innet:?}"
+        );
+        // Sparse (1 %): innet's bytes win (testbed: 21–24 ms against 25–28 ms).
+        let (ring, gather, innet) = estimate(&link, &shape(0.01, 4), gather_ns, true);
         assert!(
             innet.unwrap() < gather && gather < ring,
             "{ring} {gather} {innet:?}"
@@ -230,7 +239,7 @@ mod tests {
         assert!(gather < innet.unwrap(), "{gather} {innet:?}");
         op.sparse = false;
         let (_, dense_gather, _) = estimate(&link, &op, gather_ns, true);
-        assert!(dense_gather > gather + 0.03, "{dense_gather} {gather}");
+        assert!(dense_gather > gather + 0.01, "{dense_gather} {gather}");
     }
 
     #[test]
