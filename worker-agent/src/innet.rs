@@ -590,25 +590,7 @@ impl InnetCore {
     ) -> Result<(), AgentError> {
         self.ready(dim)?;
         self.load_sparse(dim, indices, values)?;
-        self.calls += 1;
-        let input = Input {
-            tensor_id,
-            dim,
-            exponent: agreed.fixed.exponent(),
-            non_finite: false,
-        };
-        self.enter(Instant::now(), "encode", tensor_id);
-        match self.begin_payload(input, agreed) {
-            Ok(Some(r)) => {
-                self.finish(Ok(r));
-                Ok(())
-            }
-            Ok(None) => Ok(()),
-            Err(e) => {
-                self.phase = Phase::Idle;
-                Err(e)
-            }
-        }
+        self.start_payload(tensor_id, dim, agreed, None)
     }
 
     /// [`Self::start_agreed`] for a dense tensor. When the payload goes as dense lanes (the
@@ -647,17 +629,30 @@ impl InnetCore {
     ) -> Result<(), AgentError> {
         self.ready(values.len())?;
         self.lazy_dense = lazy.then_some(0);
-        self.calls += 1;
         self.idx.clear();
         self.vals.clear();
+        self.start_payload(tensor_id, values.len(), agreed, Some(values))
+    }
+
+    /// The payload phase of a pre-agreed operation, with this worker's input in
+    /// `self.idx`/`self.vals` or, for `dense`, as a dense slice: an operation that needs no
+    /// aggregation finishes at once; a failure leaves the core idle.
+    fn start_payload(
+        &mut self,
+        tensor_id: u64,
+        dim: usize,
+        agreed: Agreed,
+        dense: Option<&[f32]>,
+    ) -> Result<(), AgentError> {
+        self.calls += 1;
         let input = Input {
             tensor_id,
-            dim: values.len(),
+            dim,
             exponent: agreed.fixed.exponent(),
             non_finite: false,
         };
         self.enter(Instant::now(), "encode", tensor_id);
-        match self.begin_payload_from(input, agreed, Some(values)) {
+        match self.begin_payload_from(input, agreed, dense) {
             Ok(Some(r)) => {
                 self.finish(Ok(r));
                 Ok(())
