@@ -113,20 +113,28 @@ loss_units() { awk -v p="$1" 'BEGIN { printf "%d", p * 100 + 0.5 }'; }
 # drop at the sender's own output hook is not a loss to TCP (the stack sees the error and
 # retries on its 200 ms probe timer), so the old output-hook rule stalled the TCP ring for
 # 200 ms per hit and measured the emulation, not the protocol.
-# Rank namespaces: everything arriving on eth0 (from the switch and from other ranks).
-set_loss() {
-    local ns="$1" units
-    units="$(loss_units "$LOSS")"
+# Replaces namespace $1's loss table with one input chain holding the rules in $2 (one per
+# line); no rules, no table.
+loss_table() {
+    local ns="$1" rules="$2"
     ip netns exec "$ns" nft delete table inet sknb_loss 2>/dev/null || true
-    [ "$units" -gt 0 ] || return 0
+    [ -n "$rules" ] || return 0
     ip netns exec "$ns" nft -f - <<EOF
 table inet sknb_loss {
     chain in {
         type filter hook input priority -10; policy accept;
-        iifname "eth0" numgen random mod 10000 < $units counter drop
+$rules
     }
 }
 EOF
+}
+
+# Rank namespaces: everything arriving on eth0 (from the switch and from other ranks).
+set_loss() {
+    local units rule=""
+    units="$(loss_units "$LOSS")"
+    [ "$units" -gt 0 ] && rule="iifname \"eth0\" numgen random mod 10000 < $units counter drop"
+    loss_table "$1" "$rule"
 }
 
 # The switch namespace: what each rank sends to the switch (one rule per rank, so drops are
@@ -134,19 +142,13 @@ EOF
 set_loss_switch() {
     local units i rules=""
     units="$(loss_units "$LOSS")"
-    ip netns exec "$SW" nft delete table inet sknb_loss 2>/dev/null || true
-    [ "$units" -gt 0 ] || return 0
-    for i in $(seq 0 $((RANKS - 1))); do
-        rules="$rules
-        iifname \"br0\" ip saddr $SUBNET.$((i + 1)) numgen random mod 10000 < $units counter drop"
-    done
-    ip netns exec "$SW" nft -f - <<EOF
-table inet sknb_loss {
-    chain in {
-        type filter hook input priority -10; policy accept;$rules
-    }
-}
-EOF
+    if [ "$units" -gt 0 ]; then
+        for i in $(seq 0 $((RANKS - 1))); do
+            rules="${rules}iifname \"br0\" ip saddr $SUBNET.$((i + 1)) numgen random mod 10000 < $units counter drop
+"
+        done
+    fi
+    loss_table "$SW" "$rules"
 }
 
 shape() {
