@@ -925,30 +925,8 @@ impl Engine {
         };
         // Parse every rank's pairs, then merge by index (the combine is order-free).
         let b = s.block;
-        let mut parts: Vec<(&[u8], &[u8], usize)> = Vec::with_capacity(blobs.len());
-        for (r, blob) in blobs.iter().enumerate() {
-            let bad =
-                || CollectiveError::Mismatch(format!("rank {r} sent a malformed sparse blob"));
-            if blob.len() < 8 {
-                return Err(bad());
-            }
-            let k = u64::from_le_bytes(blob[..8].try_into().unwrap()) as usize;
-            // Checked: k comes from the peer, and a wrapped length must not pass the check.
-            let want = k
-                .checked_mul(ib + b.checked_mul(vb).ok_or_else(bad)?)
-                .and_then(|n| n.checked_add(8));
-            if want != Some(blob.len()) {
-                return Err(bad());
-            }
-            parts.push((&blob[8..8 + k * ib], &blob[8 + k * ib..], k));
-        }
-        let read_idx = |p: &[u8], k: usize| -> u64 {
-            if wide_index {
-                u64::from_le_bytes(p[k * 8..k * 8 + 8].try_into().unwrap())
-            } else {
-                u32::from_le_bytes(p[k * 4..k * 4 + 4].try_into().unwrap()) as u64
-            }
-        };
+        let parts = parse_sparse_blobs(&blobs, s.len, b, ib, vb)?;
+        let read_idx = |p: &[u8], k: usize| read_index(p, k, ib);
         let read_val = |p: &[u8], k: usize| -> i64 {
             match lane {
                 LaneWidth::W32 => {
@@ -964,21 +942,6 @@ impl Engine {
                 }
             }
         };
-        // Every rank validated its own vector, so a peer's indices are strictly increasing
-        // and below the length; anything else is a malformed blob, refused before merging.
-        for (r, (ip, _, k)) in parts.iter().enumerate() {
-            let mut prev: Option<u64> = None;
-            for j in 0..*k {
-                let i = read_idx(ip, j);
-                if i as usize >= s.len || prev.is_some_and(|p| i <= p) {
-                    return Err(CollectiveError::Mismatch(format!(
-                        "rank {r} sent index {i} out of order or beyond length {}",
-                        s.len
-                    )));
-                }
-                prev = Some(i);
-            }
-        }
         let total: usize = parts.iter().map(|p| p.2).sum();
         let mut indices = Vec::new();
         let mut sums: Vec<i64> = Vec::new();
@@ -1052,10 +1015,103 @@ impl Engine {
     }
 }
 
+/// One rank's pairs in a sparse all-gather blob: its index bytes, its value bytes and the
+/// pair count.
+type SparsePart<'a> = (&'a [u8], &'a [u8], usize);
+
+/// Index `k` of a blob's index bytes, `ib` (4 or 8) bytes each, little-endian.
+fn read_index(p: &[u8], k: usize, ib: usize) -> u64 {
+    if ib == 8 {
+        u64::from_le_bytes(p[k * 8..k * 8 + 8].try_into().unwrap())
+    } else {
+        u32::from_le_bytes(p[k * 4..k * 4 + 4].try_into().unwrap()) as u64
+    }
+}
+
+/// Splits every rank's sparse all-gather blob (pair count, `ib`-byte indices, `block`
+/// values of `vb` bytes per index) and checks it against the agreed shape: the length must
+/// match the count exactly, and the indices must be strictly increasing and below `len`
+/// (every rank validated its own vector, so anything else is a malformed blob, refused
+/// before merging).
+fn parse_sparse_blobs(
+    blobs: &[Vec<u8>],
+    len: usize,
+    block: usize,
+    ib: usize,
+    vb: usize,
+) -> Result<Vec<SparsePart<'_>>> {
+    let mut parts = Vec::with_capacity(blobs.len());
+    for (r, blob) in blobs.iter().enumerate() {
+        let bad = || CollectiveError::Mismatch(format!("rank {r} sent a malformed sparse blob"));
+        let count: [u8; 8] = blob
+            .get(..8)
+            .and_then(|c| c.try_into().ok())
+            .ok_or_else(bad)?;
+        let k = u64::from_le_bytes(count) as usize;
+        // Checked: k comes from the peer, and a wrapped length must not pass the check.
+        let want = k
+            .checked_mul(ib + block.checked_mul(vb).ok_or_else(bad)?)
+            .and_then(|n| n.checked_add(8));
+        if want != Some(blob.len()) {
+            return Err(bad());
+        }
+        let ip = &blob[8..8 + k * ib];
+        let mut prev: Option<u64> = None;
+        for j in 0..k {
+            let i = read_index(ip, j, ib);
+            if i as usize >= len || prev.is_some_and(|p| i <= p) {
+                return Err(CollectiveError::Mismatch(format!(
+                    "rank {r} sent index {i} out of order or beyond length {len}"
+                )));
+            }
+            prev = Some(i);
+        }
+        parts.push((ip, &blob[8 + k * ib..], k));
+    }
+    Ok(parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    /// A sparse all-gather blob as a rank builds it: count, u32 indices, i32 values.
+    fn blob(indices: &[u32], values: &[i32]) -> Vec<u8> {
+        let mut b = (indices.len() as u64).to_le_bytes().to_vec();
+        indices
+            .iter()
+            .for_each(|i| b.extend_from_slice(&i.to_le_bytes()));
+        values
+            .iter()
+            .for_each(|v| b.extend_from_slice(&v.to_le_bytes()));
+        b
+    }
+
+    #[test]
+    fn hostile_sparse_blobs_are_refused_before_merging() {
+        let good = blob(&[1, 5, 9], &[10, 20, 30]);
+        let parts = parse_sparse_blobs(std::slice::from_ref(&good), 10, 1, 4, 4).unwrap();
+        assert_eq!(parts[0].2, 3);
+        assert_eq!(read_index(parts[0].0, 2, 4), 9);
+        let malformed = |b: Vec<u8>, what: &str| {
+            let blobs = vec![good.clone(), b];
+            match parse_sparse_blobs(&blobs, 10, 1, 4, 4) {
+                Err(CollectiveError::Mismatch(m)) => assert!(m.contains("rank 1"), "{what}: {m}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        };
+        malformed(vec![1, 2, 3], "shorter than the count");
+        malformed(blob(&[5, 1], &[1, 2]), "out of order");
+        malformed(blob(&[1, 1], &[1, 2]), "repeated index");
+        malformed(blob(&[10], &[1]), "beyond the length");
+        let mut long = blob(&[1], &[1]);
+        long.push(0);
+        malformed(long, "a byte more than the count says");
+        let mut huge = blob(&[1], &[1]);
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        malformed(huge, "a count whose byte size wraps");
+    }
 
     /// One rank alone: the "switch" sum is the rank's own quantized values. Records the
     /// tensor ids it is handed (pure plumbing: which id reaches the in-network path).
