@@ -562,6 +562,34 @@ mod tests {
     }
 
     #[test]
+    fn innet_mode_from_the_environment() {
+        let with = |v: &str| {
+            Config::from_lookup(|k| match k {
+                "RANK" => Some("0".into()),
+                "WORLD_SIZE" => Some("1".into()),
+                "SKETCHREDUCE_INNET_MODE" => Some(v.into()),
+                _ => None,
+            })
+        };
+        for (v, want) in [
+            ("auto", InnetMode::Auto),
+            (" Sketch ", InnetMode::Sketch),
+            ("union-rank", InnetMode::UnionRank),
+            ("union_rank", InnetMode::UnionRank),
+            ("DENSE", InnetMode::Dense),
+        ] {
+            assert_eq!(with(v).unwrap().codec.innet_mode, want, "{v:?}");
+        }
+        for bad in ["", "sparse", "union rank", "dense\0", &"x".repeat(100_000)] {
+            let e = with(bad).unwrap_err();
+            assert!(
+                matches!(&e, CollectiveError::Config(m) if m.contains("SKETCHREDUCE_INNET_MODE")),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn invalid_timeouts_are_config_errors() {
         for var in [
             "SKETCHREDUCE_TIMEOUT_SECS",
