@@ -22,6 +22,7 @@
 //! number of merged contributions must not exceed the scale's workers, and every `|sum|` must
 //! be within `contributions · per_worker_limit` — otherwise the lane wrapped.
 
+use crate::dense::write_dense;
 use crate::error::CodecError;
 use crate::fixed::FixedPoint;
 use crate::hash;
@@ -34,7 +35,19 @@ use crate::wide::sign_extend;
 pub use crate::index::candidates_into;
 
 /// How many queue entries ahead the peel prefetches (cell state, then the candidate's hash).
-const PEEL_AHEAD: usize = 16;
+const PEEL_AHEAD: usize = 8;
+
+/// Candidates from which a coupled peel is split over two threads (below, spawning costs
+/// more than it saves).
+const PARALLEL_MIN_KEYS: usize = 100_000;
+
+/// Dense output length from which it is written by two threads.
+const PARALLEL_MIN_DENSE: usize = 1 << 20;
+
+/// Two threads if the machine has two cores, else one.
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
 
 /// Reusable decoder state: every buffer is kept between calls, so decoding tensors of a
 /// stable size does not allocate.
@@ -42,7 +55,7 @@ const PEEL_AHEAD: usize = 16;
 /// Candidates are renumbered in peeling order `p` (window order for the coupled layout): the
 /// per-candidate arrays are indexed by `p`, so the peel touches them locally, and only the
 /// final gather goes back to key order through `pos` (`pos[i]` = `p` of the `i`-th key).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Decoder<L: Lane> {
     out: DecodedSums,
     /// Key hash by `p`.
@@ -59,6 +72,12 @@ pub struct Decoder<L: Lane> {
     /// Per cell: residual value.
     work: Vec<L::Cell>,
     stack: Vec<u32>,
+    /// Candidates of the index's upper half, when two threads enumerate them.
+    upper_keys: Vec<u32>,
+    /// Per window, where the upper half of the keys goes, when two threads sort them.
+    upper_starts: Vec<u32>,
+    /// Threads a large coupled peel may use (1 or 2).
+    threads: usize,
 }
 
 /// Exact sums at the candidate positions, in caller-owned buffers that
@@ -68,6 +87,8 @@ pub struct DecodedSums {
     dim: u64,
     value_bits: u32,
     contributions: Option<u32>,
+    /// Threads the conversions may use (the decoder's).
+    threads: usize,
     keys: Vec<u32>,
     sums: Vec<i64>,
 }
@@ -110,6 +131,7 @@ impl DecodedSums {
             dim: self.dim,
             value_bits: self.value_bits,
             contributions: self.contributions,
+            threads: self.threads,
             keys: &self.keys,
             sums: &self.sums,
         }
@@ -142,6 +164,7 @@ pub struct Decoded<'a> {
     dim: u64,
     value_bits: u32,
     contributions: Option<u32>,
+    threads: usize,
     /// Candidate positions, in increasing order.
     pub keys: &'a [u32],
     /// Exact lane sum (sign-extended) at each candidate; 0 for false positives.
@@ -217,7 +240,19 @@ impl Decoded<'_> {
             });
         }
         self.check(fixed)?;
-        write_dense(self.keys, self.sums, fixed, out);
+        if self.threads > 1 && out.len() >= PARALLEL_MIN_DENSE {
+            // Two halves of the output, each with the keys that fall in it.
+            let mid = out.len() / 2;
+            let split = self.keys.partition_point(|&k| (k as usize) < mid);
+            let (lo, hi) = out.split_at_mut(mid);
+            let (keys, sums) = (self.keys.split_at(split), self.sums.split_at(split));
+            std::thread::scope(|scope| {
+                scope.spawn(|| write_dense(keys.1, sums.1, mid as u32, fixed, hi));
+                write_dense(keys.0, sums.0, 0, fixed, lo);
+            });
+        } else {
+            write_dense(self.keys, self.sums, 0, fixed, out);
+        }
         Ok(())
     }
 
@@ -257,18 +292,24 @@ impl Decoded<'_> {
     }
 }
 
-/// Dense output: a memset of the whole buffer, then the keys in increasing order. (Measured
-/// on the development machine against a gap-by-gap fill and against assembling each line and
-/// writing it with non-temporal stores: the plain memset, which the C library runs at
-/// memory speed, plus ordered scattered writes was the fastest.)
-fn write_dense(keys: &[u32], sums: &[i64], fixed: &FixedPoint, out: &mut [f32]) {
-    out.fill(0.0);
-    for (&k, &s) in keys.iter().zip(sums) {
-        out[k as usize] = fixed.to_float(s);
+impl<L: Lane> Default for Decoder<L> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl<L: Lane> Decoder<L> {
+    /// Sets how many threads a large peel may use: 1, or 2 (the default on machines with
+    /// two or more cores) to peel the two halves of a coupled table at once.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.clamp(1, 2);
+    }
+
+    /// Threads a large peel may use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// An empty decoder; buffers grow on first use and are then reused.
     pub fn new() -> Self {
         Decoder {
@@ -281,6 +322,9 @@ impl<L: Lane> Decoder<L> {
             count_xor: Vec::new(),
             work: Vec::new(),
             stack: Vec::new(),
+            upper_keys: Vec::new(),
+            upper_starts: Vec::new(),
+            threads: default_threads(),
         }
     }
 
@@ -333,8 +377,27 @@ impl<L: Lane> Decoder<L> {
         out.dim = params.dim();
         out.value_bits = params.value_bits();
         out.contributions = contributions;
+        out.threads = self.threads;
         out.sums.clear();
-        index::candidates(params, index_words, &mut out.keys, params.peel_cells())?;
+        let limit = params.peel_cells();
+        let split = (self.threads > 1 && params.dim() >= PARALLEL_MIN_DENSE as u64)
+            .then(|| {
+                index::candidates_split(
+                    params,
+                    index_words,
+                    &mut out.keys,
+                    &mut self.upper_keys,
+                    limit,
+                )
+            })
+            .flatten();
+        match split {
+            Some(r) => {
+                out.keys.extend_from_slice(&self.upper_keys);
+                r?
+            }
+            None => index::candidates(params, index_words, &mut out.keys, limit)?,
+        }
         self.peel_into(params, &out.keys, cells, &mut out.sums)
     }
 
@@ -370,7 +433,6 @@ impl<L: Lane> Decoder<L> {
             });
         }
         sums.clear();
-        sums.resize(keys.len(), 0);
         match params.hashes() {
             3 => self.peel_h::<3>(params, keys, cells, sums),
             _ => self.peel_h::<4>(params, keys, cells, sums),
@@ -382,12 +444,11 @@ impl<L: Lane> Decoder<L> {
         params: &CodecParams,
         keys: &[u32],
         cells: &[L::Cell],
-        sums: &mut [i64],
+        sums: &mut Vec<i64>,
     ) -> Result<(), CodecError> {
         let n = keys.len();
         let m = params.peel_cells();
         let bits = params.value_bits();
-        let signs = params.signs();
         let mask = if bits == 64 {
             u64::MAX
         } else {
@@ -395,126 +456,118 @@ impl<L: Lane> Decoder<L> {
         };
         self.order_candidates(params, keys);
 
-        // Counts and XORs of `p` per cell. In the coupled layout `p` follows the windows, so
-        // these updates stay within a few segments at a time. (Measured slower: counting each
-        // window just before the sweep reaches it; counts and values in one 16-byte cell;
-        // storing each candidate's cells instead of recomputing them from the hash.)
-        let cx = &mut self.count_xor;
-        cx.clear();
-        cx.resize(m, 0);
-        for (p, &hash) in self.hashes.iter().enumerate() {
-            let cs = params.cells_of_n::<H>(hash);
-            let tag = (p as u64) << 32;
-            for &c in &cs[..H] {
-                let s = &mut cx[c as usize];
-                *s = (*s + 1) ^ tag;
-            }
-        }
-        self.work.clear();
-        self.work.extend_from_slice(&cells[..m]);
-        let work = &mut self.work[..];
-        self.values.clear();
-        self.values.resize(n, 0);
-
-        // Peeling as one sweep over the segments (the plain layout is one segment): cells
-        // of the current segment with count 1 are peeled, and so is every cell that drops to
-        // count 1 in a segment already swept (at most h − 1 behind, still in cache); cells
-        // ahead of the sweep are left for it to find. Any order that peels until no count-1
-        // cell is left gives the same result, and this one keeps the working set to a few
-        // segments: the peeling wave of a coupled table travels the same way.
-        let seg_len = match params.layout() {
-            Layout::Coupled { segment_len } => segment_len as usize,
-            Layout::Plain => m.max(1),
+        // The plain layout is one segment and one window; a coupled key of window `w` has
+        // its cells in segments `w .. w + h`.
+        let (seg_len, span, windows) = match params.layout() {
+            Layout::Coupled { segment_len } => (
+                segment_len as usize,
+                H,
+                self.window_start.len().saturating_sub(1),
+            ),
+            Layout::Plain => (m.max(1), 1, 1),
         };
-        let mut resolved = 0usize;
-        let mut check = 0u64;
-        // A FIFO per segment: the cells of the segment with count 1, then every cell that
-        // drops to count 1 in a swept segment. Each cell enters at most twice (scan, drop),
-        // so 2m entries never reallocate. The chain of dependent reads (cell → p → hash →
-        // cells) is prefetched a few entries ahead.
-        let queue = &mut self.stack;
-        queue.clear();
-        queue.resize(2 * m + 1, 0);
-        let hashes = &self.hashes[..];
-        let values = &mut self.values[..];
-        let (mut head, mut tail) = (0usize, 0usize);
-        const RING: usize = 2 * PEEL_AHEAD;
-        let mut ring = [(u32::MAX, [0u32; 4]); RING];
-        for seg_start in (0..m).step_by(seg_len) {
-            let seg_end = (seg_start + seg_len).min(m);
-            for (c0, &s) in cx[seg_start..seg_end].iter().enumerate() {
-                queue[tail] = (seg_start + c0) as u32;
-                tail += (s as u32 == 1) as usize;
-            }
-            while head < tail {
-                if head + 3 * PEEL_AHEAD < tail {
-                    prefetch(
-                        cx.as_ptr()
-                            .wrapping_add(queue[head + 3 * PEEL_AHEAD] as usize),
-                    );
-                }
-                if head + 2 * PEEL_AHEAD < tail {
-                    let s = cx[queue[head + 2 * PEEL_AHEAD] as usize];
-                    prefetch(hashes.as_ptr().wrapping_add((s >> 32) as usize));
-                }
-                if head + PEEL_AHEAD < tail {
-                    // May read a stale state or hash: only an address to prefetch. The
-                    // cells are kept in a small ring, tagged with `p` (cells depend on `p`
-                    // alone, so a matching tag is always right).
-                    let s = cx[queue[head + PEEL_AHEAD] as usize];
-                    let pa = (s >> 32) as usize;
-                    if let Some(&h) = hashes.get(pa) {
-                        let cs = params.cells_of_n::<H>(h);
-                        for &cj in &cs[..H] {
-                            prefetch(cx.as_ptr().wrapping_add(cj as usize));
-                            prefetch(work.as_ptr().wrapping_add(cj as usize));
-                        }
-                        ring[(head + PEEL_AHEAD) % RING] = (pa as u32, cs);
-                    }
-                }
-                let c = queue[head] as usize;
-                head += 1;
-                let s = cx[c];
-                if s as u32 != 1 {
-                    continue;
-                }
-                let p = (s >> 32) as usize;
-                let hash = hashes[p];
-                let (tag, cached) = ring[(head - 1) % RING];
-                let my = if tag as usize == p {
-                    cached
-                } else {
-                    params.cells_of_n::<H>(hash)
-                };
-                let mut value = work[c];
-                if signs {
-                    let jc = my[..H].iter().position(|&x| x as usize == c).unwrap_or(0);
-                    if (hash >> jc) & 1 == 1 {
-                        value = L::sub(L::Cell::default(), value);
-                    }
-                }
-                let neg_value = L::sub(L::Cell::default(), value);
-                let raw = L::to_u64(value);
-                values[p] = raw;
-                check = check.wrapping_add(raw.wrapping_mul(hash::check_weight(hash)));
-                let untag = (p as u64) << 32;
-                for (j, &cj) in my[..H].iter().enumerate() {
-                    let cj = cj as usize;
-                    let contrib = if signs && (hash >> j) & 1 == 1 {
-                        neg_value
-                    } else {
-                        value
-                    };
-                    work[cj] = L::sub(work[cj], contrib);
-                    let t = (cx[cj] - 1) ^ untag;
-                    cx[cj] = t;
-                    // Branch-free append; only count-1 cells of swept segments advance tail.
-                    queue[tail] = cj as u32;
-                    tail += (t as u32 == 1 && cj < seg_end) as usize;
-                }
-                resolved += 1;
-            }
+        let segments = m.div_ceil(seg_len);
+        let geometry = Geometry {
+            seg_len,
+            span,
+            m,
+            starts: &self.window_start,
+            n,
+        };
+        // Only sized here: each sweep zeroes the counts and copies the residuals of its
+        // cells segment by segment as it reaches them (so each segment is brought into the
+        // cache of the core that peels it, once); every cell is set by the time the sweeps
+        // end. `values` is written for every key peeled, and read only after a full peel.
+        self.count_xor.resize(m, 0);
+        self.work.resize(m, L::Cell::default());
+        self.values.resize(n, 0);
+        // Each cell enters a queue at most twice (the scan of its segment, its drop to
+        // count 1 afterwards), so 2m + 2 entries never overflow, split or not.
+        if self.stack.len() < 2 * m + 2 {
+            self.stack.resize(2 * m + 2, 0);
         }
+
+        // Two sweeps in parallel when the table is large: the lower half upwards, the upper
+        // half downwards, each over the keys whose cells all lie in its half. The `h − 1`
+        // windows straddling the middle are counted afterwards, and one last pass peels
+        // what the middle holds (plus anything it frees on either side). Peeling until no
+        // count-1 cell is left gives the same result in any order, so the split changes
+        // only the speed.
+        let split = self.threads > 1
+            && span == H
+            && n >= PARALLEL_MIN_KEYS
+            && segments >= 4 * H
+            && windows + H - 1 == segments;
+        let (mut resolved, mut check) = (0usize, 0u64);
+        let hashes = &self.hashes[..];
+        let (straddle, middle) = if split {
+            let b = segments / 2;
+            let (wa, wb) = (b + 1 - H, b);
+            let (pa, pb) = (geometry.window_begin(wa), geometry.window_begin(wb));
+            let cut = b * seg_len;
+            let (cx_a, cx_b) = self.count_xor[..m].split_at_mut(cut);
+            let (work_a, work_b) = self.work[..m].split_at_mut(cut);
+            let (values_a, rest) = self.values[..n].split_at_mut(pa);
+            let values_b = &mut rest[pb - pa..];
+            let (queue_a, queue_b) = self.stack.split_at_mut(2 * cut + 1);
+            let lower: Part<'_, L> = Part {
+                params,
+                hashes,
+                cx: cx_a,
+                work: work_a,
+                src: &cells[..cut],
+                init: 0..0,
+                c_lo: 0,
+                values: values_a,
+                p_lo: 0,
+                queue: queue_a,
+            };
+            let upper: Part<'_, L> = Part {
+                params,
+                hashes,
+                cx: cx_b,
+                work: work_b,
+                src: &cells[cut..m],
+                init: m..m,
+                c_lo: cut,
+                values: values_b,
+                p_lo: pb,
+                queue: queue_b,
+            };
+            let g = &geometry;
+            let (ra, rb) = std::thread::scope(|scope| {
+                let up = scope.spawn(move || upper.sweep_down::<H>(g, wb..windows, b + H - 1));
+                let ra = lower.sweep_up::<H>(g, 0..wa, 0..wa);
+                (ra, up.join())
+            });
+            let rb = rb.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            resolved += ra.0 + rb.0;
+            check = check.wrapping_add(ra.1).wrapping_add(rb.1);
+            (wa..wb, (wa * seg_len)..((wb + H - 1) * seg_len).min(m))
+        } else {
+            (0..windows, 0..m)
+        };
+        // The rest on the whole table: every window not counted yet, then its segments are
+        // scanned (in the unsplit case, this is the one sweep, segment by segment).
+        let whole: Part<'_, L> = Part {
+            params,
+            hashes,
+            cx: &mut self.count_xor[..m],
+            work: &mut self.work[..m],
+            src: &cells[..m],
+            init: if split { 0..m } else { 0..0 },
+            c_lo: 0,
+            values: &mut self.values[..n],
+            p_lo: 0,
+            queue: &mut self.stack,
+        };
+        let r = if split {
+            whole.finish::<H>(&geometry, straddle, middle)
+        } else {
+            whole.sweep_up::<H>(&geometry, straddle, 0..segments)
+        };
+        resolved += r.0;
+        check = check.wrapping_add(r.1);
         if resolved != n {
             return Err(CodecError::Stalled {
                 unresolved: n - resolved,
@@ -522,7 +575,11 @@ impl<L: Lane> Decoder<L> {
                 cells: params.cells(),
             });
         }
-        let nonzero_cells = work.iter().filter(|&&w| L::to_u64(w) & mask != 0).count();
+        let nonzero_cells = self
+            .work
+            .iter()
+            .filter(|&&w| L::to_u64(w) & mask != 0)
+            .count();
         if nonzero_cells != 0 {
             return Err(CodecError::Inconsistent { nonzero_cells });
         }
@@ -531,9 +588,12 @@ impl<L: Lane> Decoder<L> {
             return Err(CodecError::CheckFailed);
         }
         // Back to key order: independent loads, so they overlap.
-        for (s, &p) in sums.iter_mut().zip(&self.pos) {
-            *s = sign_extend(self.values[p as usize], bits);
-        }
+        let values = &self.values[..n];
+        sums.extend(
+            self.pos
+                .iter()
+                .map(|&p| sign_extend(values[p as usize], bits)),
+        );
         Ok(())
     }
 
@@ -542,37 +602,81 @@ impl<L: Lane> Decoder<L> {
     /// `pos` (`p` by key order).
     fn order_candidates(&mut self, params: &CodecParams, keys: &[u32]) {
         let n = keys.len();
-        self.hashes.clear();
+        // Every entry below `n` is written below: resizing needs no clearing.
         self.hashes.resize(n, 0);
-        self.pos.clear();
         self.pos.resize(n, 0);
         match params.layout() {
             Layout::Plain => {
+                self.window_start.clear();
                 for (i, (h, &k)) in self.hashes.iter_mut().zip(keys).enumerate() {
                     *h = params.key_hash(k);
                     self.pos[i] = i as u32;
                 }
             }
             Layout::Coupled { .. } => {
+                // A stable counting sort by window. With two threads, each hashes, counts
+                // and then places half of the keys: the lower half's keys of a window go
+                // first, so the order is the same as with one.
                 let w = params.windows() as usize;
-                let starts = &mut self.window_start;
-                starts.clear();
-                starts.resize(w + 1, 0);
-                self.key_hashes.clear();
-                self.key_hashes
-                    .extend(keys.iter().map(|&k| params.key_hash(k)));
-                for &h in &self.key_hashes {
-                    starts[params.window_of(h) as usize + 1] += 1;
+                let half = if self.threads > 1 && n >= PARALLEL_MIN_KEYS {
+                    n / 2
+                } else {
+                    n
+                };
+                let lo = &mut self.window_start;
+                lo.clear();
+                lo.resize(w + 1, 0);
+                let hi = &mut self.upper_starts;
+                hi.clear();
+                hi.resize(w + 1, 0);
+                self.key_hashes.resize(n, 0);
+                let (kh_lo, kh_hi) = self.key_hashes.split_at_mut(half);
+                let (keys_lo, keys_hi) = keys.split_at(half);
+                let hash_count = |keys: &[u32], kh: &mut [u64], counts: &mut [u32]| {
+                    for (h, &k) in kh.iter_mut().zip(keys) {
+                        *h = params.key_hash(k);
+                        counts[params.window_of(*h) as usize] += 1;
+                    }
+                };
+                if half < n {
+                    std::thread::scope(|scope| {
+                        scope.spawn(|| hash_count(keys_hi, kh_hi, hi));
+                        hash_count(keys_lo, kh_lo, lo);
+                    });
+                } else {
+                    hash_count(keys_lo, kh_lo, lo);
                 }
-                for i in 1..=w {
-                    starts[i] += starts[i - 1];
+                // Where each half's keys of each window start.
+                let mut at = 0u32;
+                for (l, h) in lo[..w].iter_mut().zip(&mut hi[..w]) {
+                    let (cl, ch) = (*l, *h);
+                    *l = at;
+                    *h = at + cl;
+                    at += cl + ch;
                 }
-                for (i, &h) in self.key_hashes.iter().enumerate() {
-                    let slot = &mut starts[params.window_of(h) as usize];
-                    self.hashes[*slot as usize] = h;
-                    self.pos[i] = *slot;
-                    *slot += 1;
+                let hashes = SharedSlice::new(&mut self.hashes);
+                let place = |kh: &[u64], pos: &mut [u32], next: &mut [u32]| {
+                    for (p, &h) in pos.iter_mut().zip(kh) {
+                        let slot = &mut next[params.window_of(h) as usize];
+                        // SAFETY: each slot is handed out once (the two halves' slots of a
+                        // window are disjoint ranges), and slots are below `n`.
+                        unsafe { hashes.write(*slot as usize, h) };
+                        *p = *slot;
+                        *slot += 1;
+                    }
+                };
+                let (pos_lo, pos_hi) = self.pos.split_at_mut(half);
+                if half < n {
+                    std::thread::scope(|scope| {
+                        scope.spawn(|| place(kh_hi, pos_hi, hi));
+                        place(kh_lo, pos_lo, lo);
+                    });
+                    // The upper half's ends are the windows' ends.
+                    lo[..w].copy_from_slice(&hi[..w]);
+                } else {
+                    place(kh_lo, pos_lo, lo);
                 }
+                lo[w] = n as u32;
             }
         }
     }
@@ -581,5 +685,354 @@ impl<L: Lane> Decoder<L> {
     /// [`Self::decode_encoding`] (also valid after a stall), for diagnostics and recovery.
     pub fn last_candidates(&self) -> &[u32] {
         &self.out.keys
+    }
+}
+
+/// Segment and window geometry of one peel.
+struct Geometry<'a> {
+    seg_len: usize,
+    /// Segments a window spans (`h` coupled, 1 plain).
+    span: usize,
+    /// Peeling cells.
+    m: usize,
+    /// After the renumbering, `starts[w]` is the end of window `w`'s `p` range (coupled);
+    /// empty for the plain layout.
+    starts: &'a [u32],
+    /// Candidates.
+    n: usize,
+}
+
+impl Geometry<'_> {
+    /// First `p` of window `w`.
+    fn window_begin(&self, w: usize) -> usize {
+        match w {
+            0 => 0,
+            _ => self.starts.get(w - 1).map_or(self.n, |&x| x as usize),
+        }
+    }
+
+    /// Cells of segment `s`.
+    fn segment(&self, s: usize) -> std::ops::Range<usize> {
+        (s * self.seg_len).min(self.m)..((s + 1) * self.seg_len).min(self.m)
+    }
+}
+
+/// The decoder state of a range of cells (from `c_lo`) and of keys (from `p_lo`), which one
+/// thread peels: every key counted into it has all its cells inside it.
+struct Part<'a, L: Lane> {
+    params: &'a CodecParams,
+    /// Key hash by `p` (all keys).
+    hashes: &'a [u64],
+    /// Count (low 32 bits) and XOR of global `p` (high) per cell of the range.
+    cx: &'a mut [u64],
+    /// Residual per cell of the range (same length as `cx`).
+    work: &'a mut [L::Cell],
+    /// The aggregated cells of the range, which the residuals start from.
+    src: &'a [L::Cell],
+    /// Cells (global) whose count and residual are initialised: a range that grows.
+    init: std::ops::Range<usize>,
+    /// Global index of the range's first cell.
+    c_lo: usize,
+    /// Peeled raw value by `p − p_lo`.
+    values: &'a mut [u64],
+    p_lo: usize,
+    /// FIFO of cells (global index) to look at: at least `2 · cx.len() + 1` entries.
+    queue: &'a mut [u32],
+}
+
+impl<L: Lane> Part<'_, L> {
+    /// Initialises the cells (global) of `want` within the range, growing `init` (which
+    /// stays one range: `want` must touch or overlap it, or `init` must be empty).
+    fn initialise(&mut self, want: std::ops::Range<usize>) {
+        let c_hi = self.c_lo + self.cx.len();
+        let want = want.start.max(self.c_lo)..want.end.min(c_hi);
+        if want.is_empty() {
+            return;
+        }
+        let fill = |r: std::ops::Range<usize>, part: &mut Self| {
+            let l = r.start - part.c_lo..r.end - part.c_lo;
+            part.cx[l.clone()].fill(0);
+            part.work[l.clone()].copy_from_slice(&part.src[l]);
+        };
+        if self.init.is_empty() {
+            fill(want.clone(), self);
+            self.init = want;
+            return;
+        }
+        if want.start < self.init.start {
+            fill(want.start..self.init.start, self);
+            self.init.start = want.start;
+        }
+        if want.end > self.init.end {
+            fill(self.init.end..want.end, self);
+            self.init.end = want.end;
+        }
+    }
+
+    /// Adds the keys of `windows` to the counts, first initialising the cells they reach.
+    fn count<const H: usize>(&mut self, g: &Geometry<'_>, windows: std::ops::Range<usize>) {
+        if windows.is_empty() {
+            return;
+        }
+        let first = g.segment(windows.start).start;
+        let last = g.segment(windows.end - 1 + g.span - 1).end;
+        self.initialise(first..last);
+        let (params, c_lo) = (self.params, self.c_lo);
+        let cx = &mut *self.cx;
+        let r = g.window_begin(windows.start)..g.window_begin(windows.end);
+        for (p, &hash) in self.hashes[r.clone()].iter().enumerate() {
+            let cs = params.cells_of_n::<H>(hash);
+            let tag = ((r.start + p) as u64) << 32;
+            for &c in &cs[..H] {
+                let e = &mut cx[c as usize - c_lo];
+                *e = (*e + 1) ^ tag;
+            }
+        }
+    }
+
+    /// Queues the count-1 cells of `cells` (global) at `tail`; returns the new tail.
+    fn scan(&mut self, cells: std::ops::Range<usize>, mut tail: usize) -> usize {
+        for c in cells {
+            self.queue[tail] = c as u32;
+            tail += (self.cx[c - self.c_lo] as u32 == 1) as usize;
+        }
+        tail
+    }
+
+    /// Sweeps segments `segs` upwards: before segment `s`, the windows up to `s` (of
+    /// `windows`) are counted, which completes `s`. Returns keys resolved and their
+    /// check-lane sum.
+    fn sweep_up<const H: usize>(
+        mut self,
+        g: &Geometry<'_>,
+        windows: std::ops::Range<usize>,
+        segs: std::ops::Range<usize>,
+    ) -> (usize, u64) {
+        let (mut head, mut tail) = (0, 0);
+        let (mut resolved, mut check) = (0, 0u64);
+        let mut next = windows.start;
+        for s in segs {
+            let upto = (s + 1).min(windows.end).max(next);
+            self.count::<H>(g, next..upto);
+            next = upto;
+            let seg = g.segment(s);
+            self.initialise(seg.clone());
+            tail = self.scan(seg.clone(), tail);
+            let r = self.run::<H, true>(head, tail, seg.end);
+            (head, tail) = (r.0, r.1);
+            resolved += r.2;
+            check = check.wrapping_add(r.3);
+        }
+        self.count::<H>(g, next..windows.end);
+        self.initialise(self.c_lo..self.c_lo + self.cx.len());
+        (resolved, check)
+    }
+
+    /// Sweeps from the top segment of the range down to segment `lowest`: before segment
+    /// `s`, the windows of `windows` down to `s − h + 1` are counted, which completes `s`.
+    fn sweep_down<const H: usize>(
+        mut self,
+        g: &Geometry<'_>,
+        windows: std::ops::Range<usize>,
+        lowest: usize,
+    ) -> (usize, u64) {
+        let (mut head, mut tail) = (0, 0);
+        let (mut resolved, mut check) = (0, 0u64);
+        let c_hi = self.c_lo + self.cx.len();
+        let top = c_hi.div_ceil(g.seg_len);
+        let mut next = windows.end;
+        for s in (lowest..top).rev() {
+            let from = (s + 1).saturating_sub(g.span).max(windows.start).min(next);
+            self.count::<H>(g, from..next);
+            next = from;
+            let seg = g.segment(s);
+            self.initialise(seg.clone());
+            tail = self.scan(seg.clone(), tail);
+            let r = self.run::<H, false>(head, tail, seg.start);
+            (head, tail) = (r.0, r.1);
+            resolved += r.2;
+            check = check.wrapping_add(r.3);
+        }
+        self.count::<H>(g, windows.start..next);
+        self.initialise(self.c_lo..self.c_lo + self.cx.len());
+        (resolved, check)
+    }
+
+    /// After the split sweeps: counts the straddling `windows`, then peels from the count-1
+    /// cells of `middle` with every cell complete.
+    fn finish<const H: usize>(
+        mut self,
+        g: &Geometry<'_>,
+        windows: std::ops::Range<usize>,
+        middle: std::ops::Range<usize>,
+    ) -> (usize, u64) {
+        self.count::<H>(g, windows);
+        let tail = self.scan(middle, 0);
+        let r = self.run::<H, false>(0, tail, 0);
+        (r.2, r.3)
+    }
+
+    /// Peels until the queue `head..tail` is empty; returns the new `head`, `tail`, keys
+    /// resolved and their check-lane sum. A cell that drops to count 1 is queued if it is
+    /// complete: below `bound` if `UP` (an upward sweep), else at or above it.
+    fn run<const H: usize, const UP: bool>(
+        &mut self,
+        head: usize,
+        tail: usize,
+        bound: usize,
+    ) -> (usize, usize, usize, u64) {
+        if self.params.signs() {
+            self.run_with::<H, UP, true>(head, tail, bound)
+        } else {
+            self.run_with::<H, UP, false>(head, tail, bound)
+        }
+    }
+
+    /// [`Self::run`] with the sweep direction and the signs known at compile time.
+    ///
+    /// The cell state, hashes and values are indexed unchecked in this loop, the decoder's
+    /// hot path, through base pointers shifted so that global cell indices and global `p`
+    /// address them (fewer live registers than range-relative indices). Every index is
+    /// computed here, never read from the input: queue entries are cells of the range; a
+    /// complete cell with count 1 holds the XOR of exactly one counted `p` of this part,
+    /// whose cells all lie in the range; and `tail` grows by at most one per pushed cell, at
+    /// most twice per cell of the range, which `queue` was sized for.
+    #[inline(never)]
+    fn run_with<const H: usize, const UP: bool, const SIGNS: bool>(
+        &mut self,
+        mut head: usize,
+        mut tail: usize,
+        bound: usize,
+    ) -> (usize, usize, usize, u64) {
+        let params = self.params;
+        let n = self.hashes.len();
+        let (c_lo, len, p_lo) = (self.c_lo, self.cx.len(), self.p_lo);
+        debug_assert_eq!(len, self.work.len());
+        debug_assert!(self.queue.len() > 2 * len);
+        let mut resolved = 0usize;
+        let mut check = 0u64;
+        const RING: usize = 2 * PEEL_AHEAD;
+        let mut ring = [(u32::MAX, [0u32; 4]); RING];
+        // Shifted bases: `cx.wrapping_add(c)` is the state of global cell `c`, and so on.
+        // Only addresses inside the slices are ever dereferenced.
+        let cx = self.cx.as_mut_ptr().wrapping_sub(c_lo);
+        let work = self.work.as_mut_ptr().wrapping_sub(c_lo);
+        let values = self.values.as_mut_ptr().wrapping_sub(p_lo);
+        let queue = self.queue.as_mut_ptr();
+        let hashes = self.hashes.as_ptr();
+        while head < tail {
+            // The chain of dependent reads (cell → p → hash → cells) is prefetched a few
+            // entries ahead. Prefetches may read a stale state or hash: only an address.
+            // SAFETY (reads in this block): queue entries below `tail` are cells of the
+            // range; `pa` is checked against `n`.
+            unsafe {
+                if head + 3 * PEEL_AHEAD < tail {
+                    let c = *queue.add(head + 3 * PEEL_AHEAD) as usize;
+                    prefetch(cx.wrapping_add(c));
+                }
+                if head + 2 * PEEL_AHEAD < tail {
+                    let c = *queue.add(head + 2 * PEEL_AHEAD) as usize;
+                    prefetch(hashes.wrapping_add((*cx.wrapping_add(c) >> 32) as usize));
+                }
+                if head + PEEL_AHEAD < tail {
+                    // The cells are kept in a small ring, tagged with `p` (cells depend on
+                    // `p` alone, so a matching tag is always right).
+                    let c = *queue.add(head + PEEL_AHEAD) as usize;
+                    let pa = (*cx.wrapping_add(c) >> 32) as usize;
+                    if pa < n {
+                        let cs = params.cells_of_n::<H>(*hashes.add(pa));
+                        for &cj in &cs[..H] {
+                            prefetch(cx.wrapping_add(cj as usize));
+                            prefetch(work.wrapping_add(cj as usize));
+                        }
+                        ring[(head + PEEL_AHEAD) % RING] = (pa as u32, cs);
+                    }
+                }
+            }
+            // SAFETY: see the function's comment.
+            let c = unsafe { *queue.add(head) } as usize;
+            head += 1;
+            let e = unsafe { *cx.wrapping_add(c) };
+            if e as u32 != 1 {
+                continue;
+            }
+            let p = (e >> 32) as usize;
+            debug_assert!(p >= p_lo && p - p_lo < self.values.len());
+            let hash = unsafe { *hashes.add(p) };
+            let (tag, cached) = ring[(head - 1) % RING];
+            let my = if tag as usize == p {
+                cached
+            } else {
+                params.cells_of_n::<H>(hash)
+            };
+            let mut value = unsafe { *work.wrapping_add(c) };
+            if SIGNS {
+                let jc = my[..H].iter().position(|&x| x as usize == c).unwrap_or(0);
+                if (hash >> jc) & 1 == 1 {
+                    value = L::sub(L::Cell::default(), value);
+                }
+            }
+            let neg_value = L::sub(L::Cell::default(), value);
+            let raw = L::to_u64(value);
+            unsafe { *values.wrapping_add(p) = raw };
+            check = check.wrapping_add(raw.wrapping_mul(hash::check_weight(hash)));
+            let untag = (p as u64) << 32;
+            for (j, &cj) in my[..H].iter().enumerate() {
+                let cj = cj as usize;
+                debug_assert!(cj >= c_lo && cj - c_lo < len);
+                let contrib = if SIGNS && (hash >> j) & 1 == 1 {
+                    neg_value
+                } else {
+                    value
+                };
+                let complete = if UP { cj < bound } else { cj >= bound };
+                // SAFETY: see the function's comment.
+                unsafe {
+                    let w = work.wrapping_add(cj);
+                    *w = L::sub(*w, contrib);
+                    let e = cx.wrapping_add(cj);
+                    let t = (*e - 1) ^ untag;
+                    *e = t;
+                    // Branch-free append; only count-1 complete cells advance tail.
+                    *queue.add(tail) = cj as u32;
+                    tail += (t as u32 == 1 && complete) as usize;
+                }
+            }
+            resolved += 1;
+        }
+        (head, tail, resolved, check)
+    }
+}
+
+/// A slice that several threads write at distinct indices (which the borrow checker cannot
+/// see: the indices come from a computation).
+#[derive(Clone, Copy)]
+struct SharedSlice<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: writers promise distinct indices (see `write`); `T` values move between threads.
+unsafe impl<T: Send> Send for SharedSlice<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for SharedSlice<T> {}
+
+impl<T> SharedSlice<T> {
+    fn new(slice: &mut [T]) -> Self {
+        SharedSlice {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+        }
+    }
+
+    /// Writes `value` at `i`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes index `i` while the slice is shared, and the slice
+    /// outlives the sharing.
+    unsafe fn write(&self, i: usize, value: T) {
+        assert!(i < self.len, "shared slice index {i} of {}", self.len);
+        // SAFETY: in bounds (checked); exclusive per the caller's promise.
+        unsafe { self.ptr.add(i).write(value) };
     }
 }

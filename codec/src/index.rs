@@ -158,26 +158,7 @@ pub(crate) fn candidates(
                     w
                 }
             };
-            #[cfg(target_arch = "x86_64")]
-            if is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 was just detected; `n` is the exact number of keys.
-                unsafe { bitmap_keys_avx2(words, &valid, n, out) };
-                return Ok(());
-            }
-            out.reserve(n);
-            let mut i = 0usize;
-            let dst = out.spare_capacity_mut();
-            for (wi, &w) in words.iter().enumerate() {
-                let mut w = valid(wi, w);
-                while w != 0 {
-                    // i < n: n counted exactly these bits above.
-                    dst[i].write(((wi as u32) << 5) + w.trailing_zeros());
-                    i += 1;
-                    w &= w - 1;
-                }
-            }
-            // SAFETY: the first i <= n entries of the spare capacity were written above.
-            unsafe { out.set_len(i) };
+            bitmap_keys(words, 0, &valid, n, out);
         }
         IndexKind::Groups { shift } => {
             let size = 1u64 << shift;
@@ -219,11 +200,24 @@ pub(crate) fn candidates(
                 }
             }
         }
-        IndexKind::Bloom { blocks, k } => bloom_scan(params, words, blocks, k, dim, out, limit)?,
+        IndexKind::Bloom { blocks, k } => {
+            let groups = dim.div_ceil(BLOOM_GROUP) as usize;
+            bloom_scan(params, words, blocks, k, dim, 0..groups, out, limit)?
+        }
         IndexKind::GroupBloom { blocks, k, shift } => {
             let size = 1u64 << shift;
             let units = dim.div_ceil(size);
-            let r = bloom_scan(params, words, blocks, k, units, out, limit >> shift);
+            let groups = units.div_ceil(BLOOM_GROUP) as usize;
+            let r = bloom_scan(
+                params,
+                words,
+                blocks,
+                k,
+                units,
+                0..groups,
+                out,
+                limit >> shift,
+            );
             if let Err(CodecError::Saturated { candidates, .. }) = r {
                 return Err(saturated(candidates << shift));
             }
@@ -254,36 +248,138 @@ pub(crate) fn candidates(
     Ok(())
 }
 
-/// The Bloom scan over `units` keys (positions, or group ids).
+/// Candidates of a large bitmap or Bloom index enumerated by two threads, each over half of
+/// the positions: the lower half's into `lo`, the upper half's into `hi` (the candidates
+/// are `lo` then `hi`). `None` for the other index kinds (enumerate them with
+/// [`candidates`]).
+pub(crate) fn candidates_split(
+    params: &CodecParams,
+    words: &[u32],
+    lo: &mut Vec<u32>,
+    hi: &mut Vec<u32>,
+    limit: usize,
+) -> Option<Result<(), CodecError>> {
+    lo.clear();
+    hi.clear();
+    let dim = params.dim();
+    let saturated = |n: usize| CodecError::Saturated {
+        candidates: n,
+        cells: params.peel_cells(),
+    };
+    match params.index_kind() {
+        IndexKind::Bitmap => {
+            let last = words.len().saturating_sub(1);
+            let valid = |wi: usize, w: u32| -> u32 {
+                if wi == last && !dim.is_multiple_of(32) {
+                    w & ((1u32 << (dim % 32)) - 1)
+                } else {
+                    w
+                }
+            };
+            let mid = words.len() / 2;
+            let count = |ws: &[u32], first: usize| -> usize {
+                ws.iter()
+                    .enumerate()
+                    .map(|(i, &w)| valid(first + i, w).count_ones() as usize)
+                    .sum()
+            };
+            let (n_lo, n_hi) = (count(&words[..mid], 0), count(&words[mid..], mid));
+            if n_lo + n_hi > limit {
+                return Some(Err(saturated(n_lo + n_hi)));
+            }
+            std::thread::scope(|scope| {
+                scope.spawn(|| bitmap_keys(&words[mid..], mid, &valid, n_hi, hi));
+                bitmap_keys(&words[..mid], 0, &valid, n_lo, lo);
+            });
+            Some(Ok(()))
+        }
+        IndexKind::Bloom { blocks, k } => {
+            let groups = dim.div_ceil(BLOOM_GROUP) as usize;
+            let mid = groups / 2;
+            let (r_lo, r_hi) = std::thread::scope(|scope| {
+                let h = scope
+                    .spawn(|| bloom_scan(params, words, blocks, k, dim, mid..groups, hi, limit));
+                let r = bloom_scan(params, words, blocks, k, dim, 0..mid, lo, limit);
+                (r, h.join())
+            });
+            let r_hi = r_hi.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let r = r_lo.and(r_hi);
+            Some(match r {
+                Ok(()) if lo.len() + hi.len() > limit => Err(saturated(lo.len() + hi.len())),
+                Err(CodecError::Saturated { .. }) => Err(saturated(lo.len() + hi.len())),
+                r => r,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Appends the keys of bitmap `words` (word `i` holds positions `(first + i)·32 ..`), with
+/// `valid` masking padding; `n` is their exact number.
+fn bitmap_keys(
+    words: &[u32],
+    first: usize,
+    valid: &impl Fn(usize, u32) -> u32,
+    n: usize,
+    out: &mut Vec<u32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was just detected; `n` is the exact number of keys.
+        unsafe { bitmap_keys_avx2(words, first, valid, n, out) };
+        return;
+    }
+    out.reserve(n);
+    let start = out.len();
+    let mut i = 0usize;
+    let dst = out.spare_capacity_mut();
+    for (wi, &w) in words.iter().enumerate() {
+        let mut w = valid(first + wi, w);
+        while w != 0 {
+            // i < n: n counts exactly these bits.
+            dst[i].write((((first + wi) as u32) << 5) + w.trailing_zeros());
+            i += 1;
+            w &= w - 1;
+        }
+    }
+    // SAFETY: the first i <= n entries of the spare capacity were written above.
+    unsafe { out.set_len(start + i) };
+}
+
+/// The Bloom scan over `units` keys (positions, or group ids), for the groups of
+/// [`BLOOM_GROUP`] units in `groups`; appends to `out`.
+#[allow(clippy::too_many_arguments)]
 fn bloom_scan(
     params: &CodecParams,
     words: &[u32],
     blocks: u32,
     k: u8,
     units: u64,
+    groups: std::ops::Range<usize>,
     out: &mut Vec<u32>,
     limit: usize,
 ) -> Result<(), CodecError> {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was just detected.
-        return unsafe { bloom_scan_avx2(params, words, blocks, k, units, out, limit) };
+        return unsafe { bloom_scan_avx2(params, words, blocks, k, units, groups, out, limit) };
     }
-    bloom_scan_scalar(params, words, blocks, k, units, out, limit)
+    bloom_scan_scalar(params, words, blocks, k, units, groups, out, limit)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bloom_scan_scalar(
     params: &CodecParams,
     words: &[u32],
     blocks: u32,
     k: u8,
     dim: u64,
+    groups: std::ops::Range<usize>,
     out: &mut Vec<u32>,
     limit: usize,
 ) -> Result<(), CodecError> {
     let (s1, s2) = params.bloom_seeds();
-    let groups = dim.div_ceil(BLOOM_GROUP);
-    for gi in 0..groups {
+    for gi in groups.start as u64..groups.end as u64 {
         let base = bloom_block(gi as u32, s1, blocks) * BLOOM_BLOCK_WORDS;
         let block = &words[base..base + BLOOM_BLOCK_WORDS];
         let lo = gi * BLOOM_GROUP;
@@ -310,24 +406,27 @@ fn bloom_scan_scalar(
 /// The CPU must support AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn bloom_scan_avx2(
     params: &CodecParams,
     words: &[u32],
     blocks: u32,
     k: u8,
     dim: u64,
+    groups: std::ops::Range<usize>,
     out: &mut Vec<u32>,
     limit: usize,
 ) -> Result<(), CodecError> {
+    let g = groups;
     match k {
-        1 => bloom_scan_avx2_k::<1>(params, words, blocks, dim, out, limit),
-        2 => bloom_scan_avx2_k::<2>(params, words, blocks, dim, out, limit),
-        3 => bloom_scan_avx2_k::<3>(params, words, blocks, dim, out, limit),
-        4 => bloom_scan_avx2_k::<4>(params, words, blocks, dim, out, limit),
-        5 => bloom_scan_avx2_k::<5>(params, words, blocks, dim, out, limit),
-        6 => bloom_scan_avx2_k::<6>(params, words, blocks, dim, out, limit),
-        7 => bloom_scan_avx2_k::<7>(params, words, blocks, dim, out, limit),
-        _ => bloom_scan_avx2_k::<8>(params, words, blocks, dim, out, limit),
+        1 => bloom_scan_avx2_k::<1>(params, words, blocks, dim, g, out, limit),
+        2 => bloom_scan_avx2_k::<2>(params, words, blocks, dim, g, out, limit),
+        3 => bloom_scan_avx2_k::<3>(params, words, blocks, dim, g, out, limit),
+        4 => bloom_scan_avx2_k::<4>(params, words, blocks, dim, g, out, limit),
+        5 => bloom_scan_avx2_k::<5>(params, words, blocks, dim, g, out, limit),
+        6 => bloom_scan_avx2_k::<6>(params, words, blocks, dim, g, out, limit),
+        7 => bloom_scan_avx2_k::<7>(params, words, blocks, dim, g, out, limit),
+        _ => bloom_scan_avx2_k::<8>(params, words, blocks, dim, g, out, limit),
     }
 }
 
@@ -338,12 +437,12 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
     words: &[u32],
     blocks: u32,
     dim: u64,
+    groups: std::ops::Range<usize>,
     out: &mut Vec<u32>,
     limit: usize,
 ) -> Result<(), CodecError> {
     use std::arch::x86_64::*;
     let (s1, s2) = params.bloom_seeds();
-    let groups = dim.div_ceil(BLOOM_GROUP) as usize;
     let salts: [__m256i; 8] = hash::SALT.map(|s| _mm256_set1_epi32(s as i32));
     let seed = _mm256_set1_epi32(s2 as i32);
     let c1 = _mm256_set1_epi32(0x85eb_ca6bu32 as i32);
@@ -353,10 +452,10 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
     // Blocks are grouped so the bound check on `words` happens once per block.
     assert_eq!(words.len(), blocks as usize * BLOOM_BLOCK_WORDS);
     let wp = words.as_ptr();
-    let mut n = 0usize;
+    let mut n = out.len();
     let mut cap_check = 0usize;
     out.reserve(4096);
-    for gi in 0..groups {
+    for gi in groups {
         if n >= cap_check {
             if n > limit {
                 out.set_len(n.min(out.capacity()));
@@ -431,6 +530,7 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
 #[target_feature(enable = "avx2")]
 unsafe fn bitmap_keys_avx2(
     words: &[u32],
+    first: usize,
     valid: &impl Fn(usize, u32) -> u32,
     n: usize,
     out: &mut Vec<u32>,
@@ -438,23 +538,24 @@ unsafe fn bitmap_keys_avx2(
     use std::arch::x86_64::*;
     out.reserve(n + 8);
     let p = out.as_mut_ptr();
-    let mut i = 0usize;
+    let mut i = out.len();
+    let end = i + n;
     for (wi, &w) in words.iter().enumerate() {
-        let w = valid(wi, w);
+        let w = valid(first + wi, w);
         if w == 0 {
             continue;
         }
-        let base = (wi as u32) << 5;
+        let base = ((first + wi) as u32) << 5;
         for b in 0..4u32 {
             let m = ((w >> (8 * b)) & 0xff) as usize;
             let idx = _mm256_loadu_si256(COMPRESS[m].as_ptr() as *const __m256i);
             let v = _mm256_add_epi32(idx, _mm256_set1_epi32((base + 8 * b) as i32));
-            // SAFETY: i <= n and the capacity is at least n + 8.
+            // SAFETY: i <= end and the capacity is at least end + 8.
             _mm256_storeu_si256(p.add(i) as *mut __m256i, v);
             i += m.count_ones() as usize;
         }
     }
-    debug_assert_eq!(i, n);
+    debug_assert_eq!(i, end);
     // SAFETY: the first i entries were written.
     out.set_len(i);
 }
@@ -554,7 +655,8 @@ mod tests {
                 inserted.push(key);
             }
             let mut a = Vec::new();
-            bloom_scan_scalar(&p, &words, blocks, k, dim, &mut a, usize::MAX).unwrap();
+            let groups = dim.div_ceil(BLOOM_GROUP) as usize;
+            bloom_scan_scalar(&p, &words, blocks, k, dim, 0..groups, &mut a, usize::MAX).unwrap();
             for key in &inserted {
                 assert!(a.binary_search(key).is_ok());
             }
@@ -563,6 +665,13 @@ mod tests {
             let mut b = Vec::new();
             candidates_into(&p, &words, &mut b).unwrap();
             assert_eq!(a, b);
+            // Two threads, each over half of the groups, find the same candidates.
+            let (mut lo, mut hi) = (Vec::new(), Vec::new());
+            candidates_split(&p, &words, &mut lo, &mut hi, usize::MAX)
+                .expect("Bloom splits")
+                .unwrap();
+            lo.extend_from_slice(&hi);
+            assert_eq!(a, lo);
             // The limit stops early with a typed error.
             if a.len() > 5 {
                 let mut c = Vec::new();

@@ -30,6 +30,7 @@
 
 pub mod baselines;
 pub mod decode;
+mod dense;
 pub mod error;
 pub mod fixed;
 mod hash;
