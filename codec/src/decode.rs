@@ -65,7 +65,7 @@ pub struct Decoder<L: Lane> {
     /// `p` of each key (key order).
     pos: Vec<u32>,
     /// Peeled raw value by `p`.
-    values: Vec<u64>,
+    values: Vec<L::Cell>,
     window_start: Vec<u32>,
     /// Per cell: number of unpeeled candidates (low 32 bits) and XOR of their `p` (high).
     count_xor: Vec<u64>,
@@ -480,7 +480,7 @@ impl<L: Lane> Decoder<L> {
         // end. `values` is written for every key peeled, and read only after a full peel.
         self.count_xor.resize(m, 0);
         self.work.resize(m, L::Cell::default());
-        self.values.resize(n, 0);
+        self.values.resize(n, L::Cell::default());
         // Each cell enters a queue at most twice (the scan of its segment, its drop to
         // count 1 afterwards), so 2m + 2 entries never overflow, split or not.
         if self.stack.len() < 2 * m + 2 {
@@ -592,7 +592,7 @@ impl<L: Lane> Decoder<L> {
         sums.extend(
             self.pos
                 .iter()
-                .map(|&p| sign_extend(values[p as usize], bits)),
+                .map(|&p| sign_extend(L::to_u64(values[p as usize]), bits)),
         );
         Ok(())
     }
@@ -734,7 +734,7 @@ struct Part<'a, L: Lane> {
     /// Global index of the range's first cell.
     c_lo: usize,
     /// Peeled raw value by `p − p_lo`.
-    values: &'a mut [u64],
+    values: &'a mut [L::Cell],
     p_lo: usize,
     /// FIFO of cells (global index) to look at: at least `2 · cx.len() + 1` entries.
     queue: &'a mut [u32],
@@ -974,7 +974,7 @@ impl<L: Lane> Part<'_, L> {
             }
             let neg_value = L::sub(L::Cell::default(), value);
             let raw = L::to_u64(value);
-            unsafe { *values.wrapping_add(p) = raw };
+            unsafe { *values.wrapping_add(p) = value };
             check = check.wrapping_add(raw.wrapping_mul(hash::check_weight(hash)));
             let untag = (p as u64) << 32;
             for (j, &cj) in my[..H].iter().enumerate() {
