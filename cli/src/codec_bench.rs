@@ -100,8 +100,8 @@ pub struct Args {
     /// Multiply contributions by ±1 signs (count-sketch style).
     #[arg(long)]
     pub signs: bool,
-    /// Timing repetitions (best one is reported).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Timing repetitions (the best is reported: shared machines vary from run to run).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
     /// Threads the decoder may use (1 or 2; default: 2 on a machine with two or more
     /// cores). memcpy is also measured with this many threads (`memcpy_gbps_threads`).
