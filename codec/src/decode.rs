@@ -633,6 +633,21 @@ impl<L: Lane> Decoder<L> {
                 let (kh_lo, kh_hi) = self.key_hashes.split_at_mut(half);
                 let (keys_lo, keys_hi) = keys.split_at(half);
                 let hash_count = |keys: &[u32], kh: &mut [u64], counts: &mut [u32]| {
+                    let (mut keys, mut kh) = (keys, kh);
+                    // Eight hashes at a time with AVX-512.
+                    #[cfg(target_arch = "x86_64")]
+                    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+                        let whole = keys.len() / 8 * 8;
+                        for (k8, h8) in keys[..whole].chunks_exact(8).zip(kh.chunks_exact_mut(8)) {
+                            let k8: &[u32; 8] = k8.try_into().unwrap_or(&[0; 8]);
+                            // SAFETY: AVX-512F/DQ were just detected.
+                            h8.copy_from_slice(&unsafe { params.key_hashes_x8(k8) });
+                            for &h in &*h8 {
+                                counts[params.window_of(h) as usize] += 1;
+                            }
+                        }
+                        (keys, kh) = (&keys[whole..], &mut kh[whole..]);
+                    }
                     for (h, &k) in kh.iter_mut().zip(keys) {
                         *h = params.key_hash(k);
                         counts[params.window_of(*h) as usize] += 1;
@@ -780,13 +795,36 @@ impl<L: Lane> Part<'_, L> {
         let (params, c_lo) = (self.params, self.c_lo);
         let cx = &mut *self.cx;
         let r = g.window_begin(windows.start)..g.window_begin(windows.end);
-        for (p, &hash) in self.hashes[r.clone()].iter().enumerate() {
+        let mut hashes = &self.hashes[r.clone()];
+        let mut p = r.start;
+        // Eight keys' cells at a time with AVX-512 (the cell arithmetic is most of this loop).
+        #[cfg(target_arch = "x86_64")]
+        if g.span > 1 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq")
+        {
+            let mut chunks = hashes.chunks_exact(8);
+            for chunk in &mut chunks {
+                let chunk: &[u64; 8] = chunk.try_into().unwrap_or(&[0; 8]);
+                // SAFETY: AVX-512F/DQ were just detected; a span above 1 means coupled.
+                let cols = unsafe { params.coupled_cells_x8(chunk) };
+                for i in 0..8 {
+                    let tag = (p as u64) << 32;
+                    for col in &cols[..H] {
+                        let e = &mut cx[col[i] as usize - c_lo];
+                        *e = (*e + 1) ^ tag;
+                    }
+                    p += 1;
+                }
+            }
+            hashes = chunks.remainder();
+        }
+        for &hash in hashes {
             let cs = params.cells_of_n::<H>(hash);
-            let tag = ((r.start + p) as u64) << 32;
+            let tag = (p as u64) << 32;
             for &c in &cs[..H] {
                 let e = &mut cx[c as usize - c_lo];
                 *e = (*e + 1) ^ tag;
             }
+            p += 1;
         }
     }
 

@@ -64,8 +64,8 @@ pub(crate) const SALT: [u32; 8] = [
 ];
 
 /// Multipliers for the coupled layout's in-segment offsets.
-const KC: u64 = 0x8ebc_6af0_9c88_c6e3;
-const KC2: u64 = 0xd1b5_4a32_d192_ed03;
+pub(crate) const KC: u64 = 0x8ebc_6af0_9c88_c6e3;
+pub(crate) const KC2: u64 = 0xd1b5_4a32_d192_ed03;
 /// Multiplier for the check lane's per-key weight.
 const KW: u64 = 0x5899_65cc_7537_4cc3;
 

@@ -430,6 +430,78 @@ impl CodecParams {
         [lo as u32, (lo >> 32) as u32, hi as u32, (hi >> 32) as u32]
     }
 
+    /// [`Self::key_hash`] of eight keys at once, with AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512DQ.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(crate) unsafe fn key_hashes_x8(&self, keys: &[u32; 8]) -> [u64; 8] {
+        use std::arch::x86_64::*;
+        // SAFETY: 8 u32 are 32 bytes, 8 u64 are 64; unaligned loads and stores.
+        unsafe {
+            let k = _mm512_cvtepu32_epi64(_mm256_loadu_si256(keys.as_ptr() as *const __m256i));
+            let mut x = _mm512_xor_si512(k, _mm512_set1_epi64(self.key as i64));
+            // murmur3 fmix64, as `hash::mix64`.
+            x = _mm512_xor_si512(x, _mm512_srli_epi64::<33>(x));
+            x = _mm512_mullo_epi64(x, _mm512_set1_epi64(0xff51_afd7_ed55_8ccd_u64 as i64));
+            x = _mm512_xor_si512(x, _mm512_srli_epi64::<33>(x));
+            x = _mm512_mullo_epi64(x, _mm512_set1_epi64(0xc4ce_b9fe_1a85_ec53_u64 as i64));
+            x = _mm512_xor_si512(x, _mm512_srli_epi64::<33>(x));
+            let mut out = [0u64; 8];
+            _mm512_storeu_si512(out.as_mut_ptr() as *mut _, x);
+            out
+        }
+    }
+
+    /// [`Self::cells_of_n`] for eight key hashes of a coupled layout at once, with AVX-512:
+    /// `out[j][i]` is cell `j` of `hashes[i]` (the same arithmetic, eight lanes wide).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512DQ, and the layout must be coupled.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(crate) unsafe fn coupled_cells_x8(&self, hashes: &[u64; 8]) -> [[u32; 8]; 4] {
+        use std::arch::x86_64::*;
+        let Layout::Coupled { segment_len } = self.layout else {
+            unreachable!("coupled_cells_x8 on a plain layout")
+        };
+        // SAFETY: 8 u64 are 64 bytes; unaligned loads and stores.
+        unsafe {
+            let h = _mm512_loadu_si512(hashes.as_ptr() as *const _);
+            let len = _mm512_set1_epi64(segment_len as i64);
+            // Window: the top 32 bits of the hash scaled to [0, windows); 32 × 32 → 64-bit
+            // products throughout, as in the scalar code.
+            let w = _mm512_srli_epi64::<32>(_mm512_mul_epu32(
+                _mm512_srli_epi64::<32>(h),
+                _mm512_set1_epi64(self.windows as i64),
+            ));
+            let first = _mm512_mul_epu32(w, len);
+            let x = _mm512_xor_si512(h, _mm512_srli_epi64::<29>(h));
+            let o1 = _mm512_mullo_epi64(x, _mm512_set1_epi64(hash::KC as i64));
+            let o2 = _mm512_mullo_epi64(
+                _mm512_rol_epi64::<32>(x),
+                _mm512_set1_epi64(hash::KC2 as i64),
+            );
+            let at = |j: i64, v: __m512i| {
+                let off = _mm512_srli_epi64::<32>(_mm512_mul_epu32(v, len));
+                let base = _mm512_add_epi64(first, _mm512_set1_epi64(j * segment_len as i64));
+                _mm512_cvtepi64_epi32(_mm512_add_epi64(base, off))
+            };
+            let cols = [
+                at(0, _mm512_srli_epi64::<32>(o1)),
+                at(1, o1),
+                at(2, _mm512_srli_epi64::<32>(o2)),
+                at(3, o2),
+            ];
+            let mut out = [[0u32; 8]; 4];
+            for (o, c) in out.iter_mut().zip(cols) {
+                _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, c);
+            }
+            out
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn cells_of_slow(&self, hash: u64) -> (u64, u64) {
@@ -471,6 +543,60 @@ mod tests {
             sparse.unwrap().index_kind(),
             IndexKind::Bloom { .. }
         ));
+    }
+
+    /// The eight-wide cell computation equals the scalar one (where the CPU has AVX-512).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn coupled_cells_x8_match_the_scalar_ones() {
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq")) {
+            eprintln!("skipped: no AVX-512 here");
+            return;
+        }
+        for (segment_len, segments, h) in [(60u32, 40usize, 4u8), (3574, 152, 4), (7, 5, 3)] {
+            let cells = segment_len as usize * segments + CHECK_LANES;
+            let p = CodecParams::explicit(
+                9,
+                2,
+                1 << 20,
+                LaneWidth::W32,
+                IndexKind::Bitmap,
+                cells,
+                h,
+                false,
+            )
+            .unwrap()
+            .with_layout(Layout::Coupled { segment_len })
+            .unwrap();
+            let mut x = 77u64;
+            for _ in 0..1000 {
+                let hashes: [u64; 8] = std::array::from_fn(|_| {
+                    x = hash::mix64(x);
+                    x
+                });
+                // SAFETY: AVX-512F/DQ detected above; the layout is coupled.
+                let cols = unsafe { p.coupled_cells_x8(&hashes) };
+                let keys: [u32; 8] = std::array::from_fn(|i| hashes[i] as u32);
+                // SAFETY: as above.
+                let kh = unsafe { p.key_hashes_x8(&keys) };
+                for (&k, &h) in keys.iter().zip(&kh) {
+                    assert_eq!(h, p.key_hash(k));
+                }
+                for (i, &hash) in hashes.iter().enumerate() {
+                    let want = if h == 4 {
+                        p.cells_of_n::<4>(hash)
+                    } else {
+                        p.cells_of_n::<3>(hash)
+                    };
+                    for j in 0..h as usize {
+                        assert_eq!(
+                            cols[j][i], want[j],
+                            "segment {segment_len} key {i} cell {j}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
