@@ -575,11 +575,39 @@ impl<L: Lane> Decoder<L> {
                 cells: params.cells(),
             });
         }
-        let nonzero_cells = self
-            .work
-            .iter()
-            .filter(|&&w| L::to_u64(w) & mask != 0)
-            .count();
+        // Every residual must be zero, and the sums go back to key order (independent
+        // loads, so they overlap). After a split peel both halves of the state are in the
+        // two cores' caches: each thread takes half of the cells and half of the keys.
+        let work = &self.work[..m];
+        let (values, pos) = (&self.values[..n], &self.pos[..n]);
+        let nonzero = |w: &[L::Cell]| w.iter().filter(|&&w| L::to_u64(w) & mask != 0).count();
+        let gather = |pos: &[u32], out: &mut [std::mem::MaybeUninit<i64>]| {
+            for (s, &p) in out.iter_mut().zip(pos) {
+                s.write(sign_extend(L::to_u64(values[p as usize]), bits));
+            }
+        };
+        sums.clear();
+        sums.reserve(n);
+        let spare = &mut sums.spare_capacity_mut()[..n];
+        let nonzero_cells = if split {
+            let (w_lo, w_hi) = work.split_at(m / 2);
+            let (pos_lo, pos_hi) = pos.split_at(n / 2);
+            let (out_lo, out_hi) = spare.split_at_mut(n / 2);
+            std::thread::scope(|scope| {
+                let hi = scope.spawn(|| {
+                    gather(pos_hi, out_hi);
+                    nonzero(w_hi)
+                });
+                gather(pos_lo, out_lo);
+                let lo = nonzero(w_lo);
+                lo + hi
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        } else {
+            gather(pos, spare);
+            nonzero(work)
+        };
         if nonzero_cells != 0 {
             return Err(CodecError::Inconsistent { nonzero_cells });
         }
@@ -587,13 +615,8 @@ impl<L: Lane> Decoder<L> {
         if (L::to_u64(cells[m]).wrapping_sub(check)) & lane_mask != 0 {
             return Err(CodecError::CheckFailed);
         }
-        // Back to key order: independent loads, so they overlap.
-        let values = &self.values[..n];
-        sums.extend(
-            self.pos
-                .iter()
-                .map(|&p| sign_extend(L::to_u64(values[p as usize]), bits)),
-        );
+        // SAFETY: the first `n` entries of the spare capacity were all written above.
+        unsafe { sums.set_len(n) };
         Ok(())
     }
 
