@@ -9,7 +9,9 @@
 //!    never travel).
 //! 3. A cell with count 1 holds exactly one candidate's sum: record it, subtract it from the
 //!    candidate's other cells, decrement their counts; the cells that drop to count 1 go on a
-//!    stack, so peeling follows the wave through neighbouring segments.
+//!    queue, so peeling follows the wave through neighbouring segments. Counting and peeling
+//!    are one sweep over the segments; a large coupled table is swept from both ends at once
+//!    by two threads, then the middle is peeled ([`Decoder::set_threads`]).
 //! 4. If any candidate is left, [`CodecError::Stalled`]; never estimate. After a full peel,
 //!    every cell must be zero modulo `2^w` ([`CodecError::Inconsistent`]) and the check lane
 //!    must equal `Σ sum · weight(key)` ([`CodecError::CheckFailed`]).
