@@ -513,9 +513,8 @@ fn measure_lane<L: Lane>(
     // keeps its decoder, so its buffers have grown and the output's pages are mapped, and
     // on a virtual machine the first few decodes after a pause run up to 1.5× slower. The
     // timed runs measure the steady state of a training loop.
-    let warm = Instant::now();
-    while warm.elapsed() < Duration::from_millis(200) {
-        let _ = decoder
+    let mut decode = || {
+        decoder
             .decode_into(
                 &params,
                 acc.index_words(),
@@ -523,19 +522,15 @@ fn measure_lane<L: Lane>(
                 contributions,
                 &mut sums,
             )
-            .and_then(|()| sums.to_dense(fixed, &mut dense));
+            .and_then(|()| sums.to_dense(fixed, &mut dense))
+    };
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(200) {
+        let _ = decode();
     }
     let t_decode = best_of(args.repeat, || {
         let t = Instant::now();
-        result = decoder
-            .decode_into(
-                &params,
-                acc.index_words(),
-                acc.sketch_cells(),
-                contributions,
-                &mut sums,
-            )
-            .and_then(|()| sums.to_dense(fixed, &mut dense));
+        result = decode();
         t.elapsed()
     });
     let mut keys = Vec::new();

@@ -757,6 +757,15 @@ impl Geometry<'_> {
     }
 }
 
+/// Where a sweep is: its queue (`head..tail`), keys resolved and their check-lane sum.
+#[derive(Debug, Default)]
+struct Progress {
+    head: usize,
+    tail: usize,
+    resolved: usize,
+    check: u64,
+}
+
 /// The decoder state of a range of cells (from `c_lo`) and of keys (from `p_lo`), which one
 /// thread peels: every key counted into it has all its cells inside it.
 struct Part<'a, L: Lane> {
@@ -871,24 +880,17 @@ impl<L: Lane> Part<'_, L> {
         windows: std::ops::Range<usize>,
         segs: std::ops::Range<usize>,
     ) -> (usize, u64) {
-        let (mut head, mut tail) = (0, 0);
-        let (mut resolved, mut check) = (0, 0u64);
+        let mut progress = Progress::default();
         let mut next = windows.start;
         for s in segs {
             let upto = (s + 1).min(windows.end).max(next);
             self.count::<H>(g, next..upto);
             next = upto;
-            let seg = g.segment(s);
-            self.initialise(seg.clone());
-            tail = self.scan(seg.clone(), tail);
-            let r = self.run::<H, true>(head, tail, seg.end);
-            (head, tail) = (r.0, r.1);
-            resolved += r.2;
-            check = check.wrapping_add(r.3);
+            self.segment::<H, true>(g, s, &mut progress);
         }
         self.count::<H>(g, next..windows.end);
         self.initialise(self.c_lo..self.c_lo + self.cx.len());
-        (resolved, check)
+        (progress.resolved, progress.check)
     }
 
     /// Sweeps from the top segment of the range down to segment `lowest`: before segment
@@ -899,8 +901,7 @@ impl<L: Lane> Part<'_, L> {
         windows: std::ops::Range<usize>,
         lowest: usize,
     ) -> (usize, u64) {
-        let (mut head, mut tail) = (0, 0);
-        let (mut resolved, mut check) = (0, 0u64);
+        let mut progress = Progress::default();
         let c_hi = self.c_lo + self.cx.len();
         let top = c_hi.div_ceil(g.seg_len);
         let mut next = windows.end;
@@ -908,17 +909,29 @@ impl<L: Lane> Part<'_, L> {
             let from = (s + 1).saturating_sub(g.span).max(windows.start).min(next);
             self.count::<H>(g, from..next);
             next = from;
-            let seg = g.segment(s);
-            self.initialise(seg.clone());
-            tail = self.scan(seg.clone(), tail);
-            let r = self.run::<H, false>(head, tail, seg.start);
-            (head, tail) = (r.0, r.1);
-            resolved += r.2;
-            check = check.wrapping_add(r.3);
+            self.segment::<H, false>(g, s, &mut progress);
         }
         self.count::<H>(g, windows.start..next);
         self.initialise(self.c_lo..self.c_lo + self.cx.len());
-        (resolved, check)
+        (progress.resolved, progress.check)
+    }
+
+    /// One step of a sweep: segment `s` (complete by now) is initialised if needed, its
+    /// count-1 cells queued, and the queue peeled; `UP` says which way the sweep goes.
+    fn segment<const H: usize, const UP: bool>(
+        &mut self,
+        g: &Geometry<'_>,
+        s: usize,
+        progress: &mut Progress,
+    ) {
+        let seg = g.segment(s);
+        self.initialise(seg.clone());
+        let tail = self.scan(seg.clone(), progress.tail);
+        let bound = if UP { seg.end } else { seg.start };
+        let r = self.run::<H, UP>(progress.head, tail, bound);
+        (progress.head, progress.tail) = (r.0, r.1);
+        progress.resolved += r.2;
+        progress.check = progress.check.wrapping_add(r.3);
     }
 
     /// After the split sweeps: counts the straddling `windows`, then peels from the count-1

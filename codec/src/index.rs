@@ -149,16 +149,7 @@ pub(crate) fn candidates(
             if n > limit {
                 return Err(saturated(n));
             }
-            let last = words.len().saturating_sub(1);
-            let valid = |wi: usize, w: u32| -> u32 {
-                // Bits past `dim` in the last word are padding; ignore them.
-                if wi == last && !dim.is_multiple_of(32) {
-                    w & ((1u32 << (dim % 32)) - 1)
-                } else {
-                    w
-                }
-            };
-            bitmap_keys(words, 0, &valid, n, out);
+            bitmap_keys(words, 0, &bitmap_valid(dim, words.len()), n, out);
         }
         IndexKind::Groups { shift } => {
             let size = 1u64 << shift;
@@ -268,14 +259,7 @@ pub(crate) fn candidates_split(
     };
     match params.index_kind() {
         IndexKind::Bitmap => {
-            let last = words.len().saturating_sub(1);
-            let valid = |wi: usize, w: u32| -> u32 {
-                if wi == last && !dim.is_multiple_of(32) {
-                    w & ((1u32 << (dim % 32)) - 1)
-                } else {
-                    w
-                }
-            };
+            let valid = bitmap_valid(dim, words.len());
             let mid = words.len() / 2;
             let count = |ws: &[u32], first: usize| -> usize {
                 ws.iter()
@@ -311,6 +295,19 @@ pub(crate) fn candidates_split(
             })
         }
         _ => None,
+    }
+}
+
+/// Word `wi` of a bitmap over `dim` positions without its padding bits (those past `dim` in
+/// the last of `words` words).
+fn bitmap_valid(dim: u64, words: usize) -> impl Fn(usize, u32) -> u32 {
+    let last = words.saturating_sub(1);
+    move |wi: usize, w: u32| -> u32 {
+        if wi == last && !dim.is_multiple_of(32) {
+            w & ((1u32 << (dim % 32)) - 1)
+        } else {
+            w
+        }
     }
 }
 
