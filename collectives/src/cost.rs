@@ -73,13 +73,16 @@ impl LinkModel {
             return Ok(LinkModel::default());
         }
         let mut input = Vec::new();
-        // Warm the connections, then one small round trip around... one hop: latency.
+        // Warm the connections, then small exchanges with the neighbours: one hop's latency,
+        // the fastest of eight (a descheduled rank only ever adds time, and one such stall
+        // in a mean turned `auto` towards the all-gather for small dense tensors).
         ring.send_recv(&[0; 8], &mut input, 8, "link probe")?;
-        let t = Instant::now();
-        for _ in 0..4 {
+        let mut latency = f64::INFINITY;
+        for _ in 0..8 {
+            let t = Instant::now();
             ring.send_recv(&[0; 8], &mut input, 8, "link probe")?;
+            latency = latency.min(t.elapsed().as_secs_f64());
         }
-        let latency = t.elapsed().as_secs_f64() / 4.0;
         let big = vec![0u8; PROBE_BYTES];
         let t = Instant::now();
         ring.send_recv(&big, &mut input, PROBE_BYTES, "link probe")?;
