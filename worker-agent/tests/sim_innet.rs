@@ -4,6 +4,7 @@
 
 mod common;
 use common::reference;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use sketchreduce_agent::sim::{agent_addr, SimConfig, SimNet};
@@ -24,6 +25,21 @@ fn job(n: usize) -> JobSpec {
         slot_count: 32,
         workers: (0..n).map(|i| WorkerSpec::at(agent_addr(i))).collect(),
     }
+}
+
+/// The switch side of a [`SimNet`]: handles a datagram from an address, emitting replies.
+trait Switch: FnMut(SocketAddr, &[u8], &mut dyn FnMut(SocketAddr, &[u8])) {}
+impl<F: FnMut(SocketAddr, &[u8], &mut dyn FnMut(SocketAddr, &[u8]))> Switch for F {}
+
+/// A simulated network around a switch core that holds `spec` (`spec.workers` agents).
+fn switched_net(cfg: SimConfig, spec: &JobSpec) -> SimNet<impl Switch> {
+    let mut core = SwitchCore::new(64);
+    core.create(spec.clone()).unwrap();
+    SimNet::new(
+        cfg,
+        spec.workers.len(),
+        move |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
+    )
 }
 
 fn check(r: &Reduced, want: &[i64], f: &FixedPoint) {
@@ -84,17 +100,14 @@ fn run_with(
     want_mode: PayloadMode,
 ) -> Vec<u64> {
     let spec = job(n);
-    let mut core = SwitchCore::new(64);
-    core.create(spec.clone()).unwrap();
-    let mut net = SimNet::new(
+    let mut net = switched_net(
         SimConfig {
             loss,
             duplicate: 0.02,
             seed,
             ..Default::default()
         },
-        n,
-        |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
+        &spec,
     );
     let mut agents: Vec<InnetCore> = (0..n)
         .map(|r| {
@@ -392,13 +405,7 @@ fn run_once(
     input: impl Fn(usize) -> Vec<f32>,
 ) -> (Vec<Result<Reduced, AgentError>>, Duration) {
     let spec = job(n);
-    let mut core = SwitchCore::new(64);
-    core.create(spec.clone()).unwrap();
-    let mut net = SimNet::new(
-        SimConfig::default(),
-        n,
-        |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
-    );
+    let mut net = switched_net(SimConfig::default(), &spec);
     let mut agents: Vec<InnetCore> = (0..n)
         .map(|r| {
             InnetCore::new(&spec, r as u8, AggConfig::default(), InnetConfig::default()).unwrap()
@@ -452,13 +459,7 @@ fn non_finite_input_fails_everyone_fast() {
 fn lazy_dense_without_fill_fails_loudly() {
     let n = 2;
     let spec = job(n);
-    let mut core = SwitchCore::new(64);
-    core.create(spec.clone()).unwrap();
-    let mut net = SimNet::new(
-        SimConfig::default(),
-        n,
-        |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
-    );
+    let mut net = switched_net(SimConfig::default(), &spec);
     let mut agents: Vec<InnetCore> = (0..n)
         .map(|r| {
             let cfg = InnetConfig {
@@ -545,9 +546,7 @@ fn lazy_dense_is_exact_under_loss() {
     let n = 4;
     let spec = job(n);
     for (seed, loss) in [(1u64, 0.01), (2, 0.05), (3, 0.1)] {
-        let mut core = SwitchCore::new(64);
-        core.create(spec.clone()).unwrap();
-        let mut net = SimNet::new(
+        let mut net = switched_net(
             SimConfig {
                 loss,
                 duplicate: 0.02,
@@ -555,8 +554,7 @@ fn lazy_dense_is_exact_under_loss() {
                 seed,
                 ..Default::default()
             },
-            n,
-            |from, d: &[u8], emit: &mut dyn FnMut(_, &[u8])| core.handle(from, d, emit),
+            &spec,
         );
         let mut agents: Vec<Lazy> = (0..n)
             .map(|r| {
