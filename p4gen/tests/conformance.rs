@@ -332,19 +332,9 @@ fn recv_on(s: &UdpSocket, wait: Duration) -> Option<(SocketAddr, Vec<u8>)> {
 /// A DATA header of rank `rank` for job `id`.
 fn data(id: u16, epoch: u32, rank: u8, slot: u32, round: u32, offset: u32) -> Header {
     Header {
-        kind: Kind::Data,
-        op: Op::Add,
-        rank,
-        job: id,
         lanes: LANES,
-        epoch,
-        slot,
-        set: (round & 1) as u8,
-        count: 0,
-        flags: 0,
-        round,
         offset,
-        bitmap: 0,
+        ..Header::request(Kind::Data, id, epoch, rank, slot, round)
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use sketchreduce_wire::packet::{HEADER_LEN, LANE_BYTES};
-use sketchreduce_wire::{Header, JobSpec, Kind, Op, Packet, WorkerSpec};
+use sketchreduce_wire::{Header, JobSpec, Kind, Packet, WorkerSpec};
 
 use crate::mmsg::{self, RecvBatch, SendBatch};
 use crate::server::SwitchHandle;
@@ -174,19 +174,9 @@ fn build_data(
     let slot = cfg.slot_base + j;
     let k = round.wrapping_mul(cfg.window).wrapping_add(j);
     let h = Header {
-        kind: Kind::Data,
-        op: Op::Add,
-        rank,
-        job: cfg.job,
         lanes: cfg.lanes,
-        epoch,
-        slot,
-        set: (round & 1) as u8,
-        count: 0,
-        flags: 0,
-        round,
         offset: k,
-        bitmap: 0,
+        ..Header::request(Kind::Data, cfg.job, epoch, rank, slot, round)
     };
     let len = h.packet_len();
     h.emit(buf);

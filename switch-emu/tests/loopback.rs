@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use sketchreduce_switch::bench::{run_aggregation, run_echo, WorkloadConfig};
 use sketchreduce_switch::{spawn_switch, SwitchConfig, SwitchHandle};
 use sketchreduce_wire::packet::build;
-use sketchreduce_wire::{DropReason, Header, JobSpec, Kind, Op, Packet, WorkerSpec};
+use sketchreduce_wire::{DropReason, Header, JobSpec, Kind, Packet, WorkerSpec};
 
 fn cfg(workers: usize, window: u32, rounds: u32) -> WorkloadConfig {
     WorkloadConfig {
@@ -128,19 +128,8 @@ fn spec_for(id: u16, lanes: u16, addrs: &[SocketAddr]) -> JobSpec {
 
 fn data(j: &JobSpec, rank: u8, slot: u32, lanes: &[u32]) -> Vec<u8> {
     let h = Header {
-        kind: Kind::Data,
-        op: Op::Add,
-        rank,
-        job: j.id,
         lanes: lanes.len() as u16,
-        epoch: j.epoch,
-        slot,
-        set: 0,
-        count: 0,
-        flags: 0,
-        round: 0,
-        offset: 0,
-        bitmap: 0,
+        ..Header::request(Kind::Data, j.id, j.epoch, rank, slot, 0)
     };
     let mut b = vec![0u8; h.packet_len()];
     build(&h, lanes, &mut b).unwrap();

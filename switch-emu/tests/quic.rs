@@ -8,7 +8,7 @@ use std::time::Duration;
 use sketchreduce_switch::{spawn_switch, QuicSettings, SwitchConfig, SwitchHandle};
 use sketchreduce_wire::control::{Request, Response};
 use sketchreduce_wire::packet::build;
-use sketchreduce_wire::{Header, JobSpec, Kind, Op, Packet, WorkerSpec};
+use sketchreduce_wire::{Header, JobSpec, Kind, Packet, WorkerSpec};
 
 fn switch(tag: &str) -> (SwitchHandle, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("sr-switch-quic-{tag}-{}", std::process::id()));
@@ -24,19 +24,9 @@ fn switch(tag: &str) -> (SwitchHandle, std::path::PathBuf) {
 
 fn data(epoch: u32, rank: u8, slot: u32, round: u32, v: u32) -> Vec<u8> {
     let h = Header {
-        kind: Kind::Data,
-        op: Op::Add,
-        rank,
-        job: 7,
         lanes: 32,
-        epoch,
-        slot,
-        set: (round & 1) as u8,
-        count: 0,
-        flags: 0,
-        round,
         offset: slot,
-        bitmap: 0,
+        ..Header::request(Kind::Data, 7, epoch, rank, slot, round)
     };
     let mut b = vec![0u8; h.packet_len()];
     build(&h, &[v; 32], &mut b).unwrap();

@@ -9,7 +9,7 @@ use sketchreduce_quic::{ClientAllowList, Identity};
 use sketchreduce_switch::{spawn_switch, QuicSettings, SwitchConfig, SwitchHandle};
 use sketchreduce_wire::control::{Request, Response};
 use sketchreduce_wire::packet::build;
-use sketchreduce_wire::{Header, JobSpec, Kind, Op, Packet, WorkerSpec};
+use sketchreduce_wire::{Header, JobSpec, Kind, Packet, WorkerSpec};
 
 fn switch(tag: &str, allowed: &[&Identity]) -> (SwitchHandle, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("sr-switch-qcc-{tag}-{}", std::process::id()));
@@ -61,19 +61,8 @@ async fn client(
 
 fn data(epoch: u32, rank: u8, v: u32) -> Vec<u8> {
     let h = Header {
-        kind: Kind::Data,
-        op: Op::Add,
-        rank,
-        job: 7,
         lanes: 32,
-        epoch,
-        slot: 0,
-        set: 0,
-        count: 0,
-        flags: 0,
-        round: 0,
-        offset: 0,
-        bitmap: 0,
+        ..Header::request(Kind::Data, 7, epoch, rank, 0, 0)
     };
     let mut b = vec![0u8; h.packet_len()];
     build(&h, &[v; 32], &mut b).unwrap();

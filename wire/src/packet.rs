@@ -255,6 +255,27 @@ pub struct Header {
 }
 
 impl Header {
+    /// A request (DATA or PROBE) of `rank` for `slot` in `round`: op ADD, set `round & 1`, no
+    /// lanes, offset 0 and the reply fields zero, as [`Self::parse`] requires. Set the rest
+    /// with struct update syntax, e.g. `Header { lanes: 32, offset, ..Header::request(..) }`.
+    pub fn request(kind: Kind, job: u16, epoch: u32, rank: u8, slot: u32, round: u32) -> Header {
+        Header {
+            kind,
+            op: Op::Add,
+            rank,
+            job,
+            lanes: 0,
+            epoch,
+            slot,
+            set: (round & 1) as u8,
+            count: 0,
+            flags: 0,
+            round,
+            offset: 0,
+            bitmap: 0,
+        }
+    }
+
     /// Validates the fields of a length-checked packet: version, kind, op, set ∈ {0, 1}, lanes
     /// present exactly for DATA/RESULT, and for requests (DATA, PROBE) flags = 0 and
     /// set = round & 1. These are the switch's `malformed` rules (docs/wire.md); a reply's
@@ -624,6 +645,27 @@ mod tests {
     }
 
     /// The DATA example of docs/wire.md, byte for byte.
+    /// Requests made by [`Header::request`] are valid requests: set follows the round's
+    /// parity, reply fields are zero; DATA with lanes and PROBE without parse back unchanged.
+    #[test]
+    fn request_constructor_builds_valid_requests() {
+        for round in [0u32, 1, 7, u32::MAX] {
+            let probe = Header::request(Kind::Probe, 3, 9, 2, 40, round);
+            assert_eq!(probe.set as u32, round & 1);
+            let data = Header {
+                lanes: 4,
+                offset: 11,
+                ..Header::request(Kind::Data, 3, 9, 2, 40, round)
+            };
+            for (h, lanes) in [(probe, &[][..]), (data, &[1u32, 2, 3, 4][..])] {
+                let mut buf = vec![0u8; h.packet_len()];
+                build(&h, lanes, &mut buf).unwrap();
+                let p = Packet::new_checked(&buf[..]).unwrap();
+                assert_eq!(Header::parse(&p).unwrap(), h);
+            }
+        }
+    }
+
     #[test]
     fn docs_example_packet() {
         let h = Header {

@@ -485,24 +485,16 @@ impl Aggregation {
     fn header(&self, w: usize, kind: Kind) -> Header {
         let st = &self.slots[w];
         let (si, _) = self.locate(st.chunk);
+        let slot = self.slot_base + w as u32;
         Header {
-            kind,
             op: self.streams[si].op,
-            rank: self.rank,
-            job: self.job,
             lanes: if kind == Kind::Data {
                 self.lanes as u16
             } else {
                 0
             },
-            epoch: self.epoch,
-            slot: self.slot_base + w as u32,
-            set: (st.round & 1) as u8,
-            count: 0,
-            flags: 0,
-            round: st.round,
             offset: st.chunk,
-            bitmap: 0,
+            ..Header::request(kind, self.job, self.epoch, self.rank, slot, st.round)
         }
     }
 
@@ -773,21 +765,14 @@ impl Aggregation {
             return None;
         }
         let round = self.rounds[0].wrapping_sub(1);
-        let h = Header {
-            kind: Kind::Probe,
-            op: Op::Add,
-            rank: self.rank,
-            job: self.job,
-            lanes: 0,
-            epoch: self.epoch,
-            slot: self.slot_base,
-            set: (round & 1) as u8,
-            count: 0,
-            flags: 0,
+        let h = Header::request(
+            Kind::Probe,
+            self.job,
+            self.epoch,
+            self.rank,
+            self.slot_base,
             round,
-            offset: 0,
-            bitmap: 0,
-        };
+        );
         let len = packet::build(&h, &[], buf).ok()?;
         Some(Transmit {
             len,
