@@ -3,6 +3,9 @@
 //! jobs, startup checks. Issue 11's attacks are written here as tests: each one aborted or
 //! degraded the v1 switch.
 
+mod common;
+use common::*;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -239,13 +242,6 @@ async fn quic_error(recv: &mut quinn::RecvStream) -> ErrorKind {
     let f = sketchreduce_quic::read_frame_async(recv).await.unwrap();
     let env: Envelope = serde_json::from_slice(&f).unwrap();
     error_kind(&Response::from_json(&env.body).unwrap())
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// The same bombs on a QUIC control stream (v1 aborted there too: the stream's frame was

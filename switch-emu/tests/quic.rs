@@ -1,6 +1,9 @@
 //! QUIC loopback: workers with quinn clients (pinned fingerprint) aggregate through the
 //! switch's QUIC endpoint; a wrong fingerprint is refused; QUIC and UDP workers mix.
 
+mod common;
+use common::*;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,13 +62,6 @@ async fn client(
     Ok((ep, conn))
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn two_quic_workers_aggregate() {
     let (sw, dir) = switch("two");
@@ -76,25 +72,7 @@ fn two_quic_workers_aggregate() {
         let (e1, c1) = client(&sw, &fp).await.unwrap();
         let addrs = [e0.local_addr().unwrap(), e1.local_addr().unwrap()];
         // Worker 0 creates the job, worker 1 joins it, over QUIC control streams.
-        let create = Request::Create {
-            spec: spec(&addrs),
-            replace: false,
-            lease_ms: 60_000,
-        };
-        let epoch = match sketchreduce_quic::control_call(&c0, None, &create)
-            .await
-            .unwrap()
-        {
-            Response::Created { epoch } => epoch,
-            other => panic!("{other:?}"),
-        };
-        match sketchreduce_quic::control_call(&c1, None, &Request::Join { job: 7 })
-            .await
-            .unwrap()
-        {
-            Response::Joined(s) => assert_eq!(s.epoch, epoch),
-            other => panic!("{other:?}"),
-        }
+        let epoch = create_and_join(&c0, &c1, spec(&addrs)).await;
         match sketchreduce_quic::control_call(&c0, None, &Request::Info {})
             .await
             .unwrap()

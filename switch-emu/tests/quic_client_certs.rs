@@ -3,6 +3,9 @@
 //! with another one fails the handshake, is counted, and reaches neither the control plane nor
 //! the data path; without an allow-list any client is served, as before.
 
+mod common;
+use common::*;
+
 use std::time::{Duration, Instant};
 
 use sketchreduce_quic::{ClientAllowList, Identity};
@@ -28,13 +31,6 @@ fn switch(tag: &str, allowed: &[&Identity]) -> (SwitchHandle, std::path::PathBuf
         }),
     });
     (spawn_switch(sc).unwrap(), dir)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// Connects to the switch, presenting `id` if given. A TLS 1.3 client finishes its side of the
@@ -116,25 +112,7 @@ fn allowed_client_certificates_control_and_aggregate() {
                 .map(|e| WorkerSpec::at(e.local_addr().unwrap()))
                 .collect(),
         };
-        let create = Request::Create {
-            spec,
-            replace: false,
-            lease_ms: 60_000,
-        };
-        let epoch = match sketchreduce_quic::control_call(&c0, None, &create)
-            .await
-            .unwrap()
-        {
-            Response::Created { epoch } => epoch,
-            other => panic!("{other:?}"),
-        };
-        match sketchreduce_quic::control_call(&c1, None, &Request::Join { job: 7 })
-            .await
-            .unwrap()
-        {
-            Response::Joined(s) => assert_eq!(s.epoch, epoch),
-            other => panic!("{other:?}"),
-        }
+        let epoch = create_and_join(&c0, &c1, spec).await;
         c0.send_datagram(data(epoch, 0, 5).into()).unwrap();
         c1.send_datagram(data(epoch, 1, 6).into()).unwrap();
         for c in [&c0, &c1] {
