@@ -220,19 +220,10 @@ fn raw_worker_process() {
         let slot = base + k % WINDOW;
         let round = k / WINDOW;
         Header {
-            kind,
             op: op_of(k),
-            rank: rank as u8,
-            job,
             lanes: if kind == Kind::Data { lanes as u16 } else { 0 },
-            epoch,
-            slot,
-            set: (round & 1) as u8,
-            count: 0,
-            flags: 0,
-            round,
             offset: k,
-            bitmap: 0,
+            ..Header::request(kind, job, epoch, rank as u8, slot, round)
         }
     };
     let switch = |slot: u32| {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use proptest::prelude::*;
 use sketchreduce_switch::{total_drops, SwitchCore};
 use sketchreduce_wire::packet::{build, NACK_MASK};
-use sketchreduce_wire::{Header, JobSpec, Kind, Op, Packet, WorkerSpec};
+use sketchreduce_wire::{Header, JobSpec, Kind, Packet, WorkerSpec};
 
 const EPOCH: u32 = 0x1234;
 
@@ -29,19 +29,8 @@ fn job() -> JobSpec {
 fn valid(rank: u8, slot: u32, round: u32, kind: Kind) -> Vec<u8> {
     let lanes = if kind.has_lanes() { 32 } else { 0 };
     let h = Header {
-        kind,
-        op: Op::Add,
-        rank,
-        job: 1,
         lanes,
-        epoch: EPOCH,
-        slot,
-        set: (round & 1) as u8,
-        count: 0,
-        flags: 0,
-        round,
-        offset: 0,
-        bitmap: 0,
+        ..Header::request(kind, 1, EPOCH, rank, slot, round)
     };
     let mut b = vec![0u8; h.packet_len()];
     build(&h, &vec![round; lanes as usize], &mut b).unwrap();
