@@ -400,7 +400,9 @@ impl<L: Lane> Decoder<L> {
             }
             None => index::candidates(params, index_words, &mut out.keys, limit)?,
         }
-        self.peel_into(params, &out.keys, cells, &mut out.sums)
+        // The lane and shapes were checked above, and the enumeration lists positions below
+        // `dim`, at most `limit` of them.
+        self.peel_valid(params, &out.keys, cells, &mut out.sums)
     }
 
     /// Peels the sketch for given candidates (from [`candidates_into`] on the aggregated
@@ -434,6 +436,18 @@ impl<L: Lane> Decoder<L> {
                 cells: m,
             });
         }
+        self.peel_valid(params, keys, cells, sums)
+    }
+
+    /// [`Self::peel_into`] for inputs already checked (lane, cell count, keys below `dim`
+    /// and no more than the peeling cells), as [`Self::decode_into`]'s own candidates are.
+    fn peel_valid(
+        &mut self,
+        params: &CodecParams,
+        keys: &[u32],
+        cells: &[L::Cell],
+        sums: &mut Vec<i64>,
+    ) -> Result<(), CodecError> {
         sums.clear();
         match params.hashes() {
             3 => self.peel_h::<3>(params, keys, cells, sums),
