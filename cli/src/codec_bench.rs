@@ -8,8 +8,10 @@
 //! every worker's dense input once (the same bytes encode reads) into one destination buffer.
 //! Encode, merge and `memcpy_gbps` run on one thread; decode on the decoder's threads
 //! (`decode_threads`: 2 on a machine with two or more cores, `--decode-threads 1` for one),
-//! and `memcpy_gbps_threads` is memcpy with as many. Each is the best of `--repeat` runs;
-//! decode is timed after 200 ms of untimed decodes, as the agent reuses its decoder.
+//! and `memcpy_gbps_threads` is memcpy with as many. Encode, merge, both memcpys and decode
+//! are each run at least `--repeat` times and for at least `--min-time-ms`; the speeds are
+//! of the best run (`*_median` fields: the median run). Decode is timed after 200 ms of
+//! untimed decodes, as the agent reuses its decoder.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -100,9 +102,16 @@ pub struct Args {
     /// Multiply contributions by ±1 signs (count-sketch style).
     #[arg(long)]
     pub signs: bool,
-    /// Timing repetitions (the best is reported: shared machines vary from run to run).
+    /// Timing repetitions, at least (the best is reported: shared machines vary from run to
+    /// run).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
+    /// Time each of encode, merge, memcpy and decode for at least this long (more runs than
+    /// `--repeat` if they are fast): on a virtual machine whose other core is sometimes
+    /// taken, a few runs can all land in a slow spell, which a two-thread decode feels and a
+    /// one-thread memcpy does not.
+    #[arg(long, default_value_t = 500)]
+    pub min_time_ms: u64,
     /// Threads the decoder may use (1 or 2; default: 2 on a machine with two or more
     /// cores). memcpy is also measured with this many threads (`memcpy_gbps_threads`).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=2))]
@@ -136,6 +145,32 @@ fn round3(x: f64) -> f64 {
 
 fn best_of(repeat: u32, mut f: impl FnMut() -> Duration) -> Duration {
     (0..repeat).map(|_| f()).min().unwrap_or_default()
+}
+
+/// Best and median of a set of timed runs.
+struct Timing {
+    best: Duration,
+    median: Duration,
+    runs: usize,
+}
+
+/// Most runs of one measurement (bounds the time of a very fast one).
+const MAX_RUNS: usize = 10_000;
+
+/// Runs `f` (which returns its own time) at least `repeat` times and for at least
+/// `min_time`.
+fn sample(repeat: u32, min_time: Duration, mut f: impl FnMut() -> Duration) -> Timing {
+    let start = Instant::now();
+    let mut runs = Vec::new();
+    while runs.len() < repeat as usize || (start.elapsed() < min_time && runs.len() < MAX_RUNS) {
+        runs.push(f());
+    }
+    runs.sort_unstable();
+    Timing {
+        best: runs[0],
+        median: runs[runs.len() / 2],
+        runs: runs.len(),
+    }
 }
 
 /// Runs the subcommand.
@@ -428,7 +463,8 @@ fn measure_lane<L: Lane>(
     };
     let mut encodings: Vec<Encoding<L>> = (0..workers).map(|_| encoder.new_encoding()).collect();
     let mut encode_err = None;
-    let t_encode = best_of(args.repeat, || {
+    let min_time = Duration::from_millis(args.min_time_ms);
+    let t_encode = sample(args.repeat, min_time, || {
         let mut total = Duration::ZERO;
         for (g, e) in inputs.iter().zip(&mut encodings) {
             let t = Instant::now();
@@ -446,12 +482,12 @@ fn measure_lane<L: Lane>(
     let all_bytes = (workers * dim * 4) as f64;
     base.insert(
         "encode_gbps".into(),
-        json!(round3(gbps(all_bytes, t_encode))),
+        json!(round3(gbps(all_bytes, t_encode.best))),
     );
 
     // Merge.
     let mut acc = encoder.new_encoding();
-    let t_merge = best_of(args.repeat, || {
+    let t_merge = sample(args.repeat, min_time, || {
         let t = Instant::now();
         acc.clear();
         for e in &encodings {
@@ -460,12 +496,15 @@ fn measure_lane<L: Lane>(
         }
         t.elapsed()
     });
-    base.insert("merge_gbps".into(), json!(round3(gbps(all_bytes, t_merge))));
+    base.insert(
+        "merge_gbps".into(),
+        json!(round3(gbps(all_bytes, t_merge.best))),
+    );
 
     // memcpy of the same dense inputs encode reads (every worker's, once), in the same run.
     let mut dst = vec![0f32; dim];
     dst.copy_from_slice(&inputs[0]);
-    let t_memcpy = best_of(args.repeat.max(3), || {
+    let t_memcpy = sample(args.repeat.max(3), min_time, || {
         let t = Instant::now();
         for g in inputs {
             dst.copy_from_slice(std::hint::black_box(g));
@@ -475,7 +514,11 @@ fn measure_lane<L: Lane>(
     });
     base.insert(
         "memcpy_gbps".into(),
-        json!(round3(gbps(all_bytes, t_memcpy))),
+        json!(round3(gbps(all_bytes, t_memcpy.best))),
+    );
+    base.insert(
+        "memcpy_gbps_median".into(),
+        json!(round3(gbps(all_bytes, t_memcpy.median))),
     );
 
     // Decode into reused buffers (as the agent does), then the dense float output; the
@@ -488,7 +531,7 @@ fn measure_lane<L: Lane>(
     // memcpy with as many threads as the decoder (each copies its share of every input), so
     // a multi-threaded decode can also be compared with the machine's copy bandwidth.
     let threads = decoder.threads();
-    let t_memcpy_threads = best_of(args.repeat.max(3), || {
+    let t_memcpy_threads = sample(args.repeat.max(3), min_time, || {
         let t = Instant::now();
         for g in inputs {
             let share = dim.div_ceil(threads);
@@ -503,7 +546,7 @@ fn measure_lane<L: Lane>(
     });
     base.insert(
         "memcpy_gbps_threads".into(),
-        json!(round3(gbps(all_bytes, t_memcpy_threads))),
+        json!(round3(gbps(all_bytes, t_memcpy_threads.best))),
     );
     let mut sums = DecodedSums::new();
     let mut dense = vec![0f32; dim];
@@ -528,7 +571,7 @@ fn measure_lane<L: Lane>(
     while warm.elapsed() < Duration::from_millis(200) {
         let _ = decode();
     }
-    let t_decode = best_of(args.repeat, || {
+    let t_decode = sample(args.repeat, min_time, || {
         let t = Instant::now();
         result = decode();
         t.elapsed()
@@ -553,7 +596,8 @@ fn measure_lane<L: Lane>(
     base.insert(
         "decode_ms".into(),
         json!({
-            "total": round3(t_decode.as_secs_f64() * 1e3),
+            "total": round3(t_decode.best.as_secs_f64() * 1e3),
+            "total_median": round3(t_decode.median.as_secs_f64() * 1e3),
             "candidates": round3(t_cand.as_secs_f64() * 1e3),
             "peel": round3(t_peel.as_secs_f64() * 1e3),
             "dense": round3(t_dense.as_secs_f64() * 1e3),
@@ -572,7 +616,21 @@ fn measure_lane<L: Lane>(
     );
     base.insert(
         "decode_gbps".into(),
-        json!(round3(gbps(dim as f64 * 4.0, t_decode))),
+        json!(round3(gbps(dim as f64 * 4.0, t_decode.best))),
+    );
+    base.insert(
+        "decode_gbps_median".into(),
+        json!(round3(gbps(dim as f64 * 4.0, t_decode.median))),
+    );
+    base.insert(
+        "timed_runs".into(),
+        json!({
+            "encode": t_encode.runs,
+            "merge": t_merge.runs,
+            "memcpy": t_memcpy.runs,
+            "memcpy_threads": t_memcpy_threads.runs,
+            "decode": t_decode.runs,
+        }),
     );
     if let Err(e) = result {
         match e {
@@ -735,5 +793,11 @@ fn print_human(r: &Value) {
         g("decode_threads"),
         g("max_abs_err_vs_f64")
     );
-    println!("  decode ms: {}", g("decode_ms"));
+    println!(
+        "  median GB/s: memcpy {}  decode {}   decode ms: {}   timed runs: {}",
+        g("memcpy_gbps_median"),
+        g("decode_gbps_median"),
+        g("decode_ms"),
+        g("timed_runs")
+    );
 }

@@ -22,6 +22,8 @@ fn bench(threads: &str) -> serde_json::Value {
             "bitmap",
             "--repeat",
             "1",
+            "--min-time-ms",
+            "0",
             "--json",
             "--decode-threads",
             threads,
@@ -43,10 +45,19 @@ fn one_and_two_decoder_threads_are_exact_and_reported() {
         assert_eq!(v["exact"], true, "{v}");
         assert_eq!(v["decode_threads"], threads, "{v}");
         assert!(v["candidates"].as_u64().unwrap() > 100_000, "{v}");
-        for field in ["decode_gbps", "memcpy_gbps", "memcpy_gbps_threads"] {
+        for field in [
+            "decode_gbps",
+            "memcpy_gbps",
+            "memcpy_gbps_threads",
+            "decode_gbps_median",
+            "memcpy_gbps_median",
+        ] {
             assert!(v[field].as_f64().unwrap() > 0.0, "{field}: {v}");
         }
     }
+    // --repeat 1 with --min-time-ms 0 times each measurement once.
+    assert_eq!(one["timed_runs"]["decode"], 1, "{one}");
+    assert_eq!(one["decode_gbps"], one["decode_gbps_median"], "{one}");
     assert_eq!(one["candidates"], two["candidates"]);
     assert_eq!(one["bytes_per_worker"], two["bytes_per_worker"]);
 }
