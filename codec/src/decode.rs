@@ -248,10 +248,10 @@ impl Decoded<'_> {
             let split = self.keys.partition_point(|&k| (k as usize) < mid);
             let (lo, hi) = out.split_at_mut(mid);
             let (keys, sums) = (self.keys.split_at(split), self.sums.split_at(split));
-            std::thread::scope(|scope| {
-                scope.spawn(|| write_dense(keys.1, sums.1, mid as u32, fixed, hi));
-                write_dense(keys.0, sums.0, 0, fixed, lo);
-            });
+            crate::join::join(
+                || write_dense(keys.0, sums.0, 0, fixed, lo),
+                || write_dense(keys.1, sums.1, mid as u32, fixed, hi),
+            );
         } else {
             write_dense(self.keys, self.sums, 0, fixed, out);
         }
@@ -551,12 +551,10 @@ impl<L: Lane> Decoder<L> {
                 queue: queue_b,
             };
             let g = &geometry;
-            let (ra, rb) = std::thread::scope(|scope| {
-                let up = scope.spawn(move || upper.sweep_down::<H>(g, wb..windows, b + H - 1));
-                let ra = lower.sweep_up::<H>(g, 0..wa, 0..wa);
-                (ra, up.join())
-            });
-            let rb = rb.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let (ra, rb) = crate::join::join(
+                move || lower.sweep_up::<H>(g, 0..wa, 0..wa),
+                move || upper.sweep_down::<H>(g, wb..windows, b + H - 1),
+            );
             resolved += ra.0 + rb.0;
             check = check.wrapping_add(ra.1).wrapping_add(rb.1);
             (wa..wb, (wa * seg_len)..((wb + H - 1) * seg_len).min(m))
@@ -609,17 +607,17 @@ impl<L: Lane> Decoder<L> {
             let (w_lo, w_hi) = work.split_at(m / 2);
             let (pos_lo, pos_hi) = pos.split_at(n / 2);
             let (out_lo, out_hi) = spare.split_at_mut(n / 2);
-            std::thread::scope(|scope| {
-                let hi = scope.spawn(|| {
+            let (lo, hi) = crate::join::join(
+                || {
+                    gather(pos_lo, out_lo);
+                    nonzero(w_lo)
+                },
+                || {
                     gather(pos_hi, out_hi);
                     nonzero(w_hi)
-                });
-                gather(pos_lo, out_lo);
-                let lo = nonzero(w_lo);
-                lo + hi
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
+                },
+            );
+            lo + hi
         } else {
             gather(pos, spare);
             nonzero(work)
@@ -693,10 +691,10 @@ impl<L: Lane> Decoder<L> {
                     }
                 };
                 if half < n {
-                    std::thread::scope(|scope| {
-                        scope.spawn(|| hash_count(keys_hi, kh_hi, hi));
-                        hash_count(keys_lo, kh_lo, lo);
-                    });
+                    crate::join::join(
+                        || hash_count(keys_lo, kh_lo, lo),
+                        || hash_count(keys_hi, kh_hi, hi),
+                    );
                 } else {
                     hash_count(keys_lo, kh_lo, lo);
                 }
@@ -721,10 +719,7 @@ impl<L: Lane> Decoder<L> {
                 };
                 let (pos_lo, pos_hi) = self.pos.split_at_mut(half);
                 if half < n {
-                    std::thread::scope(|scope| {
-                        scope.spawn(|| place(kh_hi, pos_hi, hi));
-                        place(kh_lo, pos_lo, lo);
-                    });
+                    crate::join::join(|| place(kh_lo, pos_lo, lo), || place(kh_hi, pos_hi, hi));
                     // The upper half's ends are the windows' ends.
                     lo[..w].copy_from_slice(&hi[..w]);
                 } else {

@@ -271,22 +271,19 @@ pub(crate) fn candidates_split(
             if n_lo + n_hi > limit {
                 return Some(Err(saturated(n_lo + n_hi)));
             }
-            std::thread::scope(|scope| {
-                scope.spawn(|| bitmap_keys(&words[mid..], mid, &valid, n_hi, hi));
-                bitmap_keys(&words[..mid], 0, &valid, n_lo, lo);
-            });
+            crate::join::join(
+                || bitmap_keys(&words[..mid], 0, &valid, n_lo, lo),
+                || bitmap_keys(&words[mid..], mid, &valid, n_hi, hi),
+            );
             Some(Ok(()))
         }
         IndexKind::Bloom { blocks, k } => {
             let groups = dim.div_ceil(BLOOM_GROUP) as usize;
             let mid = groups / 2;
-            let (r_lo, r_hi) = std::thread::scope(|scope| {
-                let h = scope
-                    .spawn(|| bloom_scan(params, words, blocks, k, dim, mid..groups, hi, limit));
-                let r = bloom_scan(params, words, blocks, k, dim, 0..mid, lo, limit);
-                (r, h.join())
-            });
-            let r_hi = r_hi.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let (r_lo, r_hi) = crate::join::join(
+                || bloom_scan(params, words, blocks, k, dim, 0..mid, lo, limit),
+                || bloom_scan(params, words, blocks, k, dim, mid..groups, hi, limit),
+            );
             let r = r_lo.and(r_hi);
             Some(match r {
                 Ok(()) if lo.len() + hi.len() > limit => Err(saturated(lo.len() + hi.len())),

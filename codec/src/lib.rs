@@ -35,6 +35,7 @@ pub mod error;
 pub mod fixed;
 mod hash;
 pub mod index;
+mod join;
 pub mod npy;
 pub mod params;
 mod prefetch;
