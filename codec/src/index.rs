@@ -360,8 +360,8 @@ fn bloom_scan(
     limit: usize,
 ) -> Result<(), CodecError> {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was just detected.
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("popcnt") {
+        // SAFETY: AVX2 and POPCNT were just detected.
         return unsafe { bloom_scan_avx2(params, words, blocks, k, units, groups, out, limit) };
     }
     bloom_scan_scalar(params, words, blocks, k, units, groups, out, limit)
@@ -403,9 +403,9 @@ fn bloom_scan_scalar(
 /// and each of the `k` bits is fetched with one in-register permute and one variable shift.
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and POPCNT.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn bloom_scan_avx2(
     params: &CodecParams,
@@ -431,7 +431,7 @@ unsafe fn bloom_scan_avx2(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 unsafe fn bloom_scan_avx2_k<const K: usize>(
     params: &CodecParams,
     words: &[u32],
@@ -453,8 +453,18 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
     assert_eq!(words.len(), blocks as usize * BLOOM_BLOCK_WORDS);
     let wp = words.as_ptr();
     let mut n = out.len();
-    let mut cap_check = 0usize;
     out.reserve(4096);
+    // The output pointer lives in a local (a store through it could otherwise alias the
+    // Vec's own fields and force a reload every group); refreshed when the Vec grows.
+    let mut op = out.as_mut_ptr();
+    let mut cap_check = out.capacity() - 8;
+    // Block of each group, computed once when it is prefetched PREFETCH_GROUPS ahead.
+    let first = groups.start;
+    let mut ring = [0usize; PREFETCH_GROUPS];
+    for (i, slot) in ring.iter_mut().enumerate() {
+        *slot = bloom_block((first + i) as u32, s1, blocks);
+        prefetch(wp.wrapping_add(*slot * BLOOM_BLOCK_WORDS));
+    }
     for gi in groups {
         if n >= cap_check {
             if n > limit {
@@ -466,12 +476,14 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
             }
             out.set_len(n);
             out.reserve(4096 + n / 4);
+            op = out.as_mut_ptr();
             cap_check = out.capacity() - 8;
         }
         // The blocks are random reads: fetch the one PREFETCH_GROUPS groups ahead now.
-        let ahead = bloom_block((gi + PREFETCH_GROUPS) as u32, s1, blocks);
-        prefetch(wp.wrapping_add(ahead * BLOOM_BLOCK_WORDS));
-        let b = bloom_block(gi as u32, s1, blocks);
+        let slot = &mut ring[(gi - first) % PREFETCH_GROUPS];
+        let b = *slot;
+        *slot = bloom_block((gi + PREFETCH_GROUPS) as u32, s1, blocks);
+        prefetch(wp.wrapping_add(*slot * BLOOM_BLOCK_WORDS));
         // SAFETY: b < blocks, so the 8 words at b·8 are inside `words` (length checked).
         let blk = _mm256_loadu_si256(wp.add(b * BLOOM_BLOCK_WORDS) as *const __m256i);
         if _mm256_testz_si256(blk, blk) == 1 {
@@ -506,7 +518,7 @@ unsafe fn bloom_scan_avx2_k<const K: usize>(
         let idx = _mm256_loadu_si256(COMPRESS[mask as usize].as_ptr() as *const __m256i);
         // SAFETY: n + 8 <= capacity (cap_check), so the 8-lane store stays in the allocation.
         _mm256_storeu_si256(
-            out.as_mut_ptr().add(n) as *mut __m256i,
+            op.add(n) as *mut __m256i,
             _mm256_permutevar8x32_epi32(pos, idx),
         );
         n += mask.count_ones() as usize;
