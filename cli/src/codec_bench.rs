@@ -528,20 +528,23 @@ fn measure_lane<L: Lane>(
         decoder.set_threads(t as usize);
     }
     base.insert("decode_threads".into(), json!(decoder.threads()));
-    // memcpy with as many threads as the decoder (each copies its share of every input), so
-    // a multi-threaded decode can also be compared with the machine's copy bandwidth.
+    // memcpy with as many threads as the decoder (each copies its share of every input, one
+    // thread start per run, not per input), so a multi-threaded decode can also be compared
+    // with the machine's copy bandwidth.
     let threads = decoder.threads();
+    let share = dim.div_ceil(threads).max(1);
     let t_memcpy_threads = sample(args.repeat.max(3), min_time, || {
         let t = Instant::now();
-        for g in inputs {
-            let share = dim.div_ceil(threads);
-            std::thread::scope(|scope| {
-                for (d, s) in dst.chunks_mut(share).zip(g.chunks(share)) {
-                    scope.spawn(move || d.copy_from_slice(std::hint::black_box(s)));
-                }
-            });
-            std::hint::black_box(&mut dst);
-        }
+        std::thread::scope(|scope| {
+            for (i, d) in dst.chunks_mut(share).enumerate() {
+                scope.spawn(move || {
+                    for g in inputs {
+                        d.copy_from_slice(std::hint::black_box(&g[i * share..][..d.len()]));
+                        std::hint::black_box(&mut *d);
+                    }
+                });
+            }
+        });
         t.elapsed()
     });
     base.insert(
