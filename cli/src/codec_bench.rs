@@ -143,10 +143,6 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn best_of(repeat: u32, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..repeat).map(|_| f()).min().unwrap_or_default()
-}
-
 /// Best and median of a set of timed runs.
 struct Timing {
     best: Duration,
@@ -580,22 +576,25 @@ fn measure_lane<L: Lane>(
         t.elapsed()
     });
     let mut keys = Vec::new();
-    let t_cand = best_of(args.repeat, || {
+    let t_cand = sample(args.repeat, Duration::ZERO, || {
         let t = Instant::now();
         let _ = candidates_into(&params, acc.index_words(), &mut keys);
         t.elapsed()
-    });
+    })
+    .best;
     let mut peeled = Vec::new();
-    let t_peel = best_of(args.repeat, || {
+    let t_peel = sample(args.repeat, Duration::ZERO, || {
         let t = Instant::now();
         let _ = decoder.peel_into(&params, &keys, acc.sketch_cells(), &mut peeled);
         t.elapsed()
-    });
-    let t_dense = best_of(args.repeat, || {
+    })
+    .best;
+    let t_dense = sample(args.repeat, Duration::ZERO, || {
         let t = Instant::now();
         let _ = sums.to_dense(fixed, &mut dense);
         t.elapsed()
-    });
+    })
+    .best;
     base.insert(
         "decode_ms".into(),
         json!({
