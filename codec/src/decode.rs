@@ -39,8 +39,9 @@ pub use crate::index::candidates_into;
 /// How many queue entries ahead the peel prefetches (cell state, then the candidate's hash).
 const PEEL_AHEAD: usize = 8;
 
-/// Candidates from which a coupled peel is split over two threads (below, spawning costs
-/// more than it saves).
+/// Candidates from which a coupled peel is split over two threads (below, the split's
+/// bookkeeping and hand-off cost more than they save; chosen when every split still
+/// started a thread).
 const PARALLEL_MIN_KEYS: usize = 100_000;
 
 /// Dense output length from which it is written by two threads.
